@@ -1,0 +1,115 @@
+"""Typed configs: dataclasses checked and merged with OmegaConf.
+
+Every stage describes its settings as nested dataclasses. This module turns `key=value` overrides
+into a validated instance, hashes the parts that change results, and reads/writes YAML. Errors name
+the offending field and say how to fix it, because a typo in a 300-epoch job should fail at launch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+ConfigT = TypeVar("ConfigT")
+
+
+class ConfigError(ValueError):
+    """A config value or override that cannot be used; the message names the field and the fix."""
+
+
+def _field_names(config: Any, dotted_prefix: str) -> list[str]:
+    """Valid keys of the section `dotted_prefix` of a dataclass instance (for did-you-mean messages)."""
+    node = config
+    for part in [p for p in dotted_prefix.split(".") if p]:
+        node = getattr(node, part, None)
+    if not dataclasses.is_dataclass(node):
+        return []
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=100)")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
+def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
+    """Return a copy of `config` with `key=value` overrides applied, type-checked and validated.
+
+    Raises ConfigError naming the field for unknown keys (with close matches), values of the wrong
+    type, and values rejected by a section's `check()` method.
+    """
+    structured = OmegaConf.structured(config)
+    for item in overrides:
+        key, value = _parse_override(item)
+        try:
+            OmegaConf.update(structured, key, OmegaConf.from_dotlist([f"x={value}"]).x, merge=False,
+                             force_add=False)
+        except ConfigKeyError:
+            prefix, _, leaf = key.rpartition(".")
+            valid = _field_names(config, prefix)
+            hint = difflib.get_close_matches(leaf, valid, n=3)
+            where = f"section '{prefix}'" if prefix else "the top level"
+            suggestion = f"; did you mean {', '.join(prefix + '.' + h if prefix else h for h in hint)}?" if hint else ""
+            raise ConfigError(
+                f"unknown config key '{key}'{suggestion} Valid keys in {where}: {', '.join(valid)}"
+            ) from None
+        except ValidationError as error:
+            raise ConfigError(f"bad value for '{key}': {value!r} ({error.msg.splitlines()[0]})") from None
+        except OmegaConfBaseException as error:
+            raise ConfigError(f"cannot apply override '{item}': {error}") from None
+    result = OmegaConf.to_object(structured)
+    validate(result)
+    return result
+
+
+def validate(config: Any, path: str = "") -> None:
+    """Call `check()` on every nested dataclass section; sections raise ConfigError on bad values."""
+    if not dataclasses.is_dataclass(config):
+        return
+    for field in dataclasses.fields(config):
+        validate(getattr(config, field.name), f"{path}{field.name}.")
+    check = getattr(config, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as error:
+            raise ConfigError(f"{path.rstrip('.') or 'config'}: {error}") from None
+
+
+def to_dict(config: Any) -> dict:
+    """Plain nested dict of a dataclass config."""
+    return dataclasses.asdict(config)
+
+
+def config_hash(config: Any, exclude: Iterable[str] = ()) -> str:
+    """Short stable hash of the result-changing part of a config (dotted keys in `exclude` dropped)."""
+    data = to_dict(config)
+    for dotted in exclude:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def save_yaml(config: Any, path: Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+
+def load_yaml(path: Path, config_class: type[ConfigT]) -> ConfigT:
+    """Read a resolved config written by `save_yaml` back into its dataclass (unknown keys fail)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(config_class), OmegaConf.load(path))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{path}: does not match {config_class.__name__}: {error}") from None
+    return OmegaConf.to_object(merged)

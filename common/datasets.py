@@ -1,0 +1,218 @@
+"""Datasets: CIFAR-10/100, ImageNet-style folders (with a preflight), Fashion-MNIST, synthetic.
+
+`build_dataset(config, split, transform)` returns a map-style dataset of (transformed image, label).
+Images reach the transform as RGB PIL images whatever the source (Fashion-MNIST gray is expanded to
+3 channels), so every stage uses the same transform code on every dataset.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from common.config import ConfigError
+
+DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder", "fashion_mnist", "synthetic")
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_VAL_IMAGES = 50_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class DataConfig:
+    """Which images to read. `root` is the dataset folder (ImageNet: the folder with train/ and val/)."""
+
+    dataset: str = "synthetic"
+    root: str = "data"
+    download: bool = False  # CIFAR / Fashion-MNIST through torchvision; off for offline clusters
+    num_workers: int = 4
+    train_subset: int = 0  # use only the first N training images (0 = all); for demos and smoke runs
+    test_subset: int = 0
+    allow_partial: bool = False  # accept an ImageNet folder whose counts differ from ImageNet-1K
+    synthetic_train_size: int = 512
+    synthetic_test_size: int = 128
+    synthetic_classes: int = 8
+    synthetic_image_size: int = 32
+
+    def check(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.num_workers < 0 or self.train_subset < 0 or self.test_subset < 0:
+            raise ConfigError("num_workers, train_subset and test_subset must be >= 0")
+
+
+def num_classes(config: DataConfig) -> int:
+    if config.dataset in ("cifar10", "fashion_mnist"):
+        return 10
+    if config.dataset == "cifar100":
+        return 100
+    if config.dataset == "imagenet":
+        return 1000
+    if config.dataset == "synthetic":
+        return config.synthetic_classes
+    return len(preflight_image_folder(Path(config.root) / "train").classes)
+
+
+class ArrayImageDataset(Dataset):
+    """Images held in memory as uint8 arrays (N, H, W) or (N, H, W, 3) with integer labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.transform = images, labels.astype(np.int64), transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index]).convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def synthetic_arrays(size: int, classes: int, image_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-conditional images: each class is a smooth random colour field; each image is its class
+    field, rolled by a random shift, with pixel noise. Learnable but not trivial. -> (N,H,W,3), (N,)"""
+    class_rng = np.random.default_rng(12345)  # class prototypes are shared by train and test splits
+    coarse = class_rng.uniform(0, 255, size=(classes, 4, 4, 3))
+    prototypes = np.stack([np.array(Image.fromarray(c.astype(np.uint8)).resize(
+        (image_size, image_size), Image.BICUBIC)) for c in coarse]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=size)
+    shifts = rng.integers(-image_size // 4, image_size // 4 + 1, size=(size, 2))
+    images = np.empty((size, image_size, image_size, 3), dtype=np.uint8)
+    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts)):
+        noisy = np.roll(prototypes[label], (dy, dx), axis=(0, 1)) + rng.normal(0, 25, prototypes[label].shape)
+        images[i] = np.clip(noisy, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz", folder / "FashionMNIST" / "raw" / stem,
+                      folder / "FashionMNIST" / "raw" / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def fashion_mnist_arrays(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from IDX files in `root` (Debian's dataset-fashion-mnist layout) or in
+    torchvision's root/FashionMNIST/raw layout."""
+    prefix = "train" if train else "t10k"
+    searched = [Path(root), DEBIAN_FASHION_MNIST]
+    for folder in searched:
+        images = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            return _read_idx(images), _read_idx(labels)
+    raise FileNotFoundError(
+        f"Fashion-MNIST {prefix}-images/labels IDX files not found in {' or '.join(map(str, searched))}. "
+        "Install Debian's dataset-fashion-mnist, or set data.download=true to fetch it with torchvision."
+    )
+
+
+@dataclass
+class FolderSummary:
+    classes: list[str]
+    num_images: int
+
+
+def _count_images(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def preflight_image_folder(root: Path, expected_classes: int | None = None,
+                           expected_images: int | None = None) -> FolderSummary:
+    """Check an ImageFolder root (one sub-folder of images per class) before any training starts.
+
+    Raises FileNotFoundError / ValueError whose message names what was expected and what was found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    loose_images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not subfolders:
+        if loose_images:
+            raise ValueError(f"{root} holds {len(loose_images)} images but no class folders: it looks "
+                             "like a single class folder; point to its parent (expected ROOT/CLASS/IMAGE)")
+        raise ValueError(f"{root} is empty: expected one folder of images per class")
+    names = {p.name for p in subfolders}
+    split_like = sorted(names & {"train", "val", "test"})
+    if split_like and all(any(q.is_dir() for q in (root / s).iterdir()) for s in split_like):
+        raise ValueError(f"{root} contains split folders {split_like}: it looks like the parent "
+                         f"folder; point to {root / split_like[0]} (expected ROOT/CLASS/IMAGE)")
+    counts = {p.name: _count_images(p) for p in subfolders}  # one pass: ImageNet has 1.28M files
+    empty = [name for name, count in counts.items() if count == 0]
+    if empty:
+        raise ValueError(f"{len(empty)} class folder(s) in {root} hold no images: {', '.join(empty[:5])}")
+    total = sum(counts.values())
+    found = f"found {len(subfolders)} classes and {total:,} images in {root}"
+    if expected_classes is not None and len(subfolders) != expected_classes:
+        raise ValueError(f"expected {expected_classes} classes, {found}")
+    if expected_images is not None and total != expected_images:
+        raise ValueError(f"expected {expected_images:,} images, {found}")
+    return FolderSummary([p.name for p in subfolders], total)
+
+
+def _subset(dataset: Dataset, count: int) -> Dataset:
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
+
+
+def build_dataset(config: DataConfig, split: str, transform: Callable | None, seed: int = 0) -> Dataset:
+    """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    train = split == "train"
+    if config.dataset in ("cifar10", "cifar100"):
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if config.dataset == "cifar10" else datasets.CIFAR100
+        try:
+            dataset = cls(config.root, train=train, download=config.download, transform=transform)
+        except RuntimeError as error:
+            raise FileNotFoundError(f"{config.dataset} not found under {config.root} ({error}); set "
+                                    "data.download=true or data.root to the folder holding it") from None
+    elif config.dataset in ("imagenet", "imagefolder"):
+        from torchvision.datasets import ImageFolder
+
+        folder = Path(config.root) / ("train" if train else "val")
+        strict = config.dataset == "imagenet" and not config.allow_partial
+        preflight_image_folder(
+            folder,
+            expected_classes=1000 if strict else None,
+            expected_images=(IMAGENET_TRAIN_IMAGES if train else IMAGENET_VAL_IMAGES) if strict else None,
+        )
+        dataset = ImageFolder(str(folder), transform=transform)
+    elif config.dataset == "fashion_mnist":
+        if config.download:
+            from torchvision import datasets
+
+            datasets.FashionMNIST(config.root, train=train, download=True)
+        images, labels = fashion_mnist_arrays(Path(config.root), train)
+        dataset = ArrayImageDataset(images, labels, transform)
+    else:
+        size = config.synthetic_train_size if train else config.synthetic_test_size
+        images, labels = synthetic_arrays(size, config.synthetic_classes, config.synthetic_image_size,
+                                          seed=seed * 2 + (0 if train else 1))
+        dataset = ArrayImageDataset(images, labels, transform)
+    return _subset(dataset, config.train_subset if train else config.test_subset)

@@ -1,0 +1,90 @@
+"""Device, precision and seeding: resolved from config fields, never hard-coded."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from common.config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the local CUDA device when present (per LOCAL_RANK), else CPU."""
+    from common.dist import local_rank
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("run.device=cuda but no CUDA device is visible; use run.device=cpu or auto")
+        torch.cuda.set_device(local_rank())
+        return torch.device("cuda", local_rank())
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on GPU, fp32 on CPU (CPU bf16 autocast is slower than fp32 on most hosts)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"precision {name!r} is not one of auto, {', '.join(table)}")
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    return table[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed derived from (seed, epoch, index, ...) so randomness never depends on how the
+    work is split across processes, loader workers or restarts."""
+    digest = hashlib.blake2b(":".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunConfig:
+    """Where and how a stage runs; most of it does not change results (see NON_RESULT_FIELDS)."""
+
+    name: str = "run"
+    output_root: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    checkpoint_every_steps: int = 500
+    keep_last_checkpoints: int = 2
+    milestone_every_steps: int = 0  # also keep checkpoints at multiples of this (0 = none)
+    log_every_steps: int = 10
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.keep_last_checkpoints < 1:
+            raise ConfigError("checkpoint_every_steps, log_every_steps and keep_last_checkpoints must be >= 1")
+
+
+# Fields that decide where or how verbosely a run happens, not what it computes: left out of the
+# config hash so that moving the data or changing the logging reuses a finished run.
+NON_RESULT_FIELDS = (
+    "run.name", "run.output_root", "run.device", "run.checkpoint_every_steps",
+    "run.keep_last_checkpoints", "run.milestone_every_steps", "run.log_every_steps", "run.progress",
+    "data.root", "data.num_workers", "data.download",
+)

@@ -1,0 +1,72 @@
+"""Deterministic, resumable, rank-sharded sampling with per-sample seeded augmentation.
+
+The randomness of every training sample is a function of (seed, epoch, sample index) only, and the
+global batch at step s is the same whatever the number of ranks or loader workers. That is what
+makes a killed-and-resumed run, or a run on a different number of loader workers, repeat exactly.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from common.runtime import derive_seed
+
+
+class SeededViews(Dataset):
+    """Wrap a dataset of (PIL image, label) into one of ([view_1, ..., view_n], label).
+
+    Indexed by (index, epoch) pairs, as yielded by `EpochSampler`; each view transform runs under
+    torch's global generator seeded from (seed, epoch, index), so loader workers cannot change it.
+    """
+
+    def __init__(self, base: Dataset, view_transforms: Sequence[Callable], seed: int):
+        self.base, self.view_transforms, self.seed = base, list(view_transforms), seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        image, label = self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, epoch, index))
+            views = [transform(image) for transform in self.view_transforms]
+        return views, label
+
+
+class EpochSampler(Sampler):
+    """Shuffles once per epoch from (seed, epoch); the global batch b is order[b*G:(b+1)*G] with
+    G = batch_per_rank * world_size, and rank r takes its r-th slice of it. Yields (index, epoch).
+    The incomplete last global batch is dropped. `set_epoch(epoch, start_batch)` resumes mid-epoch.
+    """
+
+    def __init__(self, dataset_size: int, batch_per_rank: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
+        global_batch = batch_per_rank * world_size
+        if dataset_size < global_batch:
+            raise ValueError(f"dataset has {dataset_size} images, fewer than one global batch of "
+                             f"{global_batch}; lower optim.batch_size or use more data")
+        self.dataset_size, self.batch_per_rank, self.seed = dataset_size, batch_per_rank, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.dataset_size // (self.batch_per_rank * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
+        order = torch.randperm(self.dataset_size, generator=generator)
+        global_batch = self.batch_per_rank * self.world_size
+        for batch in range(self.start_batch, self.batches_per_epoch):
+            start = batch * global_batch + self.rank * self.batch_per_rank
+            for index in order[start: start + self.batch_per_rank].tolist():
+                yield index, self.epoch

@@ -1,0 +1,1 @@
+"""PatchMix contrastive pretraining (run as `python -m pretrain`)."""

@@ -1,0 +1,203 @@
+"""Pretraining config and named presets.
+
+Every preset is a function deriving from one base per dataset family: one per pretraining run of
+the paper's Tables 2, 3, 5 (PatchMix row), 6 (m = 1..4) and 7 (loss subsets), each in a `paper`
+and an `official` flavour where the paper and the published code differ (recipes.md):
+
+| difference                | paper                    | official (published code)              |
+|---------------------------|--------------------------|----------------------------------------|
+| mix number m              | 3                        | 2                                      |
+| ViT-S heads               | 6 (Table 8)              | 12 (MoCo v3 convention)                |
+| ImageNet views            | 2 x 224, crop 0.05-1     | 2 x 224 crop 0.35-1 + 8 x 96 crop 0.05-0.35 |
+| ViT-T momentum encoder    | yes (0.996 -> 1)         | none (keys from the base encoder)      |
+| momentum schedule         | updated every step       | updated once per epoch (a loop bug)    |
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+from common.config import ConfigError
+from common.datasets import DataConfig
+from common.runtime import RunConfig
+from pretrain.augment import AugmentConfig
+from pretrain.loss import LossConfig
+from pretrain.model import ModelConfig
+from pretrain.patchmix import MixConfig
+
+FLAVOURS = ("paper", "official")
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 300
+    warmup_epochs: int = 10
+    batch_size: int = 1024  # global, over all ranks; the lr rule uses it, so it is the same on 1 or 64 GPUs
+    base_lr: float = 5e-4  # per 256 images: lr = base_lr * batch_size / 256
+    min_lr: float = 1e-6
+    weight_decay: float = 0.04  # cosine per step to weight_decay_end; never on biases and 1-D params
+    weight_decay_end: float = 0.4
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.996  # EMA coefficient, cosine to momentum_end
+    momentum_end: float = 1.0
+    momentum_update: str = "step"  # step | epoch (reproduces the published once-per-epoch update)
+    max_steps: int = 0  # stop after this many steps (0 = all); schedules still span all epochs
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError("need epochs >= 1, batch_size >= 1 and 0 <= warmup_epochs <= epochs")
+        if self.momentum_update not in ("step", "epoch"):
+            raise ConfigError(f"momentum_update must be 'step' or 'epoch', got {self.momentum_update!r}")
+        if not 0.0 <= self.momentum <= self.momentum_end <= 1.0:
+            raise ConfigError("need 0 <= momentum <= momentum_end <= 1")
+
+    def peak_lr(self) -> float:
+        return self.base_lr * self.batch_size / 256
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="patchmix"))
+    preset: str = ""  # the preset this config was derived from, recorded for reports
+
+    def check(self) -> None:
+        """Checks that span sections (each section checks its own fields first)."""
+        tokens = (self.model.image_size // self.model.patch_size) ** 2
+        if self.mix.num_mixed > tokens:
+            raise ConfigError(f"mix.num_mixed={self.mix.num_mixed} exceeds the {tokens} tokens per image")
+        if self.augment.num_local_crops and self.augment.local_crop_size % self.model.patch_size:
+            raise ConfigError(f"augment.local_crop_size {self.augment.local_crop_size} must be a "
+                              f"multiple of model.patch_size {self.model.patch_size}")
+
+
+def _with(config: PretrainConfig, **sections) -> PretrainConfig:
+    """Copy of `config` with fields of sections replaced: _with(c, mix={"num_mixed": 3})."""
+    changes = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()}
+    return dataclasses.replace(config, **changes)
+
+
+ARCHES = {"vit_t": "vit_tiny", "vit_s": "vit_small", "vit_b": "vit_base"}
+
+
+def imagenet(arch: str, epochs: int, flavour: str) -> PretrainConfig:
+    """Table 2: ImageNet-1K, 224 px, patch 16, global batch 1024, warmup 10 epochs."""
+    official = flavour == "official"
+    config = PretrainConfig(
+        model=ModelConfig(arch=ARCHES[arch], patch_size=16, image_size=224,
+                          num_heads=6 if arch == "vit_s" and not official else 0),
+        data=DataConfig(dataset="imagenet", root="data/imagenet", num_workers=10),
+        augment=AugmentConfig(crop_scale_min=0.35 if official else 0.05,
+                              num_local_crops=8 if official else 0),
+        mix=MixConfig(num_mixed=2 if official else 3),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=10, batch_size=1024,
+                          base_lr=7.5e-4 if arch == "vit_b" else 5e-4,
+                          momentum_update="epoch" if official else "step"),
+    )
+    return config
+
+
+def cifar(dataset: str, arch: str, epochs: int, flavour: str) -> PretrainConfig:
+    """Table 3: CIFAR-10/100, 32 px, patch 2, global batch 512, warmup 100 epochs."""
+    official = flavour == "official"
+    tiny = arch == "vit_t"
+    return PretrainConfig(
+        model=ModelConfig(arch=ARCHES[arch], patch_size=2, image_size=32,
+                          num_heads=6 if arch == "vit_s" and not official else 0,
+                          momentum_encoder=not (tiny and official)),
+        data=DataConfig(dataset=dataset, root="data/cifar", num_workers=8),
+        augment=AugmentConfig(crop_scale_min=0.1),
+        mix=MixConfig(num_mixed=2 if official else 3),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=100, batch_size=512,
+                          base_lr={"vit_t": 2e-3, "vit_s": 5e-4, "vit_b": 7.5e-4}[arch],
+                          weight_decay=0.02 if tiny else 0.04, weight_decay_end=0.2 if tiny else 0.4,
+                          momentum_update="epoch" if official else "step"),
+    )
+
+
+# Table 7 rows: which loss terms are on (published weights 1, 1/2, 1/2).
+LOSS_SUBSETS = {
+    "o2o": (1.0, 0.0, 0.0),
+    "m2o": (0.0, 0.5, 0.0),
+    "m2m": (0.0, 0.0, 0.5),
+    "o2o+m2o": (1.0, 0.5, 0.0),
+    "o2o+m2o+m2m": (1.0, 0.5, 0.5),
+}
+
+
+def debug_cpu() -> PretrainConfig:
+    """A tiny ViT on generated 32 px images: seconds per epoch on a laptop CPU (tests, smoke runs)."""
+    return PretrainConfig(
+        model=ModelConfig(arch="vit_debug", patch_size=4, image_size=32, drop_path_rate=0.1,
+                          projector_hidden_dim=128, predictor_hidden_dim=128, output_dim=32),
+        data=DataConfig(dataset="synthetic", num_workers=0, synthetic_train_size=256,
+                        synthetic_test_size=64, synthetic_image_size=32),
+        augment=AugmentConfig(crop_scale_min=0.2),
+        mix=MixConfig(num_mixed=2),
+        optim=OptimConfig(epochs=4, warmup_epochs=1, batch_size=32, base_lr=2e-3,
+                          weight_decay=0.02, weight_decay_end=0.2),
+        run=RunConfig(name="debug", device="cpu", checkpoint_every_steps=8, log_every_steps=2),
+    )
+
+
+def demo_fashion_mnist(num_mixed: int = 2) -> PretrainConfig:
+    """A short CPU pretraining on real images (Fashion-MNIST, 28 px, patch 4): the `make demo` run."""
+    return PretrainConfig(
+        model=ModelConfig(arch="vit_debug", patch_size=4, image_size=28, drop_path_rate=0.0,
+                          projector_hidden_dim=256, predictor_hidden_dim=256, output_dim=64),
+        data=DataConfig(dataset="fashion_mnist", root="data/fashion-mnist", num_workers=1,
+                        train_subset=8192, test_subset=2000),
+        augment=AugmentConfig(crop_scale_min=0.3),
+        mix=MixConfig(num_mixed=num_mixed),
+        optim=OptimConfig(epochs=4, warmup_epochs=1, batch_size=128, base_lr=1.5e-3,
+                          weight_decay=0.02, weight_decay_end=0.1, momentum=0.99),
+        run=RunConfig(name=f"demo-m{num_mixed}", device="cpu", checkpoint_every_steps=64,
+                      log_every_steps=8),
+    )
+
+
+def _build_registry() -> dict[str, Callable[[], PretrainConfig]]:
+    presets: dict[str, Callable[[], PretrainConfig]] = {"debug_cpu": debug_cpu}
+    for m in (1, 2, 3):
+        presets[f"demo_fashion_mnist_m{m}"] = lambda m=m: demo_fashion_mnist(m)
+    for flavour in FLAVOURS:
+        for arch, epochs in (("vit_s", 300), ("vit_s", 800), ("vit_b", 300)):
+            presets[f"imagenet_{arch}16_{epochs}ep_{flavour}"] = (
+                lambda a=arch, e=epochs, f=flavour: imagenet(a, e, f))
+        for dataset in ("cifar10", "cifar100"):
+            for arch, epochs in (("vit_t", 800), ("vit_t", 1600), ("vit_s", 800), ("vit_s", 1600),
+                                 ("vit_b", 800)):
+                presets[f"{dataset}_{arch}2_{epochs}ep_{flavour}"] = (
+                    lambda d=dataset, a=arch, e=epochs, f=flavour: cifar(d, a, e, f))
+            base = f"{dataset}_vit_s2_800ep"
+            for m in (1, 2, 3, 4):  # Table 6
+                presets[f"{base}_m{m}_{flavour}"] = (
+                    lambda d=dataset, f=flavour, m=m: _with(cifar(d, "vit_s", 800, f), mix={"num_mixed": m}))
+            for subset, (w_oo, w_mo, w_mm) in LOSS_SUBSETS.items():  # Table 7
+                presets[f"{base}_loss-{subset}_{flavour}"] = (
+                    lambda d=dataset, f=flavour, a=w_oo, b=w_mo, c=w_mm: _with(
+                        cifar(d, "vit_s", 800, f),
+                        loss={"origin_weight": a, "mix_to_origin_weight": b, "mix_to_mix_weight": c}))
+    return presets
+
+
+PRESETS = _build_registry()
+
+
+def preset(name: str) -> PretrainConfig:
+    """The named preset, with its name recorded in `config.preset` and `config.run.name`."""
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, PRESETS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r}.{hint} List them with `python -m pretrain --list-presets`.")
+    config = PRESETS[name]()
+    run_name = config.run.name if name.startswith(("debug", "demo")) else name
+    return dataclasses.replace(config, preset=name, run=dataclasses.replace(config.run, name=run_name))

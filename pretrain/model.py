@@ -1,0 +1,111 @@
+"""PatchMix networks: base encoder + projector + predictor, and the momentum (EMA) copy.
+
+Heads follow Table 9 / MoCo v3: projector 3 linear layers (4096, 4096, 256), predictor 2 (4096,
+256); linear layers without bias, each followed by BatchNorm (+ReLU except the last, whose BN has
+no affine parameters). The published ViT-T preset has no momentum encoder: keys then come from the
+base encoder and projector under no_grad.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from common.config import ConfigError
+from common.vit import VIT_SIZES, build_vit
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_small"
+    patch_size: int = 16
+    image_size: int = 224
+    num_heads: int = 0  # 0 = the arch's default (ViT-S: 12 as published; the paper's Table 8 says 6)
+    drop_path_rate: float = 0.1  # base encoder only
+    projector_hidden_dim: int = 4096
+    predictor_hidden_dim: int = 4096
+    output_dim: int = 256
+    momentum_encoder: bool = True
+
+    def check(self) -> None:
+        if self.arch not in VIT_SIZES:
+            raise ConfigError(f"arch {self.arch!r} is not one of {', '.join(VIT_SIZES)}")
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ConfigError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.Sequential:
+    """Linear(no bias)+BN+ReLU repeated, last layer Linear(no bias)+BN(affine=False)."""
+    layers: list[nn.Module] = []
+    for layer in range(num_layers):
+        last = layer == num_layers - 1
+        width = out_dim if last else hidden_dim
+        layers += [nn.Linear(in_dim, width, bias=False), nn.BatchNorm1d(width, affine=not last)]
+        if not last:
+            layers.append(nn.ReLU(inplace=True))
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class PatchMixModel(nn.Module):
+    """`forward(views)` returns the queries of a list of image batches (each (B, 3, H, W) -> (B, d)),
+    every batch through the heads separately so BatchNorm keeps per-view statistics. One forward
+    call per step keeps DistributedDataParallel's gradient hooks simple. `keys(views)` is the
+    gradient-free key path.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.base_encoder = build_vit(config.arch, config.patch_size, config.image_size,
+                                      config.num_heads, config.drop_path_rate)
+        width = self.base_encoder.embed_dim
+        self.projector = mlp_head(width, config.projector_hidden_dim, config.output_dim, 3)
+        self.predictor = mlp_head(config.output_dim, config.predictor_hidden_dim, config.output_dim, 2)
+        self.momentum_encoder: nn.Module | None = None
+        self.momentum_projector: nn.Module | None = None
+        if config.momentum_encoder:
+            # Same weights, no drop path: stochastic depth regularises the base encoder only.
+            self.momentum_encoder = build_vit(config.arch, config.patch_size, config.image_size,
+                                              config.num_heads, 0.0)
+            self.momentum_encoder.load_state_dict(self.base_encoder.state_dict())
+            self.momentum_projector = copy.deepcopy(self.projector)
+            for parameter in self.momentum_parameters():
+                parameter.requires_grad_(False)
+
+    def momentum_parameters(self) -> list[nn.Parameter]:
+        if self.momentum_encoder is None:
+            return []
+        return [*self.momentum_encoder.parameters(), *self.momentum_projector.parameters()]
+
+    def online_parameters_for_momentum(self) -> list[nn.Parameter]:
+        return [*self.base_encoder.parameters(), *self.projector.parameters()]
+
+    def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.predictor(self.projector(self.base_encoder(view))) for view in views]
+
+    @torch.no_grad()
+    def keys(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if self.momentum_encoder is None:
+            return [self.projector(self.base_encoder(view)) for view in views]
+        return [self.momentum_projector(self.momentum_encoder(view)) for view in views]
+
+    @torch.no_grad()
+    def update_momentum(self, momentum: float) -> None:
+        """EMA: key_param <- momentum * key_param + (1 - momentum) * query_param (one foreach call)."""
+        if self.momentum_encoder is None:
+            return
+        key_params = self.momentum_parameters()
+        query_params = [p.detach() for p in self.online_parameters_for_momentum()]
+        torch._foreach_lerp_(key_params, query_params, 1.0 - momentum)
+        # BatchNorm running statistics are buffers, not parameters: the published code does not
+        # average them (the key path runs in train mode and uses batch statistics anyway).
+
+    def evaluation_encoder(self) -> nn.Module:
+        """The encoder used by all evaluation protocols: momentum encoder when present, else base."""
+        return self.momentum_encoder if self.momentum_encoder is not None else self.base_encoder

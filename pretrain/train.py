@@ -1,0 +1,251 @@
+"""The PatchMix pretraining loop: `main(config) -> result dict`.
+
+One step (recipes.md): update the momentum encoder, mix both views at patch level with a permutation
+drawn from a generator seeded by (seed, step, rank), compute queries for view 1 and mixed view 2 and
+keys for view 1, view 2 and mixed view 1, and minimise the weighted soft-target InfoNCE terms.
+All randomness derives from (seed, step) or (seed, epoch, sample index), so a run resumed from a
+checkpoint repeats the uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from common import dist
+from common.checkpoint import (atomic_torch_save, checkpoint_path, load_latest_checkpoint,
+                               prune_checkpoints)
+from common.datasets import build_dataset
+from common.rundir import RunDirectory
+from common.runtime import (NON_RESULT_FIELDS, autocast, derive_seed, resolve_device,
+                            resolve_precision, seed_everything)
+from common.sampling import EpochSampler, SeededViews
+from pretrain import schedules
+from pretrain.augment import pretraining_views
+from pretrain.configs import OptimConfig, PretrainConfig
+from pretrain.loss import soft_target_cross_entropy
+from pretrain.model import PatchMixModel
+from pretrain.patchmix import mix_to_mix_targets, mix_to_origin_targets, origin_targets, patch_mix
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with two groups: weights (decayed) and biases / 1-D parameters such as norms and
+    tokens' scales (never decayed). Frozen (momentum) parameters are left out."""
+    decayed, not_decayed = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decayed if parameter.ndim >= 2 else not_decayed).append(parameter)
+    groups = [{"params": decayed, "apply_weight_decay": True},
+              {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False}]
+    return torch.optim.AdamW(groups, lr=config.peak_lr(), betas=config.betas,
+                             weight_decay=config.weight_decay, fused=device.type == "cuda")
+
+
+def set_schedules(optimizer: torch.optim.Optimizer, config: OptimConfig, step: int,
+                  steps_per_epoch: int) -> tuple[float, float]:
+    """Set this step's learning rate and weight decay on every group; returns (lr, wd)."""
+    total = config.epochs * steps_per_epoch
+    lr = schedules.learning_rate(step, total, config.warmup_epochs * steps_per_epoch,
+                                 config.peak_lr(), config.min_lr)
+    wd = schedules.weight_decay(step, total, config.weight_decay, config.weight_decay_end)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group["apply_weight_decay"]:
+            group["weight_decay"] = wd
+    return lr, wd
+
+
+def momentum_at(config: OptimConfig, step: int, steps_per_epoch: int) -> float:
+    """Cosine EMA coefficient; `momentum_update=epoch` holds it for a whole epoch as published."""
+    if config.momentum_update == "epoch":
+        step = (step // steps_per_epoch) * steps_per_epoch
+    return schedules.momentum(step, config.epochs * steps_per_epoch, config.momentum, config.momentum_end)
+
+
+def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[torch.Tensor],
+                  config: PretrainConfig, generator: torch.Generator, rank: int = 0,
+                  world_size: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PatchMix objective for one per-device batch.
+
+    Args:
+        model: the query network (maybe DDP-wrapped); `model(list of batches)` -> list of queries.
+        keys_model: the unwrapped PatchMixModel, for the gradient-free key path.
+        views: [view1, view2, local crops...], each (B, 3, H, W) on the training device.
+        generator: draws the PatchMix permutations (view 1, view 2, then each local crop).
+    Returns:
+        (scalar loss, {term name: detached scalar}) -- no host synchronisation.
+    """
+    weights, m, patch = config.loss, config.mix.num_mixed, config.model.patch_size
+    view1, view2, local_views = views[0], views[1], list(views[2:])
+    batch, device = view1.shape[0], view1.device
+    mixed1, _ = patch_mix(view1, m, patch, generator)
+    mixed2, _ = patch_mix(view2, m, patch, generator)
+    gather = dist.all_gather_no_grad
+    tau = weights.temperature
+    one_hot = origin_targets(batch, rank, world_size, device)
+    to_origin = mix_to_origin_targets(batch, m, rank, world_size, config.mix.smoothing, device)
+
+    need_mixed_query = weights.mix_to_origin_weight > 0 or weights.mix_to_mix_weight > 0
+    key1, key2 = (gather(k) for k in keys_model.keys([view1, view2]))
+    query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2] if need_mixed_query else [])
+    local_mixed = [patch_mix(v, m, patch, generator)[0] for v in local_views]
+    queries = model(query_inputs + local_views + local_mixed)
+    terms: dict[str, torch.Tensor] = {}
+    if weights.origin_weight > 0:
+        terms["origin"] = soft_target_cross_entropy(queries.pop(0), key2, one_hot, tau)
+    if need_mixed_query:
+        query_mixed2 = queries.pop(0)
+        if weights.mix_to_origin_weight > 0:
+            terms["mix_to_origin"] = soft_target_cross_entropy(query_mixed2, key1, to_origin, tau)
+        if weights.mix_to_mix_weight > 0:
+            key_mixed1 = gather(keys_model.keys([mixed1])[0])
+            to_mix = mix_to_mix_targets(batch, m, rank, world_size, config.mix.smoothing, device)
+            terms["mix_to_mix"] = soft_target_cross_entropy(query_mixed2, key_mixed1, to_mix, tau)
+    if local_views:
+        count = len(local_views)
+        local_queries, local_mixed_queries = queries[:count], queries[count:]
+        terms["local_origin"] = sum(soft_target_cross_entropy(q, key1, one_hot, tau)
+                                    + soft_target_cross_entropy(q, key2, one_hot, tau)
+                                    for q in local_queries) / count
+        terms["local_mix_to_origin"] = sum(soft_target_cross_entropy(q, key1, to_origin, tau)
+                                           + soft_target_cross_entropy(q, key2, to_origin, tau)
+                                           for q in local_mixed_queries) / count
+    weight_of = {"origin": weights.origin_weight, "mix_to_origin": weights.mix_to_origin_weight,
+                 "mix_to_mix": weights.mix_to_mix_weight, "local_origin": weights.local_origin_weight,
+                 "local_mix_to_origin": weights.local_mix_to_origin_weight}
+    loss = sum(weight_of[name] * value for name, value in terms.items())
+    metrics = {name: value.detach() for name, value in terms.items()}
+    # Collapse monitor: std of the normalised keys x sqrt(dim) is ~1 for spread embeddings, -> 0 at collapse.
+    metrics["key_std"] = torch.nn.functional.normalize(key1.float(), dim=1).std(dim=0).mean() * math.sqrt(key1.shape[1])
+    return loss, metrics
+
+
+def _checkpoint_state(model: PatchMixModel, optimizer, scaler, step: int, config_digest: str,
+                      world_size: int) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "step": step, "config_hash": config_digest,
+            "world_size": world_size}
+
+
+def main(config: PretrainConfig) -> dict:
+    """Pretrain as configured, resuming from the run directory's newest checkpoint if there is one.
+
+    Returns the result record (also written to <run dir>/result.json).
+    """
+    device = resolve_device(config.run.device)
+    dist.init_distributed(device.type)
+    rank, world_size = dist.rank(), dist.world_size()
+    precision = resolve_precision(config.run.precision, device)
+    if config.optim.batch_size % world_size:
+        raise ValueError(f"optim.batch_size {config.optim.batch_size} is not divisible by the "
+                         f"{world_size} processes")
+    batch_per_rank = config.optim.batch_size // world_size
+    run_dir = RunDirectory.for_config(config.run.output_root, config.run.name, config, NON_RESULT_FIELDS)
+    if run_dir.is_complete():
+        if dist.is_main_process():
+            print(f"[pretrain] {run_dir.path} is complete; nothing to do")
+        return run_dir.read_result()
+    if dist.is_main_process():
+        run_dir.prepare(config, world_size)
+    dist.barrier()
+
+    seed = config.run.seed
+    seed_everything(seed)  # identical initial weights on every rank
+    model = PatchMixModel(config.model).to(device)
+    optimizer = build_optimizer(model, config.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+
+    dataset = SeededViews(build_dataset(config.data, "train", None, seed),
+                          pretraining_views(config.augment, config.model.image_size), seed)
+    sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
+    steps_per_epoch = sampler.batches_per_epoch
+    total_steps = config.optim.epochs * steps_per_epoch
+    stop_step = min(config.optim.max_steps or total_steps, total_steps)
+
+    step = 0
+    state = load_latest_checkpoint(run_dir.checkpoint_dir)
+    if state is not None:
+        if state["world_size"] != world_size:
+            raise RuntimeError(f"{run_dir.path} was checkpointed with {state['world_size']} processes; "
+                               f"resuming with {world_size} would change the per-device mixing. Resume "
+                               "with the same number of processes or start a new run directory.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step = state["step"]
+        if dist.is_main_process():
+            print(f"[pretrain] resuming {run_dir.path} from step {step}")
+
+    query_model: nn.Module = model
+    if world_size > 1:
+        model.projector = nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
+        model.predictor = nn.SyncBatchNorm.convert_sync_batchnorm(model.predictor)
+        query_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    progress = tqdm(total=stop_step, initial=step, desc=f"pretrain {config.run.name}", unit="step",
+                    disable=not (config.run.progress and dist.is_main_process()), dynamic_ncols=True)
+    last_metrics: dict[str, float] = {}
+    started = time.time()
+    while step < stop_step:
+        epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch, batch_in_epoch)
+        loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler,
+                            num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
+                            drop_last=True)
+        for views, _ in loader:
+            views = [v.to(device, non_blocking=True) for v in views]
+            lr, wd = set_schedules(optimizer, config.optim, step, steps_per_epoch)
+            model.update_momentum(momentum_at(config.optim, step, steps_per_epoch))
+            # Drop path draws from the global generator: seed it per step so resuming repeats it.
+            torch.manual_seed(derive_seed(seed, "step", step, rank))
+            mix_generator = torch.Generator().manual_seed(derive_seed(seed, "mix", step, rank))
+            with autocast(device, precision):
+                loss, metrics = patchmix_loss(query_model, model, views, config, mix_generator,
+                                              rank, world_size)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            progress.update(1)
+
+            if step % config.run.log_every_steps == 0 or step == stop_step:
+                reduced = {name: dist.all_reduce_mean(value).item() for name, value in metrics.items()}
+                loss_value = dist.all_reduce_mean(loss.detach()).item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"non-finite loss {loss_value} at step {step}; the last "
+                                             f"good checkpoint is kept in {run_dir.checkpoint_dir}")
+                last_metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
+                                "lr": lr, "weight_decay": wd, **reduced}
+                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if dist.is_main_process():
+                    run_dir.append_metrics(last_metrics)
+            if step % config.run.checkpoint_every_steps == 0 or step == stop_step:
+                if dist.is_main_process():
+                    atomic_torch_save(_checkpoint_state(model, optimizer, scaler, step,
+                                                        run_dir.config_digest, world_size),
+                                      checkpoint_path(run_dir.checkpoint_dir, step))
+                    prune_checkpoints(run_dir.checkpoint_dir, config.run.keep_last_checkpoints,
+                                      config.run.milestone_every_steps)
+                dist.barrier()
+            if step >= stop_step:
+                break
+    progress.close()
+    if not last_metrics and run_dir.read_metrics():  # resumed at the very end: nothing left to log
+        last_metrics = run_dir.read_metrics()[-1]
+
+    result = {"stage": "pretrain", "preset": config.preset, "steps": step, "total_steps": total_steps,
+              "epochs_completed": step / steps_per_epoch, "final_metrics": last_metrics,
+              "checkpoint": str(checkpoint_path(run_dir.checkpoint_dir, step)),
+              "seconds_this_session": round(time.time() - started, 1)}
+    if dist.is_main_process():
+        run_dir.write_result(result)
+        print(f"[pretrain] done: {run_dir.path}")
+    dist.barrier()
+    return {**result, "run_dir": str(run_dir.path)}
