@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, OmegaConfBaseException,
+                              ValidationError)
 
 ConfigT = TypeVar("ConfigT")
 
@@ -52,7 +53,7 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
         try:
             OmegaConf.update(structured, key, OmegaConf.from_dotlist([f"x={value}"]).x, merge=False,
                              force_add=False)
-        except ConfigKeyError:
+        except (ConfigKeyError, ConfigAttributeError):
             prefix, _, leaf = key.rpartition(".")
             valid = _field_names(config, prefix)
             hint = difflib.get_close_matches(leaf, valid, n=3)

@@ -1,0 +1,81 @@
+"""Overrides are typed, unknown keys and bad values fail naming the field and the fix."""
+from __future__ import annotations
+
+import pytest
+
+from common.config import ConfigError, apply_overrides, config_hash, load_yaml, save_yaml
+from common.runtime import NON_RESULT_FIELDS
+from pretrain.configs import PRESETS, PretrainConfig, preset
+
+
+def test_overrides_are_typed_and_applied():
+    config = apply_overrides(preset("debug_cpu"), ["optim.epochs=7", "mix.num_mixed=3", "loss.temperature=0.1",
+                                                   "optim.betas=[0.9,0.95]"])
+    assert config.optim.epochs == 7 and config.mix.num_mixed == 3 and config.loss.temperature == 0.1
+    assert tuple(config.optim.betas) == (0.9, 0.95)
+    assert isinstance(config, PretrainConfig)
+
+
+def test_unknown_key_names_field_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.epoch'.*optim\.epochs"):
+        apply_overrides(preset("debug_cpu"), ["optim.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
+        apply_overrides(preset("debug_cpu"), ["nonsense=1"])
+
+
+def test_bad_type_names_field():
+    with pytest.raises(ConfigError, match=r"bad value for 'optim\.epochs'"):
+        apply_overrides(preset("debug_cpu"), ["optim.epochs=many"])
+
+
+def test_bad_value_names_section():
+    with pytest.raises(ConfigError, match=r"mix: num_mixed must be >= 1"):
+        apply_overrides(preset("debug_cpu"), ["mix.num_mixed=0"])
+    with pytest.raises(ConfigError, match=r"model: patch_size 5 must divide image_size 32"):
+        apply_overrides(preset("debug_cpu"), ["model.patch_size=5"])
+    with pytest.raises(ConfigError, match=r"run: device must be"):
+        apply_overrides(preset("debug_cpu"), ["run.device=tpu"])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(preset("debug_cpu"), ["optim.epochs"])
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="Did you mean debug_cpu"):
+        preset("debug_cpux")
+
+
+def test_hash_ignores_where_and_how_verbosely(tmp_path):
+    base = preset("debug_cpu")
+    moved = apply_overrides(base, ["data.root=/elsewhere", "run.log_every_steps=1", "run.output_root=/x"])
+    changed = apply_overrides(base, ["optim.base_lr=0.1"])
+    assert config_hash(base, NON_RESULT_FIELDS) == config_hash(moved, NON_RESULT_FIELDS)
+    assert config_hash(base, NON_RESULT_FIELDS) != config_hash(changed, NON_RESULT_FIELDS)
+
+
+def test_yaml_round_trip(tmp_path):
+    config = preset("cifar100_vit_s2_800ep_loss-o2o+m2o_paper")
+    save_yaml(config, tmp_path / "config.yaml")
+    assert load_yaml(tmp_path / "config.yaml", PretrainConfig) == config
+
+
+def test_paper_and_official_flavours_differ_as_documented():
+    paper, official = preset("imagenet_vit_s16_300ep_paper"), preset("imagenet_vit_s16_300ep_official")
+    assert (paper.mix.num_mixed, official.mix.num_mixed) == (3, 2)
+    assert (paper.model.num_heads, official.model.num_heads) == (6, 0)  # 0 = 12, the default
+    assert (paper.augment.num_local_crops, official.augment.num_local_crops) == (0, 8)
+    assert (paper.optim.momentum_update, official.optim.momentum_update) == ("step", "epoch")
+    tiny_paper, tiny_official = preset("cifar10_vit_t2_800ep_paper"), preset("cifar10_vit_t2_800ep_official")
+    assert tiny_paper.model.momentum_encoder and not tiny_official.model.momentum_encoder
+    assert tiny_official.optim.base_lr == 2e-3 and tiny_official.optim.batch_size == 512
+
+
+def test_presets_cover_tables():
+    for dataset in ("cifar10", "cifar100"):
+        for m in (1, 2, 3, 4):
+            assert preset(f"{dataset}_vit_s2_800ep_m{m}_official").mix.num_mixed == m
+        only_m2m = preset(f"{dataset}_vit_s2_800ep_loss-m2m_paper").loss
+        assert (only_m2m.origin_weight, only_m2m.mix_to_origin_weight, only_m2m.mix_to_mix_weight) == (0, 0, 0.5)
+    assert len([p for p in PRESETS if p.startswith("imagenet")]) == 6
