@@ -160,7 +160,7 @@ def main(config: PretrainConfig) -> dict:
     optimizer = build_optimizer(model, config.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
-    dataset = SeededViews(build_dataset(config.data, "train", None, seed),
+    dataset = SeededViews(build_dataset(config.data, "train", None),
                           pretraining_views(config.augment, config.model.image_size), seed)
     sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
     steps_per_epoch = sampler.batches_per_epoch

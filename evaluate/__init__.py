@@ -1,0 +1,1 @@
+"""Evaluation protocols: weighted kNN, linear probe, finetune (run as `python -m evaluate`)."""

@@ -1,0 +1,131 @@
+"""Evaluation configs and their presets (recipes.md, "Evaluation protocols").
+
+A protocol's config starts from the encoder it evaluates: data and input size come from the
+pretraining run (or must be given for an encoder file), and the arch sets the recipe's base lr.
+Presets:
+- knn: `default` (DINO weighted kNN, T = 0.07, k in {10, 20, 100, 200}).
+- linear: `official` (published: SGD Nesterov 0.9, wd 0, 100 epochs cosine, base lr per size
+  x batch/256: ViT-T 0.05, ViT-S 0.02, ViT-B 0.01; batch 1024 ImageNet / 256 CIFAR) and
+  `mocov3` (SGD lr 3 x batch/256, no Nesterov, 90 epochs, head init N(0, 0.01)), plus `fast`
+  (same optimiser on cached centre-crop features, no augmentation: for demos and smoke runs).
+- finetune: `official` (layer decay 0.75, AdamW wd 0.05, warmup 10 from 1e-6, min lr 1e-5,
+  drop path 0.1, RandAugment rand-m9-mstd0.5-inc1, label smoothing 0.1, mixup 0.8 / cutmix 1.0,
+  random erasing 0.25; base lr 1e-3 ViT-T, 5e-4 ViT-S/B) and `mae_vit_b` (layer decay 0.65,
+  5 warmup epochs, average-pooled features).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from common.config import ConfigError
+from common.datasets import DataConfig
+from common.runtime import RunConfig
+from evaluate.encoder import EncoderSpec, SourceConfig
+from evaluate.features import FeatureConfig
+from evaluate.knn import KnnConfig
+
+PROTOCOLS = ("knn", "linear", "finetune")
+SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+
+
+@dataclass
+class LinearConfig:
+    epochs: int = 100
+    batch_size: int = 256  # global
+    base_lr: float = 0.02  # x batch_size / 256
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    head_init_std: float = 0.0  # 0 = PyTorch's default init; MoCo v3: 0.01 (and zero bias)
+    augment: bool = True  # RandomResizedCrop + flip each epoch; False = cached centre-crop features
+    crop_scale_min: float = 0.08
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0:
+            raise ConfigError("need epochs >= 1, batch_size >= 1 and base_lr > 0")
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 100
+    batch_size: int = 1024  # global
+    base_lr: float = 5e-4  # x batch_size / 256
+    weight_decay: float = 0.05
+    layer_decay: float = 0.75
+    warmup_epochs: int = 10
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    drop_path_rate: float = 0.1
+    auto_augment: str = "rand-m9-mstd0.5-inc1"
+    label_smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    random_erasing: float = 0.25
+    global_pool: str = "token"  # token (CLS) | avg (MAE recipe)
+    small_image_crop: bool = False  # CIFAR recipe: RandomCrop(size, padding 4) instead of RandomResizedCrop
+    model_ema: bool = False
+    model_ema_decay: float = 0.9999
+
+    def check(self) -> None:
+        if self.global_pool not in ("token", "avg"):
+            raise ConfigError(f"global_pool must be token or avg, got {self.global_pool!r}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError("layer_decay must be in (0, 1]")
+        if self.epochs < 1 or self.warmup_epochs > self.epochs:
+            raise ConfigError("need epochs >= 1 and warmup_epochs <= epochs")
+
+
+@dataclass
+class EvalConfig:
+    """One protocol's run. Only the section of `protocol` (and features for knn) is used."""
+
+    protocol: str = "knn"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    image_size: int = 0  # 0 = the encoder's pretraining input size
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", output_root="", log_every_steps=50))
+    preset: str = "default"
+
+    def check(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}")
+
+    def unused_sections(self) -> tuple[str, ...]:
+        """Dotted keys left out of this run's config hash: the other protocols' sections."""
+        unused = [p for p in PROTOCOLS if p != self.protocol]
+        if self.protocol == "finetune":
+            unused.append("features")
+        return tuple(unused)
+
+
+LINEAR_BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05}
+FINETUNE_BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3}
+PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "fast"), "finetune": ("official", "mae_vit_b")}
+
+
+def build_eval_config(protocol: str, preset_name: str, spec: EncoderSpec, data: DataConfig,
+                      source: SourceConfig) -> EvalConfig:
+    """The preset of `protocol` for an encoder of architecture `spec` evaluated on `data`."""
+    if protocol not in PRESETS:
+        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PRESETS)}")
+    preset_name = preset_name or PRESETS[protocol][0]
+    if preset_name not in PRESETS[protocol]:
+        raise ConfigError(f"unknown {protocol} preset {preset_name!r}; choose one of {', '.join(PRESETS[protocol])}")
+    small = data.dataset in SMALL_IMAGE_DATASETS
+    linear = LinearConfig(batch_size=256 if small else 1024, base_lr=LINEAR_BASE_LR[spec.arch])
+    if preset_name == "mocov3":
+        linear = dataclasses.replace(linear, epochs=90, base_lr=3.0, nesterov=False, head_init_std=0.01)
+    elif preset_name == "fast":
+        linear = dataclasses.replace(linear, augment=False)
+    finetune = FinetuneConfig(base_lr=FINETUNE_BASE_LR[spec.arch], small_image_crop=small,
+                              batch_size=256 if small else 1024)
+    if preset_name == "mae_vit_b":
+        finetune = dataclasses.replace(finetune, layer_decay=0.65, warmup_epochs=5, global_pool="avg")
+    return EvalConfig(protocol=protocol, source=source, data=data, image_size=spec.image_size, linear=linear,
+                      finetune=finetune, preset=preset_name,
+                      run=RunConfig(name=f"{protocol}-{preset_name}", output_root="", log_every_steps=50))

@@ -1,0 +1,141 @@
+"""Import published checkpoints as encoder files, and export ours (timm-loadable safetensors).
+
+Formats (all ViTs use timm's key names inside):
+- `patchmix`: the published PatchMix checkpoint: `state_dict` with `base_encoder.*`,
+  `momentum_encoder.*` (each with its projector under `head.*`) and `predictor.*`, maybe behind a
+  DDP `module.` prefix. Default encoder: momentum (base for the published ViT-T, which has none).
+- `mocov3`: MoCo v3's `state_dict` with `module.base_encoder.*` / `module.momentum_encoder.*`
+  (projector under `head.*`). Default encoder: base, as MoCo v3's own evaluation does.
+- `dino`: a full DINO checkpoint (`teacher` / `student`, backbone under `backbone.*`, maybe
+  `module.`), or DINO's released backbone-only weights. Default encoder: teacher.
+- `timm`: a plain timm ViT state dict; a classifier `head.*` is dropped.
+Loading is strict: any missing or unexpected backbone key fails with the keys named.
+Checkpoints are read with torch's safe `weights_only` unpickler (DINO's stored argparse
+Namespace is the only extra type allowed).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from evaluate.encoder import EncoderSpec, encoder_state_from_run, infer_spec, save_encoder_file
+
+FORMATS = ("patchmix", "mocov3", "dino", "timm")
+DEFAULT_ENCODER = {"patchmix": "momentum", "mocov3": "base", "dino": "teacher", "timm": "model"}
+ENCODER_CHOICES = {"patchmix": ("momentum", "base"), "mocov3": ("base", "momentum"),
+                   "dino": ("teacher", "student"), "timm": ("model",)}
+DROPPED_PREFIXES = ("head.", "fc_norm.")  # projector / classifier heads; never part of the backbone
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _strip_module(state: dict) -> dict:
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _take_prefix(state: dict, prefix: str, what: str) -> dict:
+    taken = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not taken:
+        found = sorted({k.split(".")[0] + "." for k in state})
+        raise ConversionError(f"no '{prefix}*' keys for the {what}; the checkpoint's top-level prefixes "
+                              f"are {found[:10]}")
+    return taken
+
+
+def extract_backbone(checkpoint: dict, source_format: str, encoder: str = "") -> dict[str, torch.Tensor]:
+    """timm-named backbone weights (heads dropped) from a loaded checkpoint of `source_format`."""
+    if source_format not in FORMATS:
+        raise ConversionError(f"unknown format {source_format!r}; choose one of {', '.join(FORMATS)}")
+    encoder = encoder or DEFAULT_ENCODER[source_format]
+    if encoder not in ENCODER_CHOICES[source_format]:
+        raise ConversionError(f"--encoder for {source_format} is one of {ENCODER_CHOICES[source_format]}, "
+                              f"got {encoder!r}")
+    if source_format in ("patchmix", "mocov3"):
+        state = _strip_module(checkpoint.get("state_dict", checkpoint))
+        state = _take_prefix(state, f"{encoder}_encoder.", f"{encoder} encoder")
+    elif source_format == "dino":
+        if encoder in checkpoint:
+            state = _take_prefix(_strip_module(checkpoint[encoder]), "backbone.", f"DINO {encoder} backbone")
+        elif "cls_token" in checkpoint or "module.cls_token" in checkpoint:
+            state = _strip_module(checkpoint)  # released backbone-only weights
+        else:
+            raise ConversionError(f"DINO checkpoint has neither '{encoder}' nor backbone keys; found "
+                                  f"{sorted(checkpoint)[:10]}")
+    else:
+        state = _strip_module(checkpoint.get("state_dict", checkpoint.get("model", checkpoint)))
+    return {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+
+
+def check_backbone_keys(state: dict[str, torch.Tensor], spec: EncoderSpec) -> None:
+    """Raise ConversionError naming every missing and unexpected key (and shape mismatches)."""
+    reference = spec.build().state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    mismatched = sorted(k for k in set(state) & set(reference) if state[k].shape != reference[k].shape)
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    if mismatched:
+        problems.append("shape mismatches: " + ", ".join(
+            f"{k} {tuple(state[k].shape)} vs {tuple(reference[k].shape)}" for k in mismatched))
+    if problems:
+        raise ConversionError(f"checkpoint does not match a {spec.arch}/{spec.patch_size} ViT: " + "; ".join(problems))
+
+
+def convert(path: Path, source_format: str, output: Path, encoder: str = "", num_heads: int = 0) -> Path:
+    """Convert a published checkpoint into an encoder file (safetensors + architecture metadata)."""
+    state = extract_backbone(load_checkpoint_file(path), source_format, encoder)
+    spec = infer_spec(state, num_heads)
+    check_backbone_keys(state, spec)
+    description = f"{source_format}:{encoder or DEFAULT_ENCODER[source_format]}:{Path(path).name}"
+    return save_encoder_file(state, spec, output, description)
+
+
+def export_run(run_dir: Path, output: Path, encoder: str = "auto") -> Path:
+    """Our pretraining run's evaluation encoder as a timm-loadable safetensors file."""
+    loaded = encoder_state_from_run(run_dir, encoder)
+    return save_encoder_file(loaded.state_dict, loaded.spec, output, loaded.description)
+
+
+def cli(command: str, argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m evaluate {command}")
+    if command == "convert":
+        parser.add_argument("--format", required=True, choices=FORMATS)
+        parser.add_argument("--encoder", default="", help="which encoder of the checkpoint (default per format)")
+        parser.add_argument("--num-heads", type=int, default=0,
+                            help="attention heads (0 = arch default; ViT-S 12 as in published checkpoints)")
+        parser.add_argument("input")
+    else:
+        parser.add_argument("--from", dest="run_dir", required=True)
+        parser.add_argument("--encoder", default="auto", choices=("auto", "momentum", "base"))
+    parser.add_argument("output", help="output .safetensors file")
+    arguments = parser.parse_args(argv)
+    try:
+        if command == "convert":
+            path = convert(Path(arguments.input), arguments.format, Path(arguments.output), arguments.encoder,
+                           arguments.num_heads)
+        else:
+            path = export_run(Path(arguments.run_dir), Path(arguments.output), arguments.encoder)
+    except (ConversionError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"wrote {path}")

@@ -1,0 +1,147 @@
+"""Where an evaluated encoder comes from: a pretraining run directory or an encoder file.
+
+An encoder file is a safetensors file of timm ViT weights (timm key names, no classifier) whose
+metadata describes the architecture (arch, patch_size, image_size, num_heads). `evaluate.convert`
+writes them from our runs and from published PatchMix, MoCo v3, DINO and timm checkpoints.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from common.checkpoint import list_checkpoints, load_torch
+from common.config import ConfigError
+from common.vit import VIT_SIZES, build_vit
+
+
+@dataclass
+class SourceConfig:
+    """Exactly one of `run_dir` (a pretraining run) and `encoder_file` (a converted checkpoint)."""
+
+    run_dir: str = ""
+    encoder_file: str = ""
+    encoder: str = "auto"  # auto (momentum if the run has one, else base) | momentum | base
+
+    def check(self) -> None:
+        if bool(self.run_dir) == bool(self.encoder_file):
+            raise ConfigError("give exactly one of source.run_dir (--from RUN_DIR) and source.encoder_file")
+        if self.encoder not in ("auto", "momentum", "base"):
+            raise ConfigError(f"encoder must be auto, momentum or base, got {self.encoder!r}")
+
+
+@dataclass
+class EncoderSpec:
+    arch: str
+    patch_size: int
+    image_size: int
+    num_heads: int = 0
+
+    def build(self, drop_path_rate: float = 0.0) -> nn.Module:
+        return build_vit(self.arch, self.patch_size, self.image_size, self.num_heads, drop_path_rate)
+
+    def metadata(self) -> dict[str, str]:
+        return {key: str(value) for key, value in vars(self).items()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> "EncoderSpec":
+        missing = {"arch", "patch_size", "image_size"} - set(metadata)
+        if missing:
+            raise ValueError(f"encoder file metadata lacks {sorted(missing)}; write it with evaluate.convert")
+        return cls(metadata["arch"], int(metadata["patch_size"]), int(metadata["image_size"]),
+                   int(metadata.get("num_heads", 0)))
+
+
+@dataclass
+class LoadedEncoder:
+    state_dict: dict[str, torch.Tensor]  # timm ViT keys
+    spec: EncoderSpec
+    digest: str  # identifies the weights (for caches and result provenance)
+    description: str
+
+    def build(self, drop_path_rate: float = 0.0) -> nn.Module:
+        encoder = self.spec.build(drop_path_rate)
+        encoder.load_state_dict(self.state_dict)
+        return encoder
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """Content hash of a state dict (names, shapes and values), independent of the file it came from."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def infer_spec(state_dict: dict[str, torch.Tensor], num_heads: int = 0) -> EncoderSpec:
+    """Architecture from weight shapes (heads cannot be inferred: pass num_heads, 0 = arch default)."""
+    if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
+        raise ValueError("not a ViT state dict: patch_embed.proj.weight or pos_embed missing")
+    width, _, patch, _ = state_dict["patch_embed.proj.weight"].shape
+    depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
+    arch = next((name for name, size in VIT_SIZES.items() if size.embed_dim == width and size.depth == depth), None)
+    if arch is None:
+        raise ValueError(f"no known ViT of width {width} and depth {depth}")
+    grid = int(round((state_dict["pos_embed"].shape[1] - 1) ** 0.5))
+    return EncoderSpec(arch, int(patch), grid * int(patch), num_heads)
+
+
+def save_encoder_file(state_dict: dict[str, torch.Tensor], spec: EncoderSpec, path: Path,
+                      description: str = "") -> Path:
+    """Write timm-named ViT weights + architecture metadata as safetensors (timm-loadable)."""
+    spec.build().load_state_dict(state_dict)  # refuse to write something that will not load
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path),
+              metadata={**spec.metadata(), "description": description})
+    return path
+
+
+def load_encoder_file(path: Path) -> LoadedEncoder:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"encoder file {path} does not exist")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    state = load_file(str(path))
+    return LoadedEncoder(state, EncoderSpec.from_metadata(metadata), state_digest(state),
+                         metadata.get("description", str(path)))
+
+
+def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
+    """The evaluation encoder of a pretraining run's newest checkpoint.
+
+    `which='auto'` takes the momentum encoder when the run has one (as all published protocols do)
+    and the base encoder otherwise (the published ViT-T preset has no momentum encoder).
+    """
+    from pretrain.configs import PretrainConfig  # evaluate depends on pretrain's config, never the reverse
+    from common.config import load_yaml
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a pretraining run directory (no config.yaml)")
+    config = load_yaml(run_dir / "config.yaml", PretrainConfig)
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
+    step, path = checkpoints[-1]
+    model_state = load_torch(path)["model"]
+    has_momentum = config.model.momentum_encoder
+    if which == "momentum" and not has_momentum:
+        raise ValueError(f"{run_dir} was trained without a momentum encoder; use source.encoder=base")
+    prefix = "momentum_encoder." if (which == "momentum" or (which == "auto" and has_momentum)) else "base_encoder."
+    state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+    spec = EncoderSpec(config.model.arch, config.model.patch_size, config.model.image_size, config.model.num_heads)
+    return LoadedEncoder(state, spec, state_digest(state), f"{run_dir}:{prefix.rstrip('.')}@step{step}")
+
+
+def load_source(source: SourceConfig) -> LoadedEncoder:
+    if source.run_dir:
+        return encoder_state_from_run(Path(source.run_dir), source.encoder)
+    return load_encoder_file(Path(source.encoder_file))

@@ -1,0 +1,189 @@
+"""Full finetuning with the published recipe, built from timm's public pieces.
+
+timm provides the layer-wise lr decay parameter groups (`create_optimizer_v2(layer_decay=...)`),
+the warmup + cosine schedule, RandAugment, random erasing, Mixup/CutMix with label smoothing, and
+the model EMA. CIFAR-size inputs use RandomCrop(size, padding 4) instead of RandomResizedCrop.
+Reports last and best epoch (and the EMA model's, when enabled); checkpoints every epoch and resumes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from timm.data import Mixup, create_transform
+from timm.data.auto_augment import rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.loss import SoftTargetCrossEntropy
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision import transforms
+from tqdm import tqdm
+
+from common import dist
+from common.checkpoint import atomic_torch_save, checkpoint_path, load_latest_checkpoint, prune_checkpoints
+from common.datasets import build_dataset
+from common.runtime import autocast, derive_seed, resolve_precision
+from common.sampling import EpochSampler, SeededViews
+from common.transforms import NORMALIZE, eval_transform
+from evaluate.configs import FinetuneConfig
+from evaluate.linear import accuracy
+from evaluate.session import open_session
+
+
+def finetune_transform(config: FinetuneConfig, image_size: int):
+    """Training transform: timm's RandAugment pipeline, or the CIFAR variant with RandomCrop."""
+    if not config.small_image_crop:
+        return create_transform(image_size, is_training=True, auto_augment=config.auto_augment,
+                                interpolation="bicubic", re_prob=config.random_erasing, re_mode="pixel",
+                                re_count=1)
+    augment_params = {"translate_const": int(image_size * 0.45), "img_mean": (124, 116, 104)}
+    return transforms.Compose([
+        transforms.RandomCrop(image_size, padding=4),
+        transforms.RandomHorizontalFlip(),
+        rand_augment_transform(config.auto_augment, augment_params),
+        transforms.ToTensor(),
+        NORMALIZE,
+        RandomErasing(config.random_erasing, mode="pixel", device="cpu"),
+    ])
+
+
+def build_classifier(session, config: FinetuneConfig) -> nn.Module:
+    """The pretrained encoder with drop path and a fresh classification head."""
+    model = session.encoder.build(drop_path_rate=config.drop_path_rate)
+    model.reset_classifier(session.num_classes, global_pool=config.global_pool)
+    return model
+
+
+def layer_id(name: str, num_blocks: int) -> int:
+    """MAE/BEiT convention: embeddings 0, block i -> i + 1, everything after the blocks (final norm,
+    head) -> num_blocks + 1 (lr scale 1)."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_blocks + 1
+
+
+def build_optimizer(model: nn.Module, config: FinetuneConfig, peak_lr: float) -> torch.optim.Optimizer:
+    """AdamW with layer-wise lr decay: a parameter of layer l gets lr_scale = decay^(L + 1 - l)
+    (timm's schedulers multiply each group's lr by its `lr_scale`). No weight decay on biases,
+    norms, the cls token and the position embedding."""
+    num_blocks = len(model.blocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        layer = layer_id(name, num_blocks)
+        decayed = parameter.ndim > 1 and name not in ("cls_token", "pos_embed")
+        group = groups.setdefault((layer, decayed), {
+            "params": [], "lr_scale": config.layer_decay ** (num_blocks + 1 - layer),
+            "weight_decay": config.weight_decay if decayed else 0.0})
+        group["params"].append(parameter)
+    return torch.optim.AdamW(list(groups.values()), lr=peak_lr)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, precision) -> tuple[float, float]:
+    """Top-1/top-5 (percent) over this rank's shard, combined over ranks by sample counts."""
+    model.eval()
+    correct1 = correct5 = count = torch.zeros((), device=device)
+    for images, labels in loader:
+        with autocast(device, precision):
+            logits = model(images.to(device, non_blocking=True)).float()
+        labels = labels.to(device)
+        top1, top5 = accuracy(logits, labels)
+        correct1 = correct1 + top1 * len(labels)
+        correct5 = correct5 + top5 * len(labels)
+        count = count + len(labels)
+    totals = dist.all_reduce_mean(torch.stack([correct1, correct5, count])) * dist.world_size()
+    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+
+
+def main(config) -> dict:
+    session = open_session(config)
+    if isinstance(session, dict):
+        return session
+    device, finetune, seed = session.device, config.finetune, config.run.seed
+    precision = resolve_precision(config.run.precision, device)
+    world = dist.world_size()
+    if finetune.batch_size % world or (finetune.batch_size // world) % 2:
+        raise ValueError(f"finetune.batch_size {finetune.batch_size} must split into an even batch per "
+                         f"process over {world} processes (Mixup pairs images)")
+    batch_per_rank = finetune.batch_size // world
+
+    torch.manual_seed(derive_seed(seed, "finetune-head"))
+    model = build_classifier(session, finetune).to(device)
+    peak_lr = finetune.base_lr * finetune.batch_size / 256
+    optimizer = build_optimizer(model, finetune, peak_lr)
+    ema = ModelEmaV3(model, decay=finetune.model_ema_decay) if finetune.model_ema else None
+
+    train_set = SeededViews(build_dataset(config.data, "train", None),
+                            [finetune_transform(finetune, session.image_size)], seed)
+    sampler = EpochSampler(len(train_set), batch_per_rank, seed, dist.rank(), world)
+    steps_per_epoch = sampler.batches_per_epoch
+    scheduler = CosineLRScheduler(optimizer, t_initial=finetune.epochs * steps_per_epoch, lr_min=finetune.min_lr,
+                                  warmup_t=finetune.warmup_epochs * steps_per_epoch,
+                                  warmup_lr_init=finetune.warmup_lr, t_in_epochs=False)
+    mixup = Mixup(mixup_alpha=finetune.mixup, cutmix_alpha=finetune.cutmix,
+                  label_smoothing=finetune.label_smoothing, num_classes=session.num_classes)
+    criterion = SoftTargetCrossEntropy()
+    test_set = build_dataset(config.data, "test", eval_transform(session.image_size))
+    shard = -(-len(test_set) // world)
+    test_loader = DataLoader(Subset(test_set, range(dist.rank() * shard, min((dist.rank() + 1) * shard, len(test_set)))),
+                             batch_size=batch_per_rank, num_workers=config.data.num_workers)
+
+    start_epoch, history = 0, []
+    state = load_latest_checkpoint(session.run_dir.checkpoint_dir)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start_epoch, history = state["epoch"], state["history"]
+    trained: nn.Module = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    epochs = tqdm(range(start_epoch, finetune.epochs), initial=start_epoch, total=finetune.epochs, desc="finetune",
+                  unit="epoch", disable=not (config.run.progress and dist.is_main_process()), dynamic_ncols=True)
+    for epoch in epochs:
+        model.train()
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_set, batch_size=batch_per_rank, sampler=sampler, drop_last=True,
+                            num_workers=config.data.num_workers, pin_memory=device.type == "cuda")
+        for batch_index, ((images,), labels) in enumerate(loader):
+            step = epoch * steps_per_epoch + batch_index
+            scheduler.step_update(step)
+            np.random.seed(derive_seed(seed, "mixup", step, dist.rank()) % 2**32)  # Mixup draws from numpy
+            torch.manual_seed(derive_seed(seed, "finetune-step", step, dist.rank()))  # drop path
+            images, targets = mixup(images.to(device, non_blocking=True), labels.to(device))
+            with autocast(device, precision):
+                loss = criterion(trained(images).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update(model, step=step)
+        top1, top5 = evaluate_model(model, test_loader, device, precision)
+        record = {"epoch": epoch + 1, "top1": top1, "top5": top5, "train_loss": loss.item()}
+        if ema is not None:
+            record["ema_top1"], record["ema_top5"] = evaluate_model(ema.module, test_loader, device, precision)
+        history.append(record)
+        epochs.set_postfix(top1=f"{top1:.2f}", loss=f"{loss.item():.3f}")
+        if dist.is_main_process():
+            session.run_dir.append_metrics(record)
+            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "ema": ema.state_dict() if ema is not None else {}, "epoch": epoch + 1,
+                               "history": history}, checkpoint_path(session.run_dir.checkpoint_dir, epoch + 1))
+            prune_checkpoints(session.run_dir.checkpoint_dir, config.run.keep_last_checkpoints)
+        dist.barrier()
+    epochs.close()
+
+    best = max(history, key=lambda r: r["top1"])
+    metrics = {"top1_last": history[-1]["top1"], "top5_last": history[-1]["top5"], "top1_best": best["top1"],
+               "top5_best": best["top5"], "best_epoch": best["epoch"]}
+    if ema is not None:
+        metrics["ema_top1_last"] = history[-1]["ema_top1"]
+        metrics["ema_top1_best"] = max(r["ema_top1"] for r in history)
+    return session.result(metrics, epochs=finetune.epochs, peak_lr=peak_lr, layer_decay=finetune.layer_decay)
