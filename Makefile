@@ -13,7 +13,7 @@ OUTPUT_ROOT ?= runs
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo pretrain fashion-mnist clean
+.PHONY: help setup test demo pretrain knn linear finetune evaluate bench-knn fashion-mnist clean
 
 help:
 	@sed -n '2,4p' Makefile
@@ -43,6 +43,19 @@ demo: setup fashion-mnist
 
 pretrain: setup
 	$(PY) -m pretrain --preset $(PRESET) run.output_root=$(OUTPUT_ROOT) $(ARGS)
+
+# Evaluation of a pretraining run: make knn FROM=runs/cifar10_vit_s2_800ep_official-<hash> [EVAL_PRESET=...]
+FROM ?=
+EVAL_PRESET ?=
+knn linear finetune: setup
+	@test -n "$(FROM)" || (echo "usage: make $@ FROM=<pretraining run directory> [EVAL_PRESET=...] [ARGS=...]" && exit 2)
+	$(PY) -m evaluate $@ --from $(FROM) $(if $(EVAL_PRESET),--preset $(EVAL_PRESET)) $(ARGS)
+
+evaluate: knn linear finetune
+
+# kNN search seconds per backend (JSON): ImageNet size on a GPU, a small size on CPU.
+bench-knn: setup
+	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
 
 clean:
 	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo reports/out
