@@ -70,7 +70,11 @@ def load_latest_checkpoint(directory: Path) -> dict | None:
 
 
 def prune_checkpoints(directory: Path, keep_last: int, milestone_every: int = 0) -> None:
-    """Delete all but the newest `keep_last` checkpoints, keeping steps divisible by `milestone_every`."""
+    """Delete all but the newest `keep_last` checkpoints, keeping steps divisible by `milestone_every`,
+    and the temporaries of killed writers."""
+    for stale in Path(directory).glob(".checkpoint_*.tmp.*"):  # left by writers killed mid-save
+        if not stale.name.endswith(f".tmp.{os.getpid()}"):
+            stale.unlink(missing_ok=True)
     checkpoints = list_checkpoints(directory)
     for step, path in checkpoints[: max(len(checkpoints) - keep_last, 0)]:
         if milestone_every and step % milestone_every == 0:

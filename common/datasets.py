@@ -7,6 +7,8 @@ Images reach the transform as RGB PIL images whatever the source (Fashion-MNIST 
 from __future__ import annotations
 
 import gzip
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +37,7 @@ class DataConfig:
     train_subset: int = 0  # use only the first N training images (0 = all); for demos and smoke runs
     test_subset: int = 0
     allow_partial: bool = False  # accept an ImageNet folder whose counts differ from ImageNet-1K
+    max_bad_images: int = 100  # unreadable files skipped before a run aborts (distinct paths)
     synthetic_train_size: int = 512
     synthetic_test_size: int = 128
     synthetic_classes: int = 8
@@ -43,8 +46,8 @@ class DataConfig:
     def check(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
-        if self.num_workers < 0 or self.train_subset < 0 or self.test_subset < 0:
-            raise ConfigError("num_workers, train_subset and test_subset must be >= 0")
+        if min(self.num_workers, self.train_subset, self.test_subset, self.max_bad_images) < 0:
+            raise ConfigError("num_workers, train_subset, test_subset and max_bad_images must be >= 0")
 
 
 def num_classes(config: DataConfig) -> int:
@@ -172,14 +175,94 @@ def preflight_image_folder(root: Path, expected_classes: int | None = None,
     return FolderSummary([p.name for p in subfolders], total)
 
 
+BAD_IMAGE_LOG_PREFIX = "bad_images."
+
+
+class RobustImageFolder(Dataset):
+    """An ImageFolder whose unreadable files (truncated, zero-byte, not an image) are skipped.
+
+    Every image is decoded to RGB (CMYK, grayscale and palette files included; the format comes
+    from the content, so a PNG named .JPEG loads). A file that fails is logged to
+    `<bad_image_log>/bad_images.<pid>.log` -- one file per process, loader workers included -- and
+    the next sample in index order takes its place, so batches keep their size and stay
+    deterministic. `count_bad_images` reads the logs back.
+    """
+
+    MAX_CONSECUTIVE_FAILURES = 32
+
+    def __init__(self, root: str, transform: Callable | None, bad_image_log: Path | None = None):
+        from torchvision.datasets import ImageFolder
+
+        folder = ImageFolder(root)
+        self.samples, self.classes = folder.samples, folder.classes
+        self.transform, self.bad_image_log = transform, bad_image_log
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _record(self, path: str, error: Exception) -> None:
+        if self.bad_image_log is None:
+            return
+        Path(self.bad_image_log).mkdir(parents=True, exist_ok=True)
+        message = f"{type(error).__name__}: {error}".replace("\t", " ").replace("\n", " ")
+        with open(Path(self.bad_image_log) / f"{BAD_IMAGE_LOG_PREFIX}{os.getpid()}.log", "a") as handle:
+            handle.write(f"{path}\t{message}\n")
+
+    def __getitem__(self, index: int):
+        for attempt in range(self.MAX_CONSECUTIVE_FAILURES):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                with Image.open(path) as opened:
+                    image = opened.convert("RGB")  # forces the full decode: truncation fails here
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+                self._record(path, error)
+                continue
+            return (self.transform(image) if self.transform is not None else image), label
+        raise RuntimeError(f"{self.MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from index {index}")
+
+
+def count_bad_images(log_dir: Path) -> Counter:
+    """{path: number of failed reads} over every process's log in `log_dir`."""
+    counts: Counter = Counter()
+    if not Path(log_dir).is_dir():
+        return counts
+    for log in Path(log_dir).glob(f"{BAD_IMAGE_LOG_PREFIX}*.log"):
+        for line in log.read_text().splitlines():
+            if line:
+                counts[line.split("\t", 1)[0]] += 1
+    return counts
+
+
+def check_split_root(root: Path) -> None:
+    """data.root must hold train/ and val/ ImageFolder trees; name the likely mistake otherwise."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {root} does not exist")
+    if (root / "train").is_dir():
+        return
+    children = sorted(p for p in root.iterdir() if p.is_dir())
+    holding_split = [p for p in children if (p / "train").is_dir()]
+    if holding_split:
+        raise ValueError(f"data.root {root} looks like the parent folder: {holding_split[0]} holds train/; "
+                         f"set data.root={holding_split[0]}")
+    if children and any(_count_images(p) for p in children[:5]):
+        raise ValueError(f"data.root {root} looks like a split folder itself (class folders of images); "
+                         f"set data.root to its parent, which must hold train/ and val/")
+    found = ", ".join(p.name for p in list(root.iterdir())[:8]) or "nothing"
+    raise FileNotFoundError(f"expected {root}/train and {root}/val (one folder of images per class); found: {found}")
+
+
 def _subset(dataset: Dataset, count: int) -> Dataset:
     from torch.utils.data import Subset
 
     return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
 
 
-def build_dataset(config: DataConfig, split: str, transform: Callable | None) -> Dataset:
-    """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label)."""
+def build_dataset(config: DataConfig, split: str, transform: Callable | None,
+                  bad_image_log: Path | None = None) -> Dataset:
+    """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label).
+
+    Folder datasets skip unreadable files, logging them under `bad_image_log` (see RobustImageFolder).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     train = split == "train"
@@ -193,8 +276,7 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None) ->
             raise FileNotFoundError(f"{config.dataset} not found under {config.root} ({error}); set "
                                     "data.download=true or data.root to the folder holding it") from None
     elif config.dataset in ("imagenet", "imagefolder"):
-        from torchvision.datasets import ImageFolder
-
+        check_split_root(Path(config.root))
         folder = Path(config.root) / ("train" if train else "val")
         strict = config.dataset == "imagenet" and not config.allow_partial
         preflight_image_folder(
@@ -202,7 +284,7 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None) ->
             expected_classes=1000 if strict else None,
             expected_images=(IMAGENET_TRAIN_IMAGES if train else IMAGENET_VAL_IMAGES) if strict else None,
         )
-        dataset = ImageFolder(str(folder), transform=transform)
+        dataset = RobustImageFolder(str(folder), transform, bad_image_log)
     elif config.dataset == "fashion_mnist":
         if config.download:
             from torchvision import datasets

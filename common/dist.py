@@ -70,6 +70,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return reduced / world_size()
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise max of `tensor` over ranks (a new tensor; the input is untouched)."""
+    if not is_distributed():
+        return tensor
+    reduced = tensor.detach().clone()
+    torch_dist.all_reduce(reduced, op=torch_dist.ReduceOp.MAX)
+    return reduced
+
+
 def barrier() -> None:
     if is_distributed():
         torch_dist.barrier()

@@ -68,8 +68,10 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     checkpoint_every_steps: int = 500
     keep_last_checkpoints: int = 2
-    milestone_every_steps: int = 0  # also keep checkpoints at multiples of this (0 = none)
-    log_every_steps: int = 10
+    milestone_every_epochs: int = 0  # also keep the checkpoints of every N-th epoch (0 = none)
+    log_every_steps: int = 10  # also the period of the cross-rank health / preemption check
+    max_skipped_steps: int = 100  # fp16 steps skipped for non-finite gradients before aborting
+    collapse_warning: float = 0.1  # warn when std(normalised keys) x sqrt(dim) falls below this
     progress: bool = True
 
     def check(self) -> None:
@@ -85,6 +87,7 @@ class RunConfig:
 # config hash so that moving the data or changing the logging reuses a finished run.
 NON_RESULT_FIELDS = (
     "run.name", "run.output_root", "run.device", "run.checkpoint_every_steps",
-    "run.keep_last_checkpoints", "run.milestone_every_steps", "run.log_every_steps", "run.progress",
+    "run.keep_last_checkpoints", "run.milestone_every_epochs", "run.log_every_steps", "run.progress",
+    "run.max_skipped_steps", "run.collapse_warning", "data.max_bad_images",
     "data.root", "data.num_workers", "data.download",
 )

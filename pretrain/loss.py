@@ -42,9 +42,10 @@ def soft_target_cross_entropy(queries: torch.Tensor, keys: torch.Tensor, targets
     Args:
         queries: (B, d) with gradient; keys: (N, d) gathered from all ranks, no gradient;
         targets: (B, N), rows summing to 1.
-    Returns a scalar, the mean over the B queries; computed in fp32 whatever the autocast dtype.
+    Returns a scalar, the mean over the B queries; computed in at least fp32 whatever the autocast dtype.
     """
-    queries = F.normalize(queries.float(), dim=1)
-    keys = F.normalize(keys.float(), dim=1)
+    dtype = torch.promote_types(queries.dtype, torch.float32)  # fp32 under autocast, fp64 stays fp64
+    queries = F.normalize(queries.to(dtype), dim=1)
+    keys = F.normalize(keys.to(dtype), dim=1)
     logits = queries @ keys.detach().T / temperature
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    return -(targets.to(dtype) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()

@@ -8,8 +8,11 @@ checkpoint repeats the uninterrupted run.
 """
 from __future__ import annotations
 
+import json
 import math
+import threading
 import time
+import warnings
 from typing import Sequence
 
 import torch
@@ -17,10 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common import dist
-from common.checkpoint import (atomic_torch_save, checkpoint_path, load_latest_checkpoint,
-                               prune_checkpoints)
-from common.datasets import build_dataset
+from common import dist, preemption
+from common.checkpoint import (atomic_torch_save, atomic_write_text, checkpoint_path,
+                               load_latest_checkpoint, prune_checkpoints)
+from common.datasets import build_dataset, count_bad_images
 from common.rundir import RunDirectory
 from common.runtime import (NON_RESULT_FIELDS, autocast, derive_seed, resolve_device,
                             resolve_precision, seed_everything)
@@ -125,17 +128,59 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     return loss, metrics
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A rank saw a NaN or infinite loss; every rank stops at the same step."""
+
+
+class TrainingAborted(RuntimeError):
+    """A budget was exceeded (unreadable images, skipped fp16 steps)."""
+
+
+class StepHealth:
+    """First step with a non-finite loss, tracked on the device: no host synchronisation per step."""
+
+    def __init__(self, device: torch.device):
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        newly_bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss.detach())
+        self.first_nonfinite = torch.where(newly_bad, torch.full_like(self.first_nonfinite, step),
+                                           self.first_nonfinite)
+
+
+def agree(health: StepHealth, over_budget: bool) -> tuple[int, bool, bool]:
+    """The periodic cross-rank check. Returns (earliest non-finite step or -1, any rank over a
+    budget, any rank asked to checkpoint for preemption) -- identical on every rank."""
+    first = health.first_nonfinite.float()
+    never = torch.tensor(float("-inf"), device=first.device)
+    flags = torch.stack([torch.where(first >= 0, -first, never),
+                         torch.tensor(float(over_budget), device=first.device),
+                         torch.tensor(float(preemption.requested()), device=first.device)])
+    flags = dist.all_reduce_max(flags).tolist()
+    return (int(-flags[0]) if flags[0] != float("-inf") else -1), bool(flags[1]), bool(flags[2])
+
+
 def _checkpoint_state(model: PatchMixModel, optimizer, scaler, step: int, config_digest: str,
-                      world_size: int) -> dict:
+                      world_size: int, skipped_steps: int) -> dict:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "config_hash": config_digest,
-            "world_size": world_size}
+            "world_size": world_size, "skipped_steps": skipped_steps}
+
+
+def _convert_heads_to_sync_batchnorm(model: PatchMixModel) -> None:
+    """Head BatchNorm statistics over the global batch (SyncBatchNorm exists on GPUs only; on CPU
+    each process normalises its own batch)."""
+    for name in ("projector", "predictor", "momentum_projector"):
+        head = getattr(model, name)
+        if head is not None:
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
 
 
 def main(config: PretrainConfig) -> dict:
     """Pretrain as configured, resuming from the run directory's newest checkpoint if there is one.
 
-    Returns the result record (also written to <run dir>/result.json).
+    Returns the result record (also written to <run dir>/result.json). Raises NonFiniteLossError or
+    TrainingAborted on every rank at the same step; exits for requeue after a preemption signal.
     """
     device = resolve_device(config.run.device)
     dist.init_distributed(device.type)
@@ -149,10 +194,15 @@ def main(config: PretrainConfig) -> dict:
     if run_dir.is_complete():
         if dist.is_main_process():
             print(f"[pretrain] {run_dir.path} is complete; nothing to do")
-        return run_dir.read_result()
+        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
+    # Fails here, before any training, on a wrong dataset root (the folder preflight).
+    bad_image_dir = run_dir.path / "bad_images"
+    base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir)
     if dist.is_main_process():
         run_dir.prepare(config, world_size)
     dist.barrier()
+    if threading.current_thread() is threading.main_thread():
+        preemption.install()
 
     seed = config.run.seed
     seed_everything(seed)  # identical initial weights on every rank
@@ -160,14 +210,13 @@ def main(config: PretrainConfig) -> dict:
     optimizer = build_optimizer(model, config.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
-    dataset = SeededViews(build_dataset(config.data, "train", None),
-                          pretraining_views(config.augment, config.model.image_size), seed)
+    dataset = SeededViews(base_dataset, pretraining_views(config.augment, config.model.image_size), seed)
     sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch
     stop_step = min(config.optim.max_steps or total_steps, total_steps)
 
-    step = 0
+    step, skipped_steps = 0, 0
     state = load_latest_checkpoint(run_dir.checkpoint_dir)
     if state is not None:
         if state["world_size"] != world_size:
@@ -177,17 +226,30 @@ def main(config: PretrainConfig) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        step = state["step"]
+        step, skipped_steps = state["step"], state.get("skipped_steps", 0)
         if dist.is_main_process():
             print(f"[pretrain] resuming {run_dir.path} from step {step}")
+    elif any(run_dir.checkpoint_dir.glob("checkpoint_*.pt")):
+        raise RuntimeError(f"{run_dir.checkpoint_dir} holds checkpoints but none is readable; refusing "
+                           "to restart from scratch silently. Move them away to start over.")
 
     query_model: nn.Module = model
     if world_size > 1:
-        model.projector = nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
-        model.predictor = nn.SyncBatchNorm.convert_sync_batchnorm(model.predictor)
+        if device.type == "cuda":
+            _convert_heads_to_sync_batchnorm(model)
         query_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    def save(at_step: int) -> None:
+        if dist.is_main_process():
+            atomic_torch_save(_checkpoint_state(model, optimizer, scaler, at_step, run_dir.config_digest,
+                                                world_size, skipped_steps),
+                              checkpoint_path(run_dir.checkpoint_dir, at_step))
+            prune_checkpoints(run_dir.checkpoint_dir, config.run.keep_last_checkpoints,
+                              config.run.milestone_every_epochs * steps_per_epoch)
+        dist.barrier()
+
+    health = StepHealth(device)
     progress = tqdm(total=stop_step, initial=step, desc=f"pretrain {config.run.name}", unit="step",
                     disable=not (config.run.progress and dist.is_main_process()), dynamic_ncols=True)
     last_metrics: dict[str, float] = {}
@@ -208,32 +270,59 @@ def main(config: PretrainConfig) -> dict:
             with autocast(device, precision):
                 loss, metrics = patchmix_loss(query_model, model, views, config, mix_generator,
                                               rank, world_size)
+            health.observe(loss, step + 1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            if scaler.is_enabled():
+                scale_before = scaler.get_scale()
+                scaler.step(optimizer)
+                scaler.update()
+                skipped_steps += int(scaler.get_scale() < scale_before)  # fp16 only: a host sync
+            else:
+                optimizer.step()
             step += 1
             progress.update(1)
 
-            if step % config.run.log_every_steps == 0 or step == stop_step:
+            log_now = step % config.run.log_every_steps == 0
+            checkpoint_now = step % config.run.checkpoint_every_steps == 0 or step == stop_step
+            if not (log_now or checkpoint_now):
+                continue
+            over_budget = skipped_steps > config.run.max_skipped_steps
+            if dist.is_main_process():
+                bad_images = count_bad_images(bad_image_dir)
+                if bad_images:
+                    atomic_write_text(json.dumps(dict(bad_images.most_common()), indent=1),
+                                      run_dir.path / "bad_images.json")
+                over_budget |= len(bad_images) > config.data.max_bad_images
+            first_nonfinite, abort, preempted = agree(health, over_budget)
+            if first_nonfinite >= 0:
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {first_nonfinite}; all {world_size} process(es) stopped at "
+                    f"step {step}. The last good checkpoint is kept in {run_dir.checkpoint_dir}; lower "
+                    "the learning rate or check the data before resuming.")
+            if abort:
+                raise TrainingAborted(
+                    f"stopped at step {step}: {skipped_steps} skipped fp16 steps (limit "
+                    f"{config.run.max_skipped_steps}) or more than {config.data.max_bad_images} unreadable "
+                    f"images (see {run_dir.path / 'bad_images.json'})")
+            if log_now or step == stop_step:
                 reduced = {name: dist.all_reduce_mean(value).item() for name, value in metrics.items()}
                 loss_value = dist.all_reduce_mean(loss.detach()).item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"non-finite loss {loss_value} at step {step}; the last "
-                                             f"good checkpoint is kept in {run_dir.checkpoint_dir}")
                 last_metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
-                                "lr": lr, "weight_decay": wd, **reduced}
+                                "lr": lr, "weight_decay": wd, "skipped_steps": skipped_steps, **reduced}
                 progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                 if dist.is_main_process():
                     run_dir.append_metrics(last_metrics)
-            if step % config.run.checkpoint_every_steps == 0 or step == stop_step:
+                    if reduced["key_std"] < config.run.collapse_warning:
+                        warnings.warn(f"step {step}: key embedding std x sqrt(dim) = {reduced['key_std']:.3f} "
+                                      f"< {config.run.collapse_warning}: the representation may be collapsing")
+            if checkpoint_now or preempted:
+                save(step)
+            if preempted:
+                progress.close()
                 if dist.is_main_process():
-                    atomic_torch_save(_checkpoint_state(model, optimizer, scaler, step,
-                                                        run_dir.config_digest, world_size),
-                                      checkpoint_path(run_dir.checkpoint_dir, step))
-                    prune_checkpoints(run_dir.checkpoint_dir, config.run.keep_last_checkpoints,
-                                      config.run.milestone_every_steps)
-                dist.barrier()
+                    print(f"[pretrain] preemption: checkpoint saved at step {step}; exiting for requeue")
+                preemption.hand_over()
             if step >= stop_step:
                 break
     progress.close()
@@ -243,6 +332,7 @@ def main(config: PretrainConfig) -> dict:
     result = {"stage": "pretrain", "preset": config.preset, "steps": step, "total_steps": total_steps,
               "epochs_completed": step / steps_per_epoch, "final_metrics": last_metrics,
               "checkpoint": str(checkpoint_path(run_dir.checkpoint_dir, step)),
+              "skipped_steps": skipped_steps, "bad_images": len(count_bad_images(bad_image_dir)),
               "seconds_this_session": round(time.time() - started, 1)}
     if dist.is_main_process():
         run_dir.write_result(result)

@@ -21,3 +21,18 @@ def debug_config(tmp_path) -> PretrainConfig:
     config = preset("debug_cpu")
     return dataclasses.replace(config, run=dataclasses.replace(config.run, output_root=str(tmp_path / "runs"),
                                                                progress=False))
+
+
+@pytest.fixture(autouse=True)
+def _restore_signal_handlers():
+    """Training installs preemption handlers; leave the test process's own handlers as they were."""
+    import signal
+
+    from common import preemption
+
+    saved = {s: signal.getsignal(s) for s in preemption.DEFAULT_SIGNALS}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+    preemption.reset()
+    preemption._previous.clear()
