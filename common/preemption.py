@@ -12,7 +12,9 @@ import signal
 import sys
 from typing import Callable
 
-DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# SIGUSR2: submitit's time-limit / preemption signal (sbatch --signal=USR2@delay); SIGUSR1 and SIGTERM:
+# what other launchers and SLURM's own preemption send.
+DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
 _received: list[int] = []
 _previous: dict[int, Callable | int | None] = {}
 

@@ -62,15 +62,18 @@ def provenance(world_size: int = 1) -> dict[str, Any]:
 class RunDirectory:
     """One stage run's folder. Create with `RunDirectory.for_config` (named by name + config hash)."""
 
-    def __init__(self, path: Path, config_digest: str = ""):
+    def __init__(self, path: Path, config_digest: str = "", experiment_digest: str = ""):
         self.path = Path(path)
         self.config_digest = config_digest
+        # The config hash without the seed: runs of one experiment over several seeds share it,
+        # which is what the reports check before averaging them.
+        self.experiment_digest = experiment_digest
 
     @classmethod
     def for_config(cls, output_root: Path, name: str, config: Any,
                    exclude: tuple[str, ...] = ()) -> "RunDirectory":
         digest = config_hash(config, exclude)
-        return cls(Path(output_root) / f"{name}-{digest}", digest)
+        return cls(Path(output_root) / f"{name}-{digest}", digest, config_hash(config, (*exclude, "run.seed")))
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -103,7 +106,7 @@ class RunDirectory:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def write_result(self, result: dict[str, Any]) -> None:
-        record = {**result, "config_hash": self.config_digest}
+        record = {**result, "config_hash": self.config_digest, "experiment_hash": self.experiment_digest}
         prov = self.path / "provenance.json"
         if prov.is_file():
             record["provenance"] = json.loads(prov.read_text())

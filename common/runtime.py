@@ -63,6 +63,7 @@ class RunConfig:
 
     name: str = "run"
     output_root: str = "runs"
+    experiment: str = ""  # free-form tag recorded in result.json (e.g. the plan's row), not hashed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
@@ -86,7 +87,7 @@ class RunConfig:
 # Fields that decide where or how verbosely a run happens, not what it computes: left out of the
 # config hash so that moving the data or changing the logging reuses a finished run.
 NON_RESULT_FIELDS = (
-    "run.name", "run.output_root", "run.device", "run.checkpoint_every_steps",
+    "run.name", "run.output_root", "run.experiment", "run.device", "run.checkpoint_every_steps",
     "run.keep_last_checkpoints", "run.milestone_every_epochs", "run.log_every_steps", "run.progress",
     "run.max_skipped_steps", "run.collapse_warning", "data.max_bad_images",
     "data.root", "data.num_workers", "data.download",

@@ -30,8 +30,9 @@ VIT_SIZES: dict[str, VitSize] = {
     "vit_tiny": VitSize(embed_dim=192, depth=12, default_heads=3),
     "vit_small": VitSize(embed_dim=384, depth=12, default_heads=12),
     "vit_base": VitSize(embed_dim=768, depth=12, default_heads=12),
-    # For tests and the demo only: same code path, a few thousand times cheaper.
+    # For tests and the CPU demo only: the same code path, hundreds to thousands of times cheaper.
     "vit_debug": VitSize(embed_dim=48, depth=2, default_heads=3),
+    "vit_mini": VitSize(embed_dim=96, depth=4, default_heads=3),
 }
 
 

@@ -7,31 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from common.config import ConfigError, apply_overrides, load_yaml
-from common.datasets import DataConfig
-from evaluate.configs import PRESETS, build_eval_config
-from evaluate.encoder import EncoderSpec, SourceConfig, load_encoder_file
-
-
-def resolve(protocol: str, run_dir: str, encoder_file: str, preset_name: str, overrides: list[str]):
-    """Eval config for an encoder: data and input size from the pretraining run when there is one."""
-    from pretrain.configs import PretrainConfig
-
-    source = SourceConfig(run_dir=run_dir or "", encoder_file=encoder_file or "")
-    source.check()
-    if run_dir:
-        pretrain_config = load_yaml(Path(run_dir) / "config.yaml", PretrainConfig)
-        model = pretrain_config.model
-        spec = EncoderSpec(model.arch, model.patch_size, model.image_size, model.num_heads)
-        data = pretrain_config.data
-    else:
-        spec = load_encoder_file(Path(encoder_file)).spec
-        data = DataConfig()
-    return apply_overrides(build_eval_config(protocol, preset_name, spec, data, source), overrides)
+from common.config import ConfigError
+from evaluate.configs import PRESETS, resolve_eval_config
 
 
 def run_protocol(protocol: str, argv: list[str]) -> None:
@@ -43,7 +23,8 @@ def run_protocol(protocol: str, argv: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     arguments = parser.parse_args(argv)
     try:
-        config = resolve(protocol, arguments.run_dir, arguments.encoder_file, arguments.preset, arguments.overrides)
+        config = resolve_eval_config(protocol, arguments.preset, arguments.run_dir, arguments.encoder_file,
+                                     arguments.overrides)
     except (ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

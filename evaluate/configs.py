@@ -103,8 +103,8 @@ class EvalConfig:
         return tuple(unused)
 
 
-LINEAR_BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05}
-FINETUNE_BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3}
+LINEAR_BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05, "vit_mini": 0.05}
+FINETUNE_BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3, "vit_mini": 1e-3}
 PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "fast"), "finetune": ("official", "mae_vit_b")}
 
 
@@ -129,3 +129,33 @@ def build_eval_config(protocol: str, preset_name: str, spec: EncoderSpec, data: 
     return EvalConfig(protocol=protocol, source=source, data=data, image_size=spec.image_size, linear=linear,
                       finetune=finetune, preset=preset_name,
                       run=RunConfig(name=f"{protocol}-{preset_name}", output_root="", log_every_steps=50))
+
+
+def resolve_eval_config(protocol: str, preset_name: str = "", run_dir: str = "", encoder_file: str = "",
+                        overrides: tuple[str, ...] | list[str] = (), pretrain_config=None) -> EvalConfig:
+    """The config of `protocol` for an encoder: data and input size from its pretraining run.
+
+    `pretrain_config` (a PretrainConfig) stands in for `<run_dir>/config.yaml` when the run has not
+    been written yet, as when a launcher plans a whole graph before the pretraining job starts.
+    """
+    from pathlib import Path
+
+    from common.config import apply_overrides, load_yaml
+    from evaluate.encoder import load_encoder_file
+    from pretrain.configs import PretrainConfig
+
+    source = SourceConfig(run_dir=str(run_dir or ""), encoder_file=str(encoder_file or ""))
+    source.check()
+    if run_dir:
+        if pretrain_config is None:
+            config_path = Path(run_dir) / "config.yaml"
+            if not config_path.is_file():
+                raise FileNotFoundError(f"{run_dir} is not a pretraining run directory (no config.yaml)")
+            pretrain_config = load_yaml(config_path, PretrainConfig)
+        model = pretrain_config.model
+        spec = EncoderSpec(model.arch, model.patch_size, model.image_size, model.num_heads)
+        data = pretrain_config.data
+    else:
+        spec = load_encoder_file(Path(encoder_file)).spec
+        data = DataConfig()
+    return apply_overrides(build_eval_config(protocol, preset_name, spec, data, source), overrides)

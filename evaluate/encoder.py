@@ -7,7 +7,7 @@ writes them from our runs and from published PatchMix, MoCo v3, DINO and timm ch
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,13 +25,17 @@ class SourceConfig:
 
     run_dir: str = ""
     encoder_file: str = ""
-    encoder: str = "auto"  # auto (momentum if the run has one, else base) | momentum | base
+    # auto (momentum if the run has one, else base) | momentum | base | random (the run's architecture,
+    # freshly initialised with the run's seed: the reference row showing what pretraining added)
+    encoder: str = "auto"
 
     def check(self) -> None:
         if bool(self.run_dir) == bool(self.encoder_file):
             raise ConfigError("give exactly one of source.run_dir (--from RUN_DIR) and source.encoder_file")
-        if self.encoder not in ("auto", "momentum", "base"):
-            raise ConfigError(f"encoder must be auto, momentum or base, got {self.encoder!r}")
+        if self.encoder not in ("auto", "momentum", "base", "random"):
+            raise ConfigError(f"encoder must be auto, momentum, base or random, got {self.encoder!r}")
+        if self.encoder == "random" and not self.run_dir:
+            raise ConfigError("source.encoder=random takes its architecture from a run: give --from RUN_DIR")
 
 
 @dataclass
@@ -62,6 +66,7 @@ class LoadedEncoder:
     spec: EncoderSpec
     digest: str  # identifies the weights (for caches and result provenance)
     description: str
+    origin: dict = field(default_factory=dict)  # the pretraining run's preset, seed, hashes (for reports)
 
     def build(self, drop_path_rate: float = 0.0) -> nn.Module:
         encoder = self.spec.build(drop_path_rate)
@@ -118,15 +123,25 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
     """The evaluation encoder of a pretraining run's newest checkpoint.
 
     `which='auto'` takes the momentum encoder when the run has one (as all published protocols do)
-    and the base encoder otherwise (the published ViT-T preset has no momentum encoder).
+    and the base encoder otherwise (the published ViT-T preset has no momentum encoder);
+    `which='random'` builds the run's architecture with fresh weights (no checkpoint needed).
     """
+    from common.config import config_hash, load_yaml
+    from common.runtime import NON_RESULT_FIELDS
     from pretrain.configs import PretrainConfig  # evaluate depends on pretrain's config, never the reverse
-    from common.config import load_yaml
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a pretraining run directory (no config.yaml)")
     config = load_yaml(run_dir / "config.yaml", PretrainConfig)
+    spec = EncoderSpec(config.model.arch, config.model.patch_size, config.model.image_size, config.model.num_heads)
+    origin = {"pretrain_run_dir": str(run_dir), "pretrain_preset": config.preset, "seed": config.run.seed,
+              "pretrain_experiment_hash": config_hash(config, (*NON_RESULT_FIELDS, "run.seed")),
+              "experiment": config.run.experiment, "encoder": which}
+    if which == "random":
+        torch.manual_seed(config.run.seed)
+        state = spec.build().state_dict()
+        return LoadedEncoder(state, spec, state_digest(state), f"{run_dir}:random-init", origin)
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
@@ -137,8 +152,8 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
         raise ValueError(f"{run_dir} was trained without a momentum encoder; use source.encoder=base")
     prefix = "momentum_encoder." if (which == "momentum" or (which == "auto" and has_momentum)) else "base_encoder."
     state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
-    spec = EncoderSpec(config.model.arch, config.model.patch_size, config.model.image_size, config.model.num_heads)
-    return LoadedEncoder(state, spec, state_digest(state), f"{run_dir}:{prefix.rstrip('.')}@step{step}")
+    origin.update(encoder=prefix.rstrip("."), checkpoint_step=step)
+    return LoadedEncoder(state, spec, state_digest(state), f"{run_dir}:{prefix.rstrip('.')}@step{step}", origin)
 
 
 def load_source(source: SourceConfig) -> LoadedEncoder:

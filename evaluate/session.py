@@ -39,7 +39,9 @@ class EvalSession:
         record = {"stage": "evaluate", "protocol": self.config.protocol, "preset": self.config.preset,
                   "dataset": self.config.data.dataset, "metrics": metrics,
                   "source": self.encoder.description, "source_digest": self.encoder.digest,
-                  "arch": self.encoder.spec.arch, "patch_size": self.encoder.spec.patch_size, **extra}
+                  "arch": self.encoder.spec.arch, "patch_size": self.encoder.spec.patch_size,
+                  **self.encoder.origin, "experiment": self.config.run.experiment or self.encoder.origin.get("experiment", ""),
+                  **extra}
         if dist.is_main_process():
             self.run_dir.write_result(record)
             print(f"[evaluate {self.config.protocol}] {metrics}\n[evaluate {self.config.protocol}] "
@@ -56,15 +58,20 @@ def output_root(config: EvalConfig) -> Path:
     return Path("runs") / "eval"
 
 
+def eval_run_directory(config: EvalConfig, encoder: LoadedEncoder) -> RunDirectory:
+    """Named by protocol, preset and weights digest, hashed over the protocol's own settings."""
+    return RunDirectory.for_config(output_root(config), f"{config.run.name}-{encoder.digest[:8]}", config,
+                                   NON_RESULT_FIELDS + config.unused_sections() + ("source.run_dir",
+                                                                                   "source.encoder_file"))
+
+
 def open_session(config: EvalConfig) -> EvalSession | dict:
     """The session for `config`, or the existing result record when this run already finished."""
     device = resolve_device(config.run.device)
     dist.init_distributed(device.type)
     seed_everything(config.run.seed)
     encoder = load_source(config.source)
-    run_dir = RunDirectory.for_config(output_root(config), f"{config.run.name}-{encoder.digest[:8]}", config,
-                                      NON_RESULT_FIELDS + config.unused_sections() + ("source.run_dir",
-                                                                                      "source.encoder_file"))
+    run_dir = eval_run_directory(config, encoder)
     if run_dir.is_complete():
         if dist.is_main_process():
             print(f"[evaluate {config.protocol}] {run_dir.path} is complete; nothing to do")

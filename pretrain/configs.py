@@ -155,7 +155,7 @@ def demo_fashion_mnist(num_mixed: int = 2) -> PretrainConfig:
                         train_subset=8192, test_subset=2000),
         augment=AugmentConfig(crop_scale_min=0.3),
         mix=MixConfig(num_mixed=num_mixed),
-        optim=OptimConfig(epochs=4, warmup_epochs=1, batch_size=128, base_lr=1.5e-3,
+        optim=OptimConfig(epochs=8, warmup_epochs=1, batch_size=128, base_lr=3e-3,
                           weight_decay=0.02, weight_decay_end=0.1, momentum=0.99),
         run=RunConfig(name=f"demo-m{num_mixed}", device="cpu", checkpoint_every_steps=64,
                       log_every_steps=8),

@@ -160,6 +160,13 @@ def agree(health: StepHealth, over_budget: bool) -> tuple[int, bool, bool]:
     return (int(-flags[0]) if flags[0] != float("-inf") else -1), bool(flags[1]), bool(flags[2])
 
 
+def loss_curve(records: list[dict], points: int = 200) -> list[list[float]]:
+    """[[step, loss], ...] thinned to at most `points` entries, for reports that read result.json only."""
+    curve = [[r["step"], r["loss"]] for r in records if "loss" in r]
+    stride = max(1, -(-len(curve) // points))
+    return curve[::stride] + ([curve[-1]] if curve and (len(curve) - 1) % stride else [])
+
+
 def _checkpoint_state(model: PatchMixModel, optimizer, scaler, step: int, config_digest: str,
                       world_size: int, skipped_steps: int) -> dict:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -329,10 +336,14 @@ def main(config: PretrainConfig) -> dict:
     if not last_metrics and run_dir.read_metrics():  # resumed at the very end: nothing left to log
         last_metrics = run_dir.read_metrics()[-1]
 
-    result = {"stage": "pretrain", "preset": config.preset, "steps": step, "total_steps": total_steps,
+    result = {"stage": "pretrain", "preset": config.preset, "experiment": config.run.experiment,
+              "seed": config.run.seed, "dataset": config.data.dataset, "arch": config.model.arch,
+              "patch_size": config.model.patch_size, "num_mixed": config.mix.num_mixed,
+              "epochs": config.optim.epochs, "steps": step, "total_steps": total_steps,
               "epochs_completed": step / steps_per_epoch, "final_metrics": last_metrics,
               "checkpoint": str(checkpoint_path(run_dir.checkpoint_dir, step)),
               "skipped_steps": skipped_steps, "bad_images": len(count_bad_images(bad_image_dir)),
+              "loss_curve": loss_curve(run_dir.read_metrics()),
               "seconds_this_session": round(time.time() - started, 1)}
     if dist.is_main_process():
         run_dir.write_result(result)

@@ -1,0 +1,78 @@
+"""`python -m reports [PLAN ...] [--output-root runs] [--out reports/out]`: markdown + PNG per plan.
+
+Reads only result.json files under the output root; rows without results say "not run".
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reports.collect import collect, load_reference
+from reports.plots import plot_against, plot_bars, plot_loss_curves
+from reports.tables import InconsistentResults, plan_report, row_results
+from slurm.plans import ALIASES, PLANS, build_plan
+
+
+def figures_for(plan, rows, results, out: Path) -> list[str]:
+    """The plan's figures (file names relative to `out`), only for rows that have results."""
+    with_results = [r for r in rows if r.mean is not None]
+    if not with_results:
+        return []
+    figures = []
+    if plan.name == "table6":
+        plot_against(rows, lambda r: int(r.row.method.split("m=")[1]), "number of mixed images m",
+                     "Mix number", out / "table6_mix_number.png")
+        figures.append("table6_mix_number.png")
+    elif plan.name == "fig5":
+        plot_against(rows, lambda r: r.row.epochs, "pretraining epochs", "Epochs", out / "fig5_epochs.png",
+                     group_of=lambda r: r.row.backbone)
+        figures.append("fig5_epochs.png")
+    else:
+        plot_bars(with_results, plan.description, out / f"{plan.name}.png")
+        figures.append(f"{plan.name}.png")
+    if plan.name == "demo":
+        curves = {s.key: s.key.split("/")[1] for s in plan.stages if s.kind == "pretrain"}
+        if plot_loss_curves(results, curves, out / "demo_loss.png"):
+            figures.append("demo_loss.png")
+    return figures
+
+
+def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
+                  seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ()) -> list[Path]:
+    results = collect(output_root)
+    reference = load_reference()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        plan = build_plan(name, flavour, seeds, datasets if name not in ("table2", "table4", "demo", "smoke") else ())
+        rows = row_results(plan, results, reference)
+        text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out))
+        path = out / f"{plan.name}.md"
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reports")
+    parser.add_argument("plans", nargs="*", help=f"default: all of {', '.join(PLANS)}")
+    parser.add_argument("--output-root", default="runs", type=Path, help="where the runs are")
+    parser.add_argument("--out", default=Path("reports/out"), type=Path)
+    parser.add_argument("--flavour", default="official")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--datasets", default="")
+    arguments = parser.parse_args(argv)
+    names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke")]
+    seeds = tuple(int(s) for s in arguments.seeds.replace(",", " ").split())
+    datasets = tuple(arguments.datasets.replace(",", " ").split())
+    try:
+        for path in write_reports(names, arguments.output_root, arguments.out, arguments.flavour, seeds, datasets):
+            print(f"wrote {path}")
+    except (InconsistentResults, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Read result.json files into one pandas table (never model code, never incomplete runs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_tables.csv"
+
+
+def load_reference() -> pd.DataFrame:
+    """The paper's Tables 2-7 (method, backbone, epochs, dataset, protocol, value; NA where the
+    paper has no number)."""
+    return pd.read_csv(REFERENCE_CSV, keep_default_na=True)
+
+
+def _flatten(record: dict, path: Path) -> dict:
+    provenance = record.get("provenance", {})
+    row = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
+    row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
+    row.update({"git_commit": provenance.get("git_commit", "unknown"), "git_dirty": provenance.get("git_dirty", False),
+                "result_path": str(path), "run_dir": str(path.parent)})
+    if record.get("stage") == "pretrain":
+        row["loss_curve"] = record.get("loss_curve", [])
+    return row
+
+
+def collect(output_root: Path) -> pd.DataFrame:
+    """One row per completed run under `output_root` (any depth)."""
+    rows = []
+    for path in sorted(Path(output_root).glob("**/result.json")):
+        try:
+            rows.append(_flatten(json.loads(path.read_text()), path))
+        except json.JSONDecodeError:
+            continue  # result.json is written atomically; a broken one is not ours to report
+    return pd.DataFrame(rows)

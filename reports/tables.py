@@ -1,0 +1,151 @@
+"""Markdown tables: for every row of a plan, the paper's number, ours (mean +- std over seeds),
+the difference, the protocol and preset, and provenance; then the paper's other methods (MoCo v3,
+DINO, SDMP, iBOT, ...) for the same setting as reference rows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from slurm.plans import Plan, Row
+
+# The number each protocol puts in a table (the paper's convention).
+HEADLINE_METRIC = {"knn": "top1_k20", "linear": "top1_best", "finetune": "top1_best",
+                   "ap_box": "ap_box", "ap_mask": "ap_mask"}
+METRIC_NOTE = {"knn": "top-1, k=20", "linear": "top-1, best epoch", "finetune": "top-1, best epoch"}
+
+
+class InconsistentResults(ValueError):
+    """Results meant to be averaged were produced by different configs or code versions."""
+
+
+@dataclass
+class RowResult:
+    row: Row
+    paper: float | None
+    mean: float | None
+    std: float | None
+    seeds: list[int]
+    preset: str
+    experiment_hash: str
+    commit: str
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.mean is None or self.paper is None else self.mean - self.paper
+
+
+def paper_value(reference: pd.DataFrame, row: Row) -> float | None:
+    match = reference[(reference.table == row.table) & (reference.method == row.method)
+                      & (reference.backbone == row.backbone) & (reference.epochs == row.epochs)
+                      & (reference.dataset == row.dataset) & (reference.protocol == row.protocol)]
+    if match.empty or pd.isna(match.value.iloc[0]):
+        return None
+    return float(match.value.iloc[0])
+
+
+def _stage_results(results: pd.DataFrame, key: str) -> pd.DataFrame:
+    if results.empty or "experiment" not in results:
+        return results.iloc[0:0]
+    return results[results.experiment == key]
+
+
+def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> list[RowResult]:
+    """Group each reported row's results over seeds; refuse to mix configs or code versions."""
+    grouped: dict[Row, list[tuple[int, pd.Series]]] = {}
+    presets: dict[Row, str] = {}
+    for stage in plan.reported():
+        matching = _stage_results(results, stage.key)
+        for row in stage.rows:
+            grouped.setdefault(row, [])
+            presets[row] = f"{plan.stage(stage.after).preset if stage.after else stage.preset} / {stage.kind} {stage.preset}"
+            for _, record in matching.iterrows():
+                grouped[row].append((stage.seed, record))
+    output = []
+    for row, records in grouped.items():
+        metric = f"metric.{HEADLINE_METRIC[row.protocol]}"
+        values = [float(r[metric]) for _, r in records if metric in r and not pd.isna(r[metric])]
+        identities = {(_identity(r), str(r.get("git_commit", "unknown"))) for _, r in records}
+        if len(identities) > 1:
+            listing = "\n".join(f"  seed {seed}: experiment {_identity(r)} commit {r.get('git_commit')} ({r['run_dir']})"
+                                for seed, r in records)
+            raise InconsistentResults(f"refusing to average {row.method} {row.dataset} {row.protocol}: its results "
+                                      f"come from different configs or code versions:\n{listing}")
+        identity, commit = next(iter(identities)) if identities else ("", "")
+        mean = sum(values) / len(values) if values else None
+        std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0) if values else None
+        output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in records),
+                                presets[row], identity, commit[:10]))
+    return output
+
+
+def _identity(record: pd.Series) -> str:
+    """What must agree between seeds: the evaluation's and its pretraining's seedless config hashes."""
+    parts = [str(record.get("experiment_hash", ""))]
+    if isinstance(record.get("pretrain_experiment_hash"), str):
+        parts.append(record["pretrain_experiment_hash"])
+    return "+".join(parts)
+
+
+def _number(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _ours(result: RowResult) -> str:
+    if result.mean is None:
+        return "not run"
+    return f"{result.mean:.1f} ± {result.std:.1f}" if len(result.seeds) > 1 else f"{result.mean:.1f}"
+
+
+def markdown_table(results: list[RowResult]) -> str:
+    lines = ["| Method | Backbone | Epochs | Dataset | Protocol | Paper | Ours | Δ | Seeds | Preset | Config | Commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        protocol = f"{r.row.protocol} ({METRIC_NOTE[r.row.protocol]})" if r.row.protocol in METRIC_NOTE else r.row.protocol
+        lines.append(f"| {r.row.method} | {r.row.backbone} | {r.row.epochs or '—'} | {r.row.dataset} | {protocol} | "
+                     f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True)} | "
+                     f"{','.join(map(str, r.seeds)) or '—'} | {r.preset} | {r.experiment_hash or '—'} | {r.commit or '—'} |")
+    return "\n".join(lines)
+
+
+MAIN_TABLES = ("table2", "table3", "table4")  # where the paper compares with MoCo v3, DINO, iBOT, SDMP, ...
+
+
+def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str:
+    """The paper's numbers for every method evaluated in the same settings (dataset and backbone)
+    as our rows: its main comparison tables plus the plan's own table."""
+    settings = {(r.dataset, r.backbone) for r in rows}
+    subset = reference[reference.table.isin([*MAIN_TABLES, table])
+                       & reference.apply(lambda r: (r.dataset, r.backbone) in settings, axis=1)]
+    if subset.empty:
+        return ""
+    pivot = subset.pivot_table(index=["dataset", "backbone", "table", "method", "epochs"], columns="protocol",
+                               values="value", aggfunc="first", sort=False)
+    columns = [c for c in ("finetune", "linear", "knn", "ap_box", "ap_mask") if c in pivot.columns]
+    lines = ["| Dataset | Backbone | Paper table | Method | Epochs | " + " | ".join(columns) + " |",
+             "|---|---|---|---|---|" + "---|" * len(columns)]
+    for (dataset, backbone, table, method, epochs), values in pivot.iterrows():
+        cells = " | ".join(_number(None if pd.isna(values[c]) else float(values[c])) for c in columns)
+        lines.append(f"| {dataset} | {backbone} | {table} | {method} | {epochs} | {cells} |")
+    return "\n".join(lines)
+
+
+def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flavour: str,
+                figures: list[str] = ()) -> str:
+    rows = row_results(plan, results, reference)
+    done = sum(r.mean is not None for r in rows)
+    parts = [f"# {plan.name}: {plan.description}", "",
+             f"Presets: `{flavour}` flavour. {done} of {len(rows)} rows have results. "
+             "Ours: mean ± std over seeds (sample std); Δ = ours − paper. kNN: top-1 at k = 20 "
+             "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json).", "",
+             markdown_table(rows)]
+    for figure in figures:
+        parts += ["", f"![{figure}]({figure})"]
+    reference_rows = reference_table(reference, [r.row for r in rows], plan.name)
+    if reference_rows:
+        parts += ["", "## The paper's numbers for all methods (reference)", "", reference_rows]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,1 @@
+"""Launching stages locally or on SLURM through submitit (run as `python -m slurm`)."""

@@ -1,0 +1,100 @@
+"""`python -m slurm run PLAN ...`, `python -m slurm status`, `python -m slurm plans`.
+
+    python -m slurm run table6 --executor slurm --datasets cifar100 --cluster partition=gpu --dry-run
+    python -m slurm run demo --executor inline
+    python -m slurm status
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.config import ConfigError
+
+
+def _list(text: str) -> list[str]:
+    return [item for item in text.replace(",", " ").split() if item]
+
+
+def status(output_root: Path) -> None:
+    """Every run directory under output_root: kind, complete or how far it got."""
+    rows = []
+    for config_path in sorted(Path(output_root).glob("**/config.yaml")):
+        run_dir = config_path.parent
+        kind = "eval" if run_dir.parent.name == "eval" else "pretrain"
+        result = run_dir / "result.json"
+        if result.is_file():
+            state = "complete"
+        else:
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+            last = json.loads(lines[-1]) if lines else {}
+            where = f"step {last['step']}" if "step" in last else f"epoch {last['epoch']}" if "epoch" in last else "started"
+            state = f"incomplete ({where})"
+        rows.append((kind, state, str(run_dir.relative_to(output_root))))
+    for plan_folder in sorted((Path(output_root) / ".jobs").glob("*")):
+        for record in sorted(plan_folder.glob("*.json")):
+            entry = json.loads(record.read_text())
+            rows.append(("job", f"slurm {entry['job_id']}", f"{plan_folder.name}/{record.stem.replace('__', '/')}"))
+    if not rows:
+        print(f"no runs under {output_root}")
+    for kind, state, where in rows:
+        print(f"{kind:9} {state:28} {where}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from slurm.plans import ALIASES, PLANS
+
+    parser = argparse.ArgumentParser(prog="python -m slurm")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run or submit a plan's stages that are not complete")
+    run.add_argument("plan", choices=[*PLANS, *ALIASES])
+    run.add_argument("--executor", default="auto", help="auto | slurm | local | inline")
+    run.add_argument("--dry-run", action="store_true", help="print the jobs that would be submitted")
+    run.add_argument("--flavour", default="official", help="paper | official presets")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--datasets", default="", help="comma-separated subset, e.g. cifar100")
+    run.add_argument("--output-root", default="runs", type=Path)
+    run.add_argument("--profile", help="cluster profile YAML (partition, account, qos, ...)")
+    run.add_argument("--cluster", nargs="*", default=[], metavar="key=value", help="cluster settings, e.g. partition=gpu")
+    run.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for pretraining stages")
+    run.add_argument("--eval-set", nargs="*", default=[], metavar="key=value", help="overrides for evaluations")
+    stat = commands.add_parser("status", help="list run directories and submitted jobs")
+    stat.add_argument("--output-root", default="runs", type=Path)
+    commands.add_parser("plans", help="list the plans")
+    arguments = parser.parse_args(argv)
+
+    if arguments.command == "plans":
+        from slurm.plans import build_plan
+
+        for name in [*PLANS, *ALIASES]:
+            plan = build_plan(name)
+            print(f"{name:22} {len(plan.stages):3} stages  {plan.description}")
+        return
+    if arguments.command == "status":
+        status(arguments.output_root)
+        return
+
+    from slurm.executors import load_cluster_config, resolve_executor
+    from slurm.graph import launch
+    from slurm.plans import build_plan
+
+    try:
+        plan = build_plan(arguments.plan, arguments.flavour, tuple(int(s) for s in _list(arguments.seeds)),
+                          tuple(_list(arguments.datasets)))
+        executor = resolve_executor(arguments.executor)
+        cluster = load_cluster_config(arguments.profile, arguments.cluster)
+        outcome = launch(plan, executor, arguments.output_root, cluster, arguments.dry_run, arguments.set,
+                         arguments.eval_set)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    counts: dict[str, int] = {}
+    for what in outcome.values():
+        counts[what.split()[0]] = counts.get(what.split()[0], 0) + 1
+    print(f"[{plan.name}] " + ", ".join(f"{n} {w}" for w, n in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""From a plan to jobs: resolve every stage's config and run directory, skip what is done or
+already queued, and submit the rest with afterok dependencies.
+
+Idempotence follows from the run directories: a pretraining run is named by its config hash, so
+its directory (and whether it holds result.json) is known before anything runs; an evaluation
+lives under its pretraining run and is named by the weights' digest, so it is checked once those
+weights exist and otherwise waits behind its pretraining job. Submitted SLURM jobs are recorded in
+`<output_root>/.jobs/<plan>/`, and a stage whose recorded job is still pending or running is not
+submitted again.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from common.config import apply_overrides
+from common.rundir import RunDirectory
+from common.runtime import NON_RESULT_FIELDS
+from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
+from slurm.plans import PRETRAIN, Plan, Stage
+
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+
+
+@dataclass
+class ResolvedStage:
+    stage: Stage
+    config: Any  # PretrainConfig or EvalConfig
+    run_dir: Path | None  # None for an evaluation whose weights do not exist yet
+
+    def is_complete(self) -> bool:
+        return self.run_dir is not None and (self.run_dir / "result.json").is_file()
+
+
+def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = (),
+                 eval_overrides: list[str] = ()) -> list[ResolvedStage]:
+    """Every stage's config and (where knowable) run directory, in plan order."""
+    from evaluate.configs import resolve_eval_config
+    from pretrain.configs import preset
+
+    resolved: dict[str, ResolvedStage] = {}
+    for stage in plan.stages:
+        tag = f"run.experiment={stage.key}"
+        if stage.kind == PRETRAIN:
+            config = apply_overrides(preset(stage.preset), [*stage.overrides, f"run.output_root={output_root}", tag,
+                                                            *pretrain_overrides])
+            run_dir = RunDirectory.for_config(output_root, config.run.name, config, NON_RESULT_FIELDS).path
+            resolved[stage.key] = ResolvedStage(stage, config, run_dir)
+            continue
+        source = resolved[stage.after]
+        if stage.kind not in ("knn", "linear", "finetune"):
+            resolved[stage.key] = ResolvedStage(stage, None, None)  # not runnable yet (e.g. transfer)
+            continue
+        config = apply_overrides(
+            resolve_eval_config(stage.kind, stage.preset, str(source.run_dir), pretrain_config=source.config),
+            [*stage.overrides, tag, *eval_overrides])
+        resolved[stage.key] = ResolvedStage(stage, config, _eval_run_dir(config, source))
+    return list(resolved.values())
+
+
+def _eval_run_dir(config, source: ResolvedStage) -> Path | None:
+    if not source.is_complete():
+        return None
+    from evaluate.encoder import load_source
+    from evaluate.session import eval_run_directory
+
+    return eval_run_directory(config, load_source(config.source)).path
+
+
+class JobRegistry:
+    """Submitted SLURM job ids per stage key, so a queued stage is never submitted twice."""
+
+    def __init__(self, output_root: Path, plan_name: str):
+        self.folder = Path(output_root) / ".jobs" / plan_name
+
+    def _path(self, key: str) -> Path:
+        return self.folder / (key.replace("/", "__") + ".json")
+
+    def record(self, key: str, job_id: str, log_folder: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._path(key).write_text(json.dumps({"job_id": job_id, "log_folder": str(log_folder)}))
+
+    def read(self, key: str) -> dict | None:
+        path = self._path(key)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def active_job(self, key: str) -> str | None:
+        """The recorded job id when SLURM still has it pending or running."""
+        import submitit
+
+        entry = self.read(key)
+        if entry is None:
+            return None
+        state = submitit.SlurmJob(folder=entry["log_folder"], job_id=entry["job_id"]).state
+        return entry["job_id"] if state.split()[0] in ACTIVE_STATES else None
+
+
+def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
+           pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
+           echo: Callable[[str], None] = print) -> dict[str, str]:
+    """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}."""
+    stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
+    registry = JobRegistry(output_root, plan.name)
+    log_folder = Path(output_root) / ".submitit" / plan.name
+    job_ids: dict[str, str] = {}
+    outcome: dict[str, str] = {}
+    for item in stages:
+        stage = item.stage
+        if stage.kind not in ("pretrain", "knn", "linear", "finetune"):
+            outcome[stage.key] = f"not available: the {stage.kind} stage is not part of this suite yet"
+            echo(f"[skip] {stage.key}: {outcome[stage.key]}")
+            continue
+        if item.is_complete():
+            outcome[stage.key] = "complete"
+            echo(f"[done] {stage.key}: {item.run_dir}")
+            continue
+        if executor == "slurm" and not dry_run:
+            active = registry.active_job(stage.key)
+            if active:
+                job_ids[stage.key] = active
+                outcome[stage.key] = f"queued as {active}"
+                echo(f"[queued] {stage.key}: job {active} is still pending or running")
+                continue
+        dependencies = [job_ids[stage.after]] if stage.after in job_ids else []
+        parameters = job_parameters(executor if executor != "inline" else "local", stage.key.replace("/", "."),
+                                    stage.nodes, stage.gpus_per_node, stage.hours, cluster, dependencies)
+        if dry_run:
+            job_ids[stage.key] = f"<{stage.key}>"
+            outcome[stage.key] = "would submit"
+            shown = {k: v for k, v in parameters.items() if v not in ({}, None, "")}
+            echo(f"[dry-run] {stage.key}: {stage.kind} preset={stage.preset} "
+                 f"run_dir={item.run_dir or '(after ' + stage.after + ')'} {json.dumps(shown)}")
+            continue
+        if executor == "inline":
+            echo(f"[run] {stage.key}")
+            run_stage(stage.kind, item.config)
+            outcome[stage.key] = "ran"
+            _refresh_eval_dirs(stages, item)
+            continue
+        submitit_executor = make_executor(executor, log_folder, cluster)
+        submitit_executor.update_parameters(**parameters)
+        job = submitit_executor.submit(StageTask(stage.kind, item.config))
+        job_ids[stage.key] = str(job.job_id)
+        outcome[stage.key] = f"submitted {job.job_id}"
+        echo(f"[submitted] {stage.key}: job {job.job_id}" + (f" after {dependencies}" if dependencies else ""))
+        if executor == "slurm":
+            registry.record(stage.key, str(job.job_id), log_folder)
+        else:  # one machine: run stages one after the other, evaluations after their pretraining
+            job.result()
+            _refresh_eval_dirs(stages, item)
+    return outcome
+
+
+def _refresh_eval_dirs(stages: list[ResolvedStage], finished: ResolvedStage) -> None:
+    """After a pretraining run finishes, its evaluations' run directories become known."""
+    if finished.stage.kind != PRETRAIN:
+        return
+    for item in stages:
+        if item.stage.after == finished.stage.key and item.config is not None:
+            item.run_dir = _eval_run_dir(item.config, finished)

@@ -1,0 +1,227 @@
+"""Experiment plans: which runs make each table and figure. Used by the launcher and the reports.
+
+Pure data (no torch, no model code): a plan is a list of stages, each naming a preset, its
+overrides, the stage it needs, its resources and the report row it fills. Stage keys are stable
+names ("table6/cifar100/m2/seed0/linear") recorded as `run.experiment` in every result.json, which
+is how the reports find the results of a plan without importing anything from the stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PRETRAIN = "pretrain"
+PROTOCOLS = ("knn", "linear", "finetune")
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where a result goes in a report; matches reports/reference/paper_tables.csv columns."""
+
+    table: str
+    method: str
+    backbone: str
+    epochs: int
+    dataset: str  # imagenet1k | cifar10 | cifar100 | coco | fashion_mnist
+    protocol: str  # knn | linear | finetune | ap_box | ap_mask
+
+
+@dataclass(frozen=True)
+class Stage:
+    key: str
+    kind: str  # pretrain | knn | linear | finetune | transfer | similarity
+    preset: str  # the pretraining preset, or the protocol's preset
+    overrides: tuple[str, ...] = ()
+    after: str = ""  # key of the pretraining stage an evaluation reads
+    nodes: int = 1
+    gpus_per_node: int = 1
+    hours: float = 4.0  # per job; preempted / timed-out jobs requeue and resume
+    rows: tuple[Row, ...] = ()  # the report rows its result fills (a detection run fills box and mask AP)
+    seed: int = 0
+
+
+@dataclass
+class Plan:
+    name: str
+    description: str
+    stages: list[Stage] = field(default_factory=list)
+
+    def stage(self, key: str) -> Stage:
+        return next(s for s in self.stages if s.key == key)
+
+    def reported(self) -> list[Stage]:
+        return [s for s in self.stages if s.rows]
+
+
+BACKBONE = {"vit_t2": "ViT-T/2", "vit_s2": "ViT-S/2", "vit_b2": "ViT-B/2", "vit_s16": "ViT-S/16", "vit_b16": "ViT-B/16"}
+DATASET_LABEL = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet1k"}
+# GPUs and hours per pretraining job (requeued until done); evaluation jobs are lighter.
+IMAGENET_RESOURCES = {"nodes": 2, "gpus_per_node": 8, "hours": 48.0}
+CIFAR_RESOURCES = {"nodes": 1, "gpus_per_node": 4, "hours": 24.0}
+
+
+def _pretrain_with_evals(plan: Plan, prefix: str, preset: str, seed: int, protocols: tuple[str, ...],
+                         row_of: dict[str, Row], resources: dict, overrides: tuple[str, ...] = (),
+                         eval_presets: dict[str, str] | None = None) -> None:
+    """One pretraining stage and its evaluation stages."""
+    eval_presets = {"knn": "default", "linear": "official", "finetune": "official", **(eval_presets or {})}
+    pretrain_key = f"{prefix}/seed{seed}/pretrain"
+    plan.stages.append(Stage(pretrain_key, PRETRAIN, preset, (*overrides, f"run.seed={seed}"), seed=seed,
+                             **resources))
+    for protocol in protocols:
+        evaluation_resources = {"nodes": 1, "gpus_per_node": resources["gpus_per_node"],
+                                "hours": 24.0 if protocol != "knn" else 2.0}
+        plan.stages.append(Stage(f"{prefix}/seed{seed}/{protocol}", protocol, eval_presets[protocol],
+                                 after=pretrain_key, rows=(row_of[protocol],) if protocol in row_of else (),
+                                 seed=seed, **evaluation_resources))
+
+
+def _rows(table: str, method: str, backbone: str, epochs: int, dataset: str,
+          protocols: tuple[str, ...]) -> dict[str, Row]:
+    return {p: Row(table, method, backbone, epochs, DATASET_LABEL.get(dataset, dataset), p) for p in protocols}
+
+
+def table2(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
+    plan = Plan("table2", "ImageNet-1K: ViT-S/16 300 and 800 epochs, ViT-B/16 300 epochs; finetune, linear, kNN")
+    for seed in seeds:
+        for arch, epochs in (("vit_s16", 300), ("vit_s16", 800), ("vit_b16", 300)):
+            _pretrain_with_evals(plan, f"table2/{arch}/{epochs}ep", f"imagenet_{arch}_{epochs}ep_{flavour}", seed,
+                                 PROTOCOLS, _rows("table2", "PatchMix", BACKBONE[arch], epochs, "imagenet", PROTOCOLS),
+                                 IMAGENET_RESOURCES)
+    return plan
+
+
+def table3(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
+           **_) -> Plan:
+    plan = Plan("table3", "CIFAR-10/100: ViT-T/2, ViT-S/2 (800, 1600 epochs), ViT-B/2 (800); finetune, linear, kNN")
+    for seed in seeds:
+        for dataset in datasets:
+            for arch, epochs in (("vit_t2", 800), ("vit_t2", 1600), ("vit_s2", 800), ("vit_s2", 1600), ("vit_b2", 800)):
+                _pretrain_with_evals(plan, f"table3/{dataset}/{arch}/{epochs}ep", f"{dataset}_{arch}_{epochs}ep_{flavour}",
+                                     seed, PROTOCOLS,
+                                     _rows("table3", "PatchMix", BACKBONE[arch], epochs, dataset, PROTOCOLS),
+                                     CIFAR_RESOURCES)
+    return plan
+
+
+def table4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
+    plan = Plan("table4", "COCO Mask R-CNN with a ViT-B/16 backbone pretrained 300 epochs on ImageNet-1K")
+    for seed in seeds:
+        pretrain_key = f"table4/vit_b16/seed{seed}/pretrain"
+        plan.stages.append(Stage(pretrain_key, PRETRAIN, f"imagenet_vit_b16_300ep_{flavour}", (f"run.seed={seed}",),
+                                 seed=seed, **IMAGENET_RESOURCES))
+        plan.stages.append(Stage(f"table4/vit_b16/seed{seed}/transfer", "transfer", "vitdet_b_100ep", after=pretrain_key,
+                                 nodes=8, gpus_per_node=8, hours=48.0, seed=seed,
+                                 rows=tuple(Row("table4", "PatchMix", "ViT-B/16", 300, "coco", metric)
+                                            for metric in ("ap_box", "ap_mask"))))
+    return plan
+
+
+def table5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
+           **_) -> Plan:
+    """Mix strategies in one contrastive framework. The PatchMix and Baseline (m = 1) rows; the
+    other mixes join when their mixers exist."""
+    plan = Plan("table5", "Mix strategies with ViT-S/2 on CIFAR, 800 epochs: linear and kNN")
+    protocols = ("linear", "knn")
+    for seed in seeds:
+        for dataset in datasets:
+            base = f"{dataset}_vit_s2_800ep"
+            _pretrain_with_evals(plan, f"table5/{dataset}/baseline", f"{base}_m1_{flavour}", seed, protocols,
+                                 _rows("table5", "Baseline", "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
+            _pretrain_with_evals(plan, f"table5/{dataset}/patchmix", f"{base}_{flavour}", seed, protocols,
+                                 _rows("table5", "PatchMix", "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
+    return plan
+
+
+def table6(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
+           **_) -> Plan:
+    plan = Plan("table6", "Number of mixed images m = 1..4 (m = 1 is MoCo v3), ViT-S/2 on CIFAR, 800 epochs")
+    protocols = ("linear", "knn")
+    for seed in seeds:
+        for dataset in datasets:
+            for m in (1, 2, 3, 4):
+                _pretrain_with_evals(plan, f"table6/{dataset}/m{m}", f"{dataset}_vit_s2_800ep_m{m}_{flavour}", seed,
+                                     protocols, _rows("table6", f"PatchMix m={m}", "ViT-S/2", 800, dataset, protocols),
+                                     CIFAR_RESOURCES)
+    return plan
+
+
+def table7(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
+           **_) -> Plan:
+    plan = Plan("table7", "Loss terms (o2o, m2o, m2m and combinations), ViT-S/2 on CIFAR, 800 epochs")
+    protocols = ("linear", "knn")
+    for seed in seeds:
+        for dataset in datasets:
+            for subset in ("o2o", "m2o", "m2m", "o2o+m2o", "o2o+m2o+m2m"):
+                _pretrain_with_evals(plan, f"table7/{dataset}/{subset}", f"{dataset}_vit_s2_800ep_loss-{subset}_{flavour}",
+                                     seed, protocols,
+                                     _rows("table7", f"PatchMix {subset}", "ViT-S/2", 800, dataset, protocols),
+                                     CIFAR_RESOURCES)
+    return plan
+
+
+FIG5_EPOCHS = (100, 200, 400, 800, 1600)
+
+
+def fig5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
+         **_) -> Plan:
+    """Accuracy against pretraining epochs (ViT-T/2, ViT-S/2); warmup scaled as 100 of 800 epochs."""
+    plan = Plan("fig5", "Pretraining epochs 100-1600, ViT-T/2 and ViT-S/2 on CIFAR: finetune, linear, kNN")
+    for seed in seeds:
+        for dataset in datasets:
+            for arch in ("vit_t2", "vit_s2"):
+                for epochs in FIG5_EPOCHS:
+                    _pretrain_with_evals(
+                        plan, f"fig5/{dataset}/{arch}/{epochs}ep", f"{dataset}_{arch}_800ep_{flavour}", seed, PROTOCOLS,
+                        _rows("fig5", "PatchMix", BACKBONE[arch], epochs, dataset, PROTOCOLS), CIFAR_RESOURCES,
+                        overrides=(f"optim.epochs={epochs}", f"optim.warmup_epochs={max(epochs // 8, 1)}"))
+    return plan
+
+
+def demo(seeds: tuple[int, ...] = (0,), **_) -> Plan:
+    """The CPU demo on Fashion-MNIST: m = 1 (MoCo v3), 2, 3; kNN and a linear probe on cached
+    features; plus kNN of the randomly initialised encoder, to show what pretraining added."""
+    plan = Plan("demo", "Fashion-MNIST, tiny ViT on CPU: PatchMix m = 1, 2, 3; kNN and linear probe")
+    protocols = ("knn", "linear")
+    resources = {"nodes": 1, "gpus_per_node": 0, "hours": 1.0}
+    for seed in seeds:
+        for m in (1, 2, 3):
+            _pretrain_with_evals(plan, f"demo/m{m}", f"demo_fashion_mnist_m{m}", seed, protocols,
+                                 _rows("demo", f"PatchMix m={m}" if m > 1 else "MoCo v3 (m=1)", "ViT-mini/4", 0,
+                                       "fashion_mnist", protocols), resources, eval_presets={"linear": "fast"})
+        plan.stages.append(Stage(f"demo/random-init/seed{seed}/knn", "knn", "default", ("source.encoder=random",),
+                                 after=f"demo/m2/seed{seed}/pretrain", seed=seed, **resources,
+                                 rows=(Row("demo", "random init (no pretraining)", "ViT-mini/4", 0, "fashion_mnist",
+                                           "knn"),)))
+    return plan
+
+
+def smoke(seeds: tuple[int, ...] = (0,), **_) -> Plan:
+    """Seconds on a CPU, generated images: the whole graph (pretrain -> kNN + linear -> report)."""
+    plan = Plan("smoke", "Generated images, debug ViT: pretraining, kNN and linear probe end to end")
+    resources = {"nodes": 1, "gpus_per_node": 0, "hours": 0.5}
+    for seed in seeds:
+        _pretrain_with_evals(plan, "smoke/m2", "debug_cpu", seed, ("knn", "linear"),
+                             _rows("smoke", "PatchMix m=2", "ViT-debug/4", 0, "synthetic", ("knn", "linear")),
+                             resources, eval_presets={"linear": "fast"})
+    return plan
+
+
+PLANS = {"table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
+         "table7": table7, "fig5": fig5, "demo": demo, "smoke": smoke}
+ALIASES = {"ablation-mix-number": "table6", "ablation-loss": "table7"}
+
+
+def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0,),
+               datasets: tuple[str, ...] = ()) -> Plan:
+    name = ALIASES.get(name, name)
+    if name not in PLANS:
+        raise ValueError(f"unknown plan {name!r}; choose one of {', '.join([*PLANS, *ALIASES])}")
+    if flavour not in ("paper", "official"):
+        raise ValueError(f"flavour must be paper or official, got {flavour!r}")
+    keywords = {"flavour": flavour, "seeds": tuple(seeds)}
+    if datasets:
+        unknown = set(datasets) - {"cifar10", "cifar100"}
+        if unknown and name not in ("table2", "table4", "demo", "smoke"):
+            raise ValueError(f"datasets {sorted(unknown)} are not part of {name} (cifar10, cifar100)")
+        keywords["datasets"] = tuple(datasets)
+    return PLANS[name](**keywords)

@@ -1,0 +1,122 @@
+"""The stage graph through the inline, local (submitit) and mocked-SLURM executors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reports.__main__ import write_reports
+from slurm.executors import ClusterConfig, StageTask, job_parameters, load_cluster_config
+from slurm.graph import launch
+from slurm.plans import build_plan
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.mark.slow
+def test_inline_graph_runs_once_and_reports(tmp_path):
+    plan = build_plan("smoke")
+    common = {"pretrain_overrides": ["optim.epochs=2", "run.progress=false"], "eval_overrides": ["run.progress=false"],
+              "echo": _quiet}
+    first = launch(plan, "inline", tmp_path / "runs", ClusterConfig(), **common)
+    assert set(first.values()) == {"ran"} and len(first) == 3
+    second = launch(plan, "inline", tmp_path / "runs", ClusterConfig(), **common)
+    assert set(second.values()) == {"complete"}  # nothing submitted or run again
+
+    (report,) = write_reports(["smoke"], tmp_path / "runs", tmp_path / "out")
+    text = report.read_text()
+    knn_line = next(line for line in text.splitlines() if line.startswith("| PatchMix m=2") and "knn" in line)
+    linear_line = next(line for line in text.splitlines() if line.startswith("| PatchMix m=2") and "linear" in line)
+    for line in (knn_line, linear_line):
+        ours = line.split("|")[7].strip()
+        assert ours != "not run" and 0.0 <= float(ours) <= 100.0
+    assert "2 of 2 rows have results" in text
+    assert (tmp_path / "out" / "smoke.png").is_file()
+
+
+@pytest.mark.slow
+def test_local_executor_timeout_requeues_and_matches_uninterrupted(tmp_path):
+    """submitit's local executor signals (SIGUSR2) shortly before the time limit; the run saves at
+    its next step boundary, is requeued by submitit and resumes to the same final weights."""
+    overrides = ["optim.epochs=30", "run.log_every_steps=4", "run.checkpoint_every_steps=1000", "run.progress=false"]
+    from common.config import apply_overrides
+    from pretrain.configs import preset
+    from pretrain.train import main
+
+    config = apply_overrides(preset("debug_cpu"), [*overrides, f"run.output_root={tmp_path / 'reference'}"])
+    reference = Path(main(config)["run_dir"])
+
+    import submitit
+
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs", max_num_timeout=10)
+    # Time limit 60 s, signal 45 s before it: each attempt is interrupted ~15 s after it starts.
+    executor.update_parameters(timeout_min=1.0, signal_delay_s=45)
+    requeued_config = apply_overrides(config, [f"run.output_root={tmp_path / 'requeued'}"])
+    job = executor.submit(StageTask("pretrain", requeued_config))
+    result = job.result()
+    log = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.*"))
+    assert "resuming" in log, log[-3000:]
+    assert result["steps"] == 240
+    final = "checkpoints/checkpoint_00000240.pt"
+    a = torch.load(reference / final)["model"]
+    b = torch.load(Path(result["run_dir"]) / final)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path):
+    from submitit.slurm.test_slurm import mocked_slurm
+
+    cluster = load_cluster_config(None, ["partition=gpu", "account=lab", "qos=high", "constraint=a100",
+                                         "cpus_per_gpu=8", "max_hours=12"])
+    plan = build_plan("table6", datasets=("cifar100",))
+    with mocked_slurm() as mock:
+        outcome = launch(plan, "slurm", tmp_path / "runs", cluster, echo=_quiet)
+        assert list(outcome.values()).count("submitted 12") == 1
+        scripts = {int(p.name.split("_")[0]): p.read_text()
+                   for p in (tmp_path / "runs" / ".submitit" / "table6").glob("*_submission.sh")}
+        assert sorted(scripts) == list(range(12, 24))  # 4 pretrain + 8 evaluation jobs
+        pretrain_m1, linear_m1, knn_m1, pretrain_m2 = scripts[12], scripts[13], scripts[14], scripts[15]
+        for expected in ("--partition=gpu", "--account=lab", "--qos=high", "--constraint=a100", "--nodes=1",
+                         "--ntasks-per-node=4", "--gpus-per-node=4", "--cpus-per-task=8", "--time=720",
+                         "--signal=USR2@120", "--job-name=table6.cifar100.m1.seed0.pretrain"):
+            assert f"#SBATCH {expected}" in pretrain_m1, expected
+        assert "--dependency" not in pretrain_m1 and "--dependency" not in pretrain_m2
+        assert "#SBATCH --dependency=afterok:12" in linear_m1 and "#SBATCH --dependency=afterok:12" in knn_m1
+        assert "#SBATCH --dependency=afterok:15" in scripts[16]
+        assert "#SBATCH --time=120" in knn_m1  # evaluations ask for less time
+
+        # Submitting again while the jobs are queued or running submits nothing.
+        for job_id in range(12, 24):
+            mock.set_job_state(str(job_id), "PENDING" if job_id % 2 else "RUNNING")
+        again = launch(plan, "slurm", tmp_path / "runs", cluster, echo=_quiet)
+        assert all(value.startswith("queued as") for value in again.values())
+        assert len(list((tmp_path / "runs" / ".submitit" / "table6").glob("*_submission.sh"))) == 12
+
+
+def test_dry_run_lists_jobs_with_dependencies(tmp_path):
+    lines: list[str] = []
+    outcome = launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), dry_run=True,
+                     echo=lines.append)
+    assert set(outcome.values()) == {"would submit"} and len(lines) == 12
+    assert '"nodes": 2' in lines[0] and '"gpus_per_node": 8' in lines[0]
+    assert '"dependency": "afterok:<table2/vit_s16/300ep/seed0/pretrain>"' in lines[1]
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_job_parameters_cap_time_and_count_tasks():
+    parameters = job_parameters("slurm", "x", 2, 8, 100.0, ClusterConfig(max_hours=48, mem_gb_per_gpu=40), ["7", "9"])
+    assert parameters["time"] == 48 * 60 and parameters["ntasks_per_node"] == 8 and parameters["mem"] == "320GB"
+    assert parameters["dependency"] == "afterok:7:9"
+    local = job_parameters("local", "x", 1, 0, 1.0, ClusterConfig(), [])
+    assert local["tasks_per_node"] == 1 and local["timeout_min"] == 60
+
+
+def test_cluster_profile_file(tmp_path):
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text("partition: learnfair\naccount: ssl\nextra_sbatch:\n  exclusive: true\n")
+    cluster = load_cluster_config(str(profile), ["qos=low"])
+    assert (cluster.partition, cluster.account, cluster.qos) == ("learnfair", "ssl", "low")
+    assert cluster.extra_sbatch == {"exclusive": True}
