@@ -1,6 +1,9 @@
 # PatchMix reproduction suite. Every target runs from the repository root and sets itself up.
-#   make demo      small real end-to-end run on CPU (Fashion-MNIST)
+#   make demo      small real end-to-end run on CPU (Fashion-MNIST) -> reports/out/demo.md
 #   make test      the test suite
+#   make table2 EXECUTOR=slurm PARTITION=gpu [DRY_RUN=1]    every paper table / figure: table2..table7, fig5
+#   make ablation-mix-number DATASET=cifar100                (= table6; ablation-loss = table7)
+#   make report    markdown + plots from whatever results exist;  make status: runs and queued jobs
 #   make pretrain PRESET=cifar10_vit_s2_800ep_official ARGS="data.root=/datasets/cifar"
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,10 +16,11 @@ OUTPUT_ROOT ?= runs
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo pretrain knn linear finetune evaluate bench-knn fashion-mnist clean
+.PHONY: help setup test demo pretrain knn linear finetune evaluate bench-knn fashion-mnist clean report status \
+	$(TABLES)
 
 help:
-	@sed -n '2,4p' Makefile
+	@sed -n '2,8p' Makefile
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +43,38 @@ DEMO_DATA = $$(if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then echo 
 	else echo data.root=data/fashion-mnist data.download=true; fi)
 
 demo: setup fashion-mnist
-	$(PY) -m pretrain --preset demo_fashion_mnist_m2 run.output_root=$(OUTPUT_ROOT)/demo $(DEMO_DATA) $(ARGS)
+	$(PY) -m slurm run demo --executor inline --output-root $(OUTPUT_ROOT)/demo --set $(DEMO_DATA) $(ARGS)
+	$(PY) -m reports demo --output-root $(OUTPUT_ROOT)/demo --out $(REPORT_DIR)
+	@echo "demo report: $(REPORT_DIR)/demo.md   runs: $(OUTPUT_ROOT)/demo"
+
+# Paper tables and figures: the whole stage graph at once (pretrain -> evaluations, afterok), then
+# the report of whatever results exist. EXECUTOR=auto|slurm|local|inline, DRY_RUN=1 lists the jobs.
+TABLES := table2 table3 table4 table5 table6 table7 fig5 ablation-mix-number ablation-loss
+EXECUTOR ?= auto
+PRESET_FLAVOUR ?= official
+SEEDS ?= 0
+DATASET ?=
+DRY_RUN ?=
+PROFILE ?=
+PARTITION ?=
+ACCOUNT ?=
+QOS ?=
+EVAL_ARGS ?=
+REPORT_DIR ?= reports/out
+PLAN_OPTIONS = --flavour $(PRESET_FLAVOUR) --seeds $(SEEDS) $(if $(DATASET),--datasets $(DATASET))
+CLUSTER = $(if $(PARTITION),partition=$(PARTITION)) $(if $(ACCOUNT),account=$(ACCOUNT)) $(if $(QOS),qos=$(QOS))
+
+$(TABLES): setup
+	$(PY) -m slurm run $@ --executor $(EXECUTOR) $(PLAN_OPTIONS) --output-root $(OUTPUT_ROOT) \
+		$(if $(DRY_RUN),--dry-run) $(if $(PROFILE),--profile $(PROFILE)) --cluster $(CLUSTER) \
+		--set $(ARGS) --eval-set $(EVAL_ARGS)
+	$(if $(DRY_RUN),,$(PY) -m reports $@ --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS))
+
+report: setup
+	$(PY) -m reports --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS)
+
+status: setup
+	$(PY) -m slurm status --output-root $(OUTPUT_ROOT)
 
 pretrain: setup
 	$(PY) -m pretrain --preset $(PRESET) run.output_root=$(OUTPUT_ROOT) $(ARGS)
@@ -58,4 +93,4 @@ bench-knn: setup
 	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
 
 clean:
-	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo reports/out
+	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo $(REPORT_DIR)

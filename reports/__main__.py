@@ -29,7 +29,9 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
                      group_of=lambda r: r.row.backbone)
         figures.append("fig5_epochs.png")
     else:
-        plot_bars(with_results, plan.description, out / f"{plan.name}.png")
+        has_paper = any(r.paper is not None for r in with_results)
+        plot_bars(with_results, f"{plan.name}: ours" + (" (bars) and the paper (black ticks)" if has_paper else ""),
+                  out / f"{plan.name}.png")
         figures.append(f"{plan.name}.png")
     if plan.name == "demo":
         curves = {s.key: s.key.split("/")[1] for s in plan.stages if s.kind == "pretrain"}

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on clusters or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.tables import RowResult  # noqa: E402
 
@@ -38,16 +39,18 @@ def plot_against(rows: list[RowResult], x_of, x_label: str, title: str, path: Pa
                 if not points:
                     continue
                 label = f"{protocol} {group}".strip()
-                ours = [(x, r.mean) for x, r in points if r.mean is not None]
+                ours = [(x, r.mean, r.std or 0.0) for x, r in points if r.mean is not None]
                 paper = [(x, r.paper) for x, r in points if r.paper is not None]
                 marker = "o" if not group or group == sorted({group_of(r) for r in rows})[0] else "s"
                 if ours:
-                    axis.plot(*zip(*ours), marker=marker, color=colour, label=f"{label} (ours)")
+                    xs, means, stds = zip(*ours)
+                    axis.errorbar(xs, means, yerr=stds, marker=marker, color=colour, capsize=3, label=f"{label} (ours)")
                 if paper:
                     axis.plot(*zip(*paper), marker=marker, color=colour, linestyle="--", alpha=0.6,
                               label=f"{label} (paper)")
         axis.set_title(f"{title}: {dataset}")
         axis.set_xlabel(x_label)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel("top-1 accuracy (%)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
@@ -55,21 +58,36 @@ def plot_against(rows: list[RowResult], x_of, x_label: str, title: str, path: Pa
 
 
 def plot_bars(rows: list[RowResult], title: str, path: Path) -> Path:
-    """Grouped bars: every row's result (ours) and the paper's value beside it."""
-    labels = [f"{r.row.method}\n{r.row.dataset} {r.row.protocol}" for r in rows]
-    positions = range(len(rows))
-    figure, axis = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4.5))
-    axis.bar([p - 0.2 for p in positions], [r.mean or 0 for r in rows], width=0.4, label="ours",
-             yerr=[r.std or 0 for r in rows], capsize=3)
-    if any(r.paper is not None for r in rows):
-        axis.bar([p + 0.2 for p in positions], [r.paper or 0 for r in rows], width=0.4, label="paper", alpha=0.6)
-    for p, r in zip(positions, rows):
-        if r.mean is not None:
-            axis.text(p - 0.2, r.mean + 0.5, f"{r.mean:.1f}", ha="center", fontsize=7)
-    axis.set_xticks(list(positions), labels, rotation=45, ha="right", fontsize=7)
-    axis.set_ylabel("accuracy (%)")
-    axis.set_title(title)
-    axis.legend()
+    """One group of bars per method and dataset, one bar per protocol (ours, with the std over
+    seeds); the paper's value as a black tick on the same bar where the paper has one."""
+    groups = list(dict.fromkeys(f"{r.row.method}\n{r.row.backbone} {r.row.dataset}" for r in rows))
+    protocols = list(dict.fromkeys(r.row.protocol for r in rows))
+    width = 0.8 / len(protocols)
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) + 2), 4.5))
+    values = []
+    for index, protocol in enumerate(protocols):
+        for position, group in enumerate(groups):
+            match = [r for r in rows if r.row.protocol == protocol
+                     and f"{r.row.method}\n{r.row.backbone} {r.row.dataset}" == group]
+            if not match or match[0].mean is None:
+                continue
+            result, x = match[0], position - 0.4 + width * (index + 0.5)
+            axis.bar(x, result.mean, width=width * 0.9, yerr=result.std or 0.0, capsize=3,
+                     color=PROTOCOL_COLOURS.get(protocol, "tab:gray"), label=protocol if position == 0 else None)
+            axis.text(x, result.mean + 0.3, f"{result.mean:.1f}", ha="center", va="bottom", fontsize=7)
+            values.append(result.mean)
+            if result.paper is not None:
+                axis.plot([x - width * 0.45, x + width * 0.45], [result.paper] * 2, color="black", linewidth=2,
+                          label="paper" if not any(t.get_label() == "paper" for t in axis.lines) else None)
+                values.append(result.paper)
+    if values:  # zoom on the differences: accuracies of one table sit within a few points
+        axis.set_ylim(max(0.0, min(values) - 8), min(100.0, max(values) + 4))
+    axis.set_xticks(range(len(groups)), groups, fontsize=8)
+    axis.set_ylabel("top-1 accuracy (%)")
+    axis.set_title(title, fontsize=10)
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axis.legend(unique.values(), unique.keys(), fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     return _save(figure, path)
 
@@ -92,7 +110,7 @@ def plot_loss_curves(results: pd.DataFrame, experiments: dict[str, str], path: P
         return None
     axis.set_xlabel("step")
     axis.set_ylabel("pretraining loss")
-    axis.set_title("Pretraining loss (the terms differ with m: compare shapes, not levels)")
+    axis.set_title("Pretraining loss (its terms change with m: compare shapes)", fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)

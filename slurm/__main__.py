@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     counts: dict[str, int] = {}
     for what in outcome.values():
-        counts[what.split()[0]] = counts.get(what.split()[0], 0) + 1
+        category = what if what in ("complete", "ran", "would submit") else " ".join(what.split()[:2 if what.startswith(("queued", "not")) else 1])
+        counts[category] = counts.get(category, 0) + 1
     print(f"[{plan.name}] " + ", ".join(f"{n} {w}" for w, n in counts.items()))
 
 

@@ -186,11 +186,11 @@ def demo(seeds: tuple[int, ...] = (0,), **_) -> Plan:
     for seed in seeds:
         for m in (1, 2, 3):
             _pretrain_with_evals(plan, f"demo/m{m}", f"demo_fashion_mnist_m{m}", seed, protocols,
-                                 _rows("demo", f"PatchMix m={m}" if m > 1 else "MoCo v3 (m=1)", "ViT-mini/4", 0,
+                                 _rows("demo", f"PatchMix m={m}" if m > 1 else "MoCo v3 (m=1)", "ViT-debug/4", 0,
                                        "fashion_mnist", protocols), resources, eval_presets={"linear": "fast"})
         plan.stages.append(Stage(f"demo/random-init/seed{seed}/knn", "knn", "default", ("source.encoder=random",),
                                  after=f"demo/m2/seed{seed}/pretrain", seed=seed, **resources,
-                                 rows=(Row("demo", "random init (no pretraining)", "ViT-mini/4", 0, "fashion_mnist",
+                                 rows=(Row("demo", "random init (no pretraining)", "ViT-debug/4", 0, "fashion_mnist",
                                            "knn"),)))
     return plan
 

@@ -1,0 +1,68 @@
+"""Reports from fixed result files: a golden markdown, seed aggregation and its refusals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reports.__main__ import write_reports
+from reports.collect import collect
+from reports.tables import InconsistentResults
+
+GOLDEN = Path(__file__).parent / "golden_table6_cifar100.md"
+
+
+def write_result(root: Path, experiment: str, protocol: str, metrics: dict, seed: int, commit: str = "abc1234def",
+                 experiment_hash: str = "e1", incomplete: bool = False) -> None:
+    run_dir = root / experiment.replace("/", "_")
+    run_dir.mkdir(parents=True)
+    if incomplete:
+        (run_dir / "config.yaml").write_text("{}")
+        return
+    record = {"stage": "evaluate", "protocol": protocol, "preset": "x", "experiment": experiment, "metrics": metrics,
+              "seed": seed, "config_hash": f"c{seed}", "experiment_hash": experiment_hash,
+              "pretrain_experiment_hash": "p1", "provenance": {"git_commit": commit, "git_dirty": False}}
+    (run_dir / "result.json").write_text(json.dumps(record))
+
+
+def fixed_results(root: Path) -> None:
+    """m = 1 and m = 2 on CIFAR-100 with two seeds each; m = 3 with one; m = 4 not run."""
+    values = {1: (60.0, 62.0, 65.0, 67.0), 2: (70.0, 71.0, 76.0, 78.0), 3: (72.5, None, 77.5, None)}
+    for m, (knn0, knn1, linear0, linear1) in values.items():
+        for seed, knn, linear in ((0, knn0, linear0), (1, knn1, linear1)):
+            if knn is None:
+                continue
+            base = f"table6/cifar100/m{m}/seed{seed}"
+            write_result(root, f"{base}/knn", "knn", {"top1_k20": knn, "top5_k20": 90.0}, seed)
+            write_result(root, f"{base}/linear", "linear", {"top1_best": linear, "top1_last": linear - 1}, seed)
+    write_result(root, "table6/cifar100/m4/seed0/knn", "knn", {}, 0, incomplete=True)
+
+
+def test_golden_markdown(tmp_path):
+    fixed_results(tmp_path / "runs")
+    (report,) = write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1), datasets=("cifar100",))
+    text = report.read_text()
+    assert text == GOLDEN.read_text()  # checked by hand: e.g. m=1 linear (65, 67) -> 66.0 ± 1.4, Δ +0.0
+    assert (tmp_path / "out" / "table6_mix_number.png").stat().st_size > 10_000
+
+
+def test_incomplete_runs_are_never_reported(tmp_path):
+    fixed_results(tmp_path / "runs")
+    results = collect(tmp_path / "runs")
+    assert len(results) == 10 and not results.experiment.str.contains("m4").any()
+
+
+def test_mixed_config_hashes_are_refused_with_a_listing(tmp_path):
+    write_result(tmp_path / "runs", "table6/cifar100/m2/seed0/knn", "knn", {"top1_k20": 70.0}, 0, experiment_hash="e1")
+    write_result(tmp_path / "runs", "table6/cifar100/m2/seed1/knn", "knn", {"top1_k20": 71.0}, 1, experiment_hash="e2")
+    with pytest.raises(InconsistentResults, match=r"(?s)refusing to average PatchMix m=2 cifar100 knn.*seed 0: "
+                                                  r"experiment e1\+p1.*seed 1: experiment e2\+p1"):
+        write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1), datasets=("cifar100",))
+
+
+def test_mixed_code_versions_are_refused(tmp_path):
+    write_result(tmp_path / "runs", "table6/cifar100/m2/seed0/knn", "knn", {"top1_k20": 70.0}, 0, commit="aaaa")
+    write_result(tmp_path / "runs", "table6/cifar100/m2/seed1/knn", "knn", {"top1_k20": 71.0}, 1, commit="bbbb")
+    with pytest.raises(InconsistentResults, match="commit aaaa"):
+        write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1), datasets=("cifar100",))
