@@ -16,7 +16,7 @@ OUTPUT_ROOT ?= runs
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: help setup test demo pretrain knn linear finetune evaluate bench-knn fashion-mnist clean report status \
+.PHONY: help setup test demo pretrain knn linear finetune evaluate bench bench-knn fashion-mnist clean report status \
 	$(TABLES)
 
 help:
@@ -91,6 +91,11 @@ evaluate: knn linear finetune
 # kNN search seconds per backend (JSON): ImageNet size on a GPU, a small size on CPU.
 bench-knn: setup
 	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
+
+# Pretraining step (s/step, img/s, MFU, peak memory, encoder-only bound) and kNN, as JSON in runs/bench/.
+bench: setup
+	$(PY) -m pretrain.bench --output $(OUTPUT_ROOT)/bench/pretrain.json
+	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json
 
 clean:
 	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo $(REPORT_DIR)

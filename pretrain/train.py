@@ -128,6 +128,35 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     return loss, metrics
 
 
+def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, views: Sequence[torch.Tensor], config: PretrainConfig, step: int,
+                  steps_per_epoch: int, precision: torch.dtype, rank: int = 0, world_size: int = 1):
+    """One optimisation step on views already on the device (the training loop and `make bench`).
+
+    Returns (loss, metrics, lr, weight decay, skipped): tensors stay on the device; `skipped` is
+    1 when fp16 loss scaling skipped the update (known only with fp16, at the cost of a sync).
+    """
+    device = views[0].device
+    lr, wd = set_schedules(optimizer, config.optim, step, steps_per_epoch)
+    model.update_momentum(momentum_at(config.optim, step, steps_per_epoch))  # before the forward pass
+    # Drop path draws from the global generator: seed it per step so resuming repeats it.
+    torch.manual_seed(derive_seed(config.run.seed, "step", step, rank))
+    mix_generator = torch.Generator().manual_seed(derive_seed(config.run.seed, "mix", step, rank))
+    with autocast(device, precision):
+        loss, metrics = patchmix_loss(query_model, model, views, config, mix_generator, rank, world_size)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    skipped = 0
+    if scaler.is_enabled():
+        scale_before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = int(scaler.get_scale() < scale_before)
+    else:
+        optimizer.step()
+    return loss, metrics, lr, wd, skipped
+
+
 class NonFiniteLossError(FloatingPointError):
     """A rank saw a NaN or infinite loss; every rank stops at the same step."""
 
@@ -269,24 +298,10 @@ def main(config: PretrainConfig) -> dict:
                             drop_last=True)
         for views, _ in loader:
             views = [v.to(device, non_blocking=True) for v in views]
-            lr, wd = set_schedules(optimizer, config.optim, step, steps_per_epoch)
-            model.update_momentum(momentum_at(config.optim, step, steps_per_epoch))
-            # Drop path draws from the global generator: seed it per step so resuming repeats it.
-            torch.manual_seed(derive_seed(seed, "step", step, rank))
-            mix_generator = torch.Generator().manual_seed(derive_seed(seed, "mix", step, rank))
-            with autocast(device, precision):
-                loss, metrics = patchmix_loss(query_model, model, views, config, mix_generator,
-                                              rank, world_size)
+            loss, metrics, lr, wd, skipped = training_step(model, query_model, optimizer, scaler, views, config,
+                                                           step, steps_per_epoch, precision, rank, world_size)
             health.observe(loss, step + 1)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if scaler.is_enabled():
-                scale_before = scaler.get_scale()
-                scaler.step(optimizer)
-                scaler.update()
-                skipped_steps += int(scaler.get_scale() < scale_before)  # fp16 only: a host sync
-            else:
-                optimizer.step()
+            skipped_steps += skipped
             step += 1
             progress.update(1)
 

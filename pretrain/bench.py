@@ -1,0 +1,168 @@
+"""Pretraining step benchmark (`make bench`): JSON with, per config, s/step, img/s, MFU, peak memory
+and, measured in the same run, the plain timm encoder-only bound batch / (2 x fwd+bwd + 3 x fwd).
+
+    python -m pretrain.bench                        # the issue's GPU configs on a GPU, a tiny one on CPU
+    python -m pretrain.bench --configs vit_s16_224 --steps 30 --output runs/bench/pretrain.json
+
+Synthetic input already on the device: this measures the step, not the input pipeline. The step is
+`pretrain.train.training_step`, the same function the training loop runs (two views, m = 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common.config import apply_overrides
+from common.runtime import autocast, resolve_precision
+from common.vit import build_vit
+from pretrain.configs import preset
+from pretrain.model import PatchMixModel
+from pretrain.train import build_optimizer, training_step
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    preset: str
+    batch: int  # per device
+    published_h200_img_per_s: float | None  # recipes.md, "Measured anchors"
+
+
+CONFIGS = {
+    "vit_s16_224": BenchConfig("imagenet_vit_s16_300ep_official", 128, 1263.0),
+    "vit_s2_32": BenchConfig("cifar10_vit_s2_800ep_official", 256, 1509.0),
+    "vit_t2_32": BenchConfig("cifar10_vit_t2_800ep_official", 512, 2911.0),
+    "vit_b16_224": BenchConfig("imagenet_vit_b16_300ep_official", 128, 814.0),
+    "vit_b2_32": BenchConfig("cifar10_vit_b2_800ep_official", 512, 712.0),
+    "debug": BenchConfig("debug_cpu", 32, None),
+}
+GPU_DEFAULT = ("vit_s16_224", "vit_s2_32", "vit_t2_32", "vit_b16_224", "vit_b2_32")
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core peaks
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(function, device: torch.device, warmup: int, repeats: int) -> float:
+    """Mean seconds per call after `warmup` calls; one synchronisation at each end."""
+    for _ in range(warmup):
+        function()
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    _synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def encoder_bound(config, batch: int, device: torch.device, precision: torch.dtype, warmup: int,
+                  repeats: int) -> dict:
+    """Plain timm ViT of the same size, eager: the work a PatchMix step cannot avoid is two
+    forward+backward passes (queries) and three forward passes (keys)."""
+    model = build_vit(config.model.arch, config.model.patch_size, config.model.image_size,
+                      config.model.num_heads).to(device)
+    images = torch.randn(batch, 3, config.model.image_size, config.model.image_size, device=device)
+
+    def forward_backward():
+        with autocast(device, precision):
+            output = model(images)
+        output.float().sum().backward()
+
+    def forward():
+        with torch.no_grad(), autocast(device, precision):
+            model(images)
+
+    seconds_forward_backward = _timed(forward_backward, device, warmup, repeats)
+    seconds_forward = _timed(forward, device, warmup, repeats)
+    bound = batch / (2 * seconds_forward_backward + 3 * seconds_forward)
+    return {"encoder_fwd_bwd_ms": 1e3 * seconds_forward_backward, "encoder_fwd_ms": 1e3 * seconds_forward,
+            "encoder_bound_img_per_s": bound}
+
+
+def bench_config(name: str, device: torch.device, warmup: int, steps: int) -> dict:
+    spec = CONFIGS[name]
+    config = apply_overrides(preset(spec.preset), [
+        f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
+        f"run.device={device.type}", "run.precision=auto"])
+    precision = resolve_precision(config.run.precision, device)
+    torch.manual_seed(0)
+    model = PatchMixModel(config.model).to(device)
+    optimizer = build_optimizer(model, config.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    size = config.model.image_size
+    views = [torch.randn(spec.batch, 3, size, size, device=device) for _ in range(2)]
+    steps_per_epoch = 1000
+    counter = {"step": 0}
+    losses = []
+
+    def step():
+        loss, *_ = training_step(model, model, optimizer, scaler, views, config, counter["step"], steps_per_epoch,
+                                 precision)
+        counter["step"] += 1
+        losses.append(loss.detach())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timed(step, device, warmup, steps)
+    peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    flop_counter = FlopCounterMode(display=False)
+    with flop_counter:
+        step()
+    flops = flop_counter.get_total_flops()
+    img_per_s = spec.batch / seconds
+    peak = peak_flops(device)
+    result = {
+        "config": name, "preset": spec.preset, "batch_per_device": spec.batch, "num_mixed": 2,
+        "precision": str(precision).replace("torch.", ""), "momentum_encoder": config.model.momentum_encoder,
+        "s_per_step": seconds, "img_per_s": img_per_s, "gflop_per_image": flops / spec.batch / 1e9,
+        "mfu": (flops / seconds / peak) if peak else None, "peak_memory_gib": peak_memory,
+        "losses_finite": bool(torch.isfinite(torch.stack(losses)).all()),
+        "published_h200_img_per_s": spec.published_h200_img_per_s,
+    }
+    del model, optimizer, views
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    result.update(encoder_bound(config, spec.batch, device, precision, warmup, max(steps // 2, 3)))
+    result["ratio_to_encoder_bound"] = img_per_s / result["encoder_bound_img_per_s"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.bench")
+    parser.add_argument("--configs", default="", help=f"comma-separated from {', '.join(CONFIGS)}")
+    parser.add_argument("--warmup", type=int, default=0, help="0: 5 on GPU, 1 on CPU")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 on GPU, 3 on CPU)")
+    parser.add_argument("--output", type=Path)
+    arguments = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names = [n for n in arguments.configs.replace(",", " ").split()] or (
+        list(GPU_DEFAULT) if device.type == "cuda" else ["debug"])
+    warmup = arguments.warmup or (5 if device.type == "cuda" else 1)
+    steps = arguments.steps or (20 if device.type == "cuda" else 3)
+    results = []
+    for name in names:
+        results.append(bench_config(name, device, warmup, steps))
+        print(json.dumps(results[-1]), flush=True)
+    report = {"benchmark": "pretrain_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "results": results}
+    if arguments.output:
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        arguments.output.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Checks that need a CUDA device (marked gpu; skipped with the reason where there is none)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import apply_overrides
+from pretrain.configs import preset
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_patch_mix_on_cuda_equals_cpu():
+    from pretrain.patchmix import patch_mix
+
+    images = torch.randn(16, 3, 32, 32)
+    cpu, cpu_offsets = patch_mix(images, 3, 2, torch.Generator().manual_seed(4))
+    gpu, gpu_offsets = patch_mix(images.cuda(), 3, 2, torch.Generator().manual_seed(4))
+    assert torch.equal(gpu.cpu(), cpu) and torch.equal(gpu_offsets.cpu(), cpu_offsets)
+
+
+def test_loss_on_cuda_matches_cpu_fp32_and_bf16():
+    from pretrain.model import PatchMixModel
+    from pretrain.train import patchmix_loss
+
+    config = apply_overrides(preset("debug_cpu"), ["model.drop_path_rate=0.0"])
+    torch.manual_seed(0)
+    model = PatchMixModel(config.model)
+    views = [torch.randn(32, 3, 32, 32) for _ in range(2)]
+    cpu_loss, _ = patchmix_loss(model, model, views, config, torch.Generator().manual_seed(1))
+    model = model.cuda()
+    cuda_views = [v.cuda() for v in views]
+    fp32_loss, _ = patchmix_loss(model, model, cuda_views, config, torch.Generator().manual_seed(1))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        bf16_loss, _ = patchmix_loss(model, model, cuda_views, config, torch.Generator().manual_seed(1))
+    assert abs(fp32_loss.item() - cpu_loss.item()) < 1e-4
+    assert abs(bf16_loss.item() - cpu_loss.item()) / cpu_loss.item() < 2e-2
+
+
+def test_knn_torch_backend_on_cuda_matches_cpu():
+    from evaluate.knn import KnnConfig, search
+
+    bank = torch.nn.functional.normalize(torch.randn(5000, 64), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(300, 64), dim=1)
+    config = KnnConfig(half_precision=False, bank_chunk=1024)
+    cpu_similarities, cpu_indices = search(bank, queries, 20, config, "torch")
+    gpu_similarities, gpu_indices = search(bank.cuda(), queries.cuda(), 20, config, "torch")
+    assert (gpu_indices.cpu() == cpu_indices).float().mean() > 0.999
+    torch.testing.assert_close(gpu_similarities.cpu(), cpu_similarities, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_training_runs_on_cuda(tmp_path, precision):
+    from pretrain.train import main
+
+    config = apply_overrides(preset("debug_cpu"), ["run.device=cuda", f"run.precision={precision}", "optim.epochs=2",
+                                                   f"run.output_root={tmp_path}", "run.progress=false"])
+    result = main(config)
+    assert result["steps"] == 16 and result["skipped_steps"] >= 0
+    assert torch.isfinite(torch.tensor(result["final_metrics"]["loss"]))
+    state = torch.load(Path(result["run_dir"]) / "checkpoints" / "checkpoint_00000016.pt", weights_only=True)
+    assert all(t.device.type == "cpu" for t in state["model"].values())  # loadable anywhere
