@@ -62,5 +62,7 @@ def test_training_runs_on_cuda(tmp_path, precision):
     result = main(config)
     assert result["steps"] == 16 and result["skipped_steps"] >= 0
     assert torch.isfinite(torch.tensor(result["final_metrics"]["loss"]))
-    state = torch.load(Path(result["run_dir"]) / "checkpoints" / "checkpoint_00000016.pt", weights_only=True)
-    assert all(t.device.type == "cpu" for t in state["model"].values())  # loadable anywhere
+    from common.checkpoint import load_torch
+
+    state = load_torch(Path(result["run_dir"]) / "checkpoints" / "checkpoint_00000016.pt")
+    assert all(t.device.type == "cpu" for t in state["model"].values())  # a GPU checkpoint loads on a CPU
