@@ -1,7 +1,7 @@
 # PatchMix reproduction suite. Every target runs from the repository root and sets itself up.
 #   make demo      small real end-to-end run on CPU (Fashion-MNIST) -> reports/out/demo.md
 #   make test      the test suite
-#   make table2 EXECUTOR=slurm PARTITION=gpu [DRY_RUN=1]    every paper table / figure: table2..table7, fig5
+#   make table2 EXECUTOR=slurm PARTITION=gpu [DRY_RUN=1]    every paper table / figure: table2..table7, fig4, fig5
 #   make ablation-mix-number DATASET=cifar100                (= table6; ablation-loss = table7)
 #   make report    markdown + plots from whatever results exist;  make status: runs and queued jobs
 #   make pretrain PRESET=cifar10_vit_s2_800ep_official ARGS="data.root=/datasets/cifar"
@@ -49,7 +49,7 @@ demo: setup fashion-mnist
 
 # Paper tables and figures: the whole stage graph at once (pretrain -> evaluations, afterok), then
 # the report of whatever results exist. EXECUTOR=auto|slurm|local|inline, DRY_RUN=1 lists the jobs.
-TABLES := table2 table3 table4 table5 table6 table7 fig5 ablation-mix-number ablation-loss
+TABLES := table2 table3 table4 table5 table6 table7 fig4 fig5 ablation-mix-number ablation-loss
 EXECUTOR ?= auto
 PRESET_FLAVOUR ?= official
 SEEDS ?= 0

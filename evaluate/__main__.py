@@ -1,4 +1,4 @@
-"""`python -m evaluate {knn,linear,finetune} --from RUN_DIR [--preset NAME] key=value ...`
+"""`python -m evaluate {knn,linear,finetune,similarity} --from RUN_DIR [--preset NAME] key=value ...`
 
 Also `python -m evaluate convert ...` (import published checkpoints) and
 `python -m evaluate export --from RUN_DIR OUT.safetensors` (our encoder as a timm-loadable file).
@@ -31,14 +31,14 @@ def run_protocol(protocol: str, argv: list[str]) -> None:
     if arguments.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(config)))
         return
-    from evaluate import finetune, knn, linear
+    from evaluate import finetune, knn, linear, similarity
 
-    {"knn": knn.main, "linear": linear.main, "finetune": finetune.main}[protocol](config)
+    {"knn": knn.main, "linear": linear.main, "finetune": finetune.main, "similarity": similarity.main}[protocol](config)
 
 
 def cli(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("knn", "linear", "finetune", "convert", "export")
+    commands = ("knn", "linear", "finetune", "similarity", "convert", "export")
     if not argv or argv[0] not in commands:
         print(f"usage: python -m evaluate {{{','.join(commands)}}} ... (see --help of each)", file=sys.stderr)
         raise SystemExit(2)

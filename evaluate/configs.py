@@ -4,6 +4,7 @@ A protocol's config starts from the encoder it evaluates: data and input size co
 pretraining run (or must be given for an encoder file), and the arch sets the recipe's base lr.
 Presets:
 - knn: `default` (DINO weighted kNN, T = 0.07, k in {10, 20, 100, 200}).
+- similarity: `default` (Figure 4: class-similarity profile and pair histograms of 1000 queries).
 - linear: `official` (published: SGD Nesterov 0.9, wd 0, 100 epochs cosine, base lr per size
   x batch/256: ViT-T 0.05, ViT-S 0.02, ViT-B 0.01; batch 1024 ImageNet / 256 CIFAR) and
   `mocov3` (SGD lr 3 x batch/256, no Nesterov, 90 epochs, head init N(0, 0.01)), plus `fast`
@@ -24,8 +25,9 @@ from common.runtime import RunConfig
 from evaluate.encoder import EncoderSpec, SourceConfig
 from evaluate.features import FeatureConfig
 from evaluate.knn import KnnConfig
+from evaluate.similarity import SimilarityConfig
 
-PROTOCOLS = ("knn", "linear", "finetune")
+PROTOCOLS = ("knn", "linear", "finetune", "similarity")
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
 
 
@@ -88,6 +90,7 @@ class EvalConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     linear: LinearConfig = field(default_factory=LinearConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", output_root="", log_every_steps=50))
     preset: str = "default"
 
@@ -105,7 +108,8 @@ class EvalConfig:
 
 LINEAR_BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05, "vit_mini": 0.05}
 FINETUNE_BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3, "vit_mini": 1e-3}
-PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "fast"), "finetune": ("official", "mae_vit_b")}
+PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "fast"), "finetune": ("official", "mae_vit_b"),
+           "similarity": ("default",)}
 
 
 def build_eval_config(protocol: str, preset_name: str, spec: EncoderSpec, data: DataConfig,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from reports.collect import collect, load_reference
-from reports.plots import plot_against, plot_bars, plot_loss_curves
+from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
 from reports.tables import InconsistentResults, plan_report, row_results
 from slurm.plans import ALIASES, PLANS, build_plan
 
@@ -24,6 +24,10 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
         plot_against(rows, lambda r: int(r.row.method.split("m=")[1]), "number of mixed images m",
                      "Mix number", out / "table6_mix_number.png")
         figures.append("table6_mix_number.png")
+    elif plan.name == "fig4":
+        labels = {s.key: s.rows[0].method for s in plan.reported()}
+        if plot_similarity(results, labels, out / "fig4_similarity.png"):
+            figures.append("fig4_similarity.png")
     elif plan.name == "fig5":
         plot_against(rows, lambda r: r.row.epochs, "pretraining epochs", "Epochs", out / "fig5_epochs.png",
                      group_of=lambda r: r.row.backbone)

@@ -21,8 +21,9 @@ def _flatten(record: dict, path: Path) -> dict:
     row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
     row.update({"git_commit": provenance.get("git_commit", "unknown"), "git_dirty": provenance.get("git_dirty", False),
                 "result_path": str(path), "run_dir": str(path.parent)})
-    if record.get("stage") == "pretrain":
-        row["loss_curve"] = record.get("loss_curve", [])
+    for key, value in record.items():  # curves and histograms for the plots
+        if isinstance(value, list) and (key == "loss_curve" or key.startswith("similarity_")):
+            row[key] = value
     return row
 
 

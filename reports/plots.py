@@ -114,3 +114,39 @@ def plot_loss_curves(results: pd.DataFrame, experiments: dict[str, str], path: P
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)
+
+
+def plot_similarity(results: pd.DataFrame, experiments: dict[str, str], path: Path) -> Path | None:
+    """Figure 4: per method, the class-similarity profile (own class, then the most similar other
+    classes) and the histograms of same-class and other-class pair similarities."""
+    if results.empty or "similarity_profile" not in results:
+        return None
+    figure, (profile_axis, histogram_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    plotted = False
+    for (key, label), colour in zip(experiments.items(), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+        match = results[(results.get("experiment") == key) & results.similarity_profile.notna()]
+        if match.empty:
+            continue
+        record = match.iloc[0]
+        profile = record.similarity_profile
+        profile_axis.plot(range(len(profile)), profile, marker="o", color=colour, label=label)
+        edges = record.similarity_histogram_edges
+        centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+        histogram_axis.plot(centres, record.similarity_histogram_same, color=colour, label=f"{label}: same class")
+        histogram_axis.plot(centres, record.similarity_histogram_other, color=colour, linestyle="--",
+                            label=f"{label}: other classes")
+        plotted = True
+    if not plotted:
+        plt.close(figure)
+        return None
+    profile_axis.set_xticks(range(len(profile)), ["own"] + [str(i) for i in range(1, len(profile))])
+    profile_axis.set_xlabel("class (own, then other classes by similarity)")
+    profile_axis.set_ylabel("mean cosine similarity to the class")
+    profile_axis.set_title("Similarity to the query's class and related classes", fontsize=10)
+    histogram_axis.set_xlabel("cosine similarity of query and training image")
+    histogram_axis.set_ylabel("density")
+    histogram_axis.set_title("Pair similarities", fontsize=10)
+    for axis in (profile_axis, histogram_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    return _save(figure, path)

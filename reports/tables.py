@@ -13,8 +13,9 @@ from slurm.plans import Plan, Row
 
 # The number each protocol puts in a table (the paper's convention).
 HEADLINE_METRIC = {"knn": "top1_k20", "linear": "top1_best", "finetune": "top1_best",
-                   "ap_box": "ap_box", "ap_mask": "ap_mask"}
-METRIC_NOTE = {"knn": "top-1, k=20", "linear": "top-1, best epoch", "finetune": "top-1, best epoch"}
+                   "ap_box": "ap_box", "ap_mask": "ap_mask", "similarity": "related_class_similarity"}
+METRIC_NOTE = {"knn": "top-1, k=20", "linear": "top-1, best epoch", "finetune": "top-1, best epoch",
+               "similarity": "mean cosine to the 5 most similar other classes"}
 
 
 class InconsistentResults(ValueError):
@@ -89,16 +90,21 @@ def _identity(record: pd.Series) -> str:
     return "+".join(parts)
 
 
-def _number(value: float | None, signed: bool = False) -> str:
+def _number(value: float | None, signed: bool = False, scale: float | None = None) -> str:
+    """One decimal for accuracies (percent), three for similarities (in [-1, 1]); `scale` picks
+    the precision from another value (a std printed like its mean)."""
     if value is None:
         return "—"
-    return f"{value:+.1f}" if signed else f"{value:.1f}"
+    digits = 3 if abs(value if scale is None else scale) < 1.5 else 1
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
 def _ours(result: RowResult) -> str:
     if result.mean is None:
         return "not run"
-    return f"{result.mean:.1f} ± {result.std:.1f}" if len(result.seeds) > 1 else f"{result.mean:.1f}"
+    if len(result.seeds) > 1:
+        return f"{_number(result.mean)} ± {_number(result.std, scale=result.mean)}"
+    return _number(result.mean)
 
 
 def markdown_table(results: list[RowResult]) -> str:
@@ -107,7 +113,7 @@ def markdown_table(results: list[RowResult]) -> str:
     for r in results:
         protocol = f"{r.row.protocol} ({METRIC_NOTE[r.row.protocol]})" if r.row.protocol in METRIC_NOTE else r.row.protocol
         lines.append(f"| {r.row.method} | {r.row.backbone} | {r.row.epochs or '—'} | {r.row.dataset} | {protocol} | "
-                     f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True)} | "
+                     f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True, scale=r.mean)} | "
                      f"{','.join(map(str, r.seeds)) or '—'} | {r.preset} | {r.experiment_hash or '—'} | {r.commit or '—'} |")
     return "\n".join(lines)
 

@@ -68,6 +68,8 @@ def run_stage(kind: str, config: Any) -> dict:
         from evaluate.linear import main
     elif kind == "finetune":
         from evaluate.finetune import main
+    elif kind == "similarity":
+        from evaluate.similarity import main
     else:
         raise NotImplementedError(f"stage kind {kind!r} has no implementation in this suite yet")
     return main(config)

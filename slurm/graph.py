@@ -21,6 +21,7 @@ from common.runtime import NON_RESULT_FIELDS
 from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
 from slurm.plans import PRETRAIN, Plan, Stage
 
+EVALUATIONS = ("knn", "linear", "finetune", "similarity")
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
@@ -51,7 +52,7 @@ def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = 
             resolved[stage.key] = ResolvedStage(stage, config, run_dir)
             continue
         source = resolved[stage.after]
-        if stage.kind not in ("knn", "linear", "finetune"):
+        if stage.kind not in EVALUATIONS:
             resolved[stage.key] = ResolvedStage(stage, None, None)  # not runnable yet (e.g. transfer)
             continue
         config = apply_overrides(
@@ -109,7 +110,7 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
     outcome: dict[str, str] = {}
     for item in stages:
         stage = item.stage
-        if stage.kind not in ("pretrain", "knn", "linear", "finetune"):
+        if stage.kind != PRETRAIN and stage.kind not in EVALUATIONS:
             outcome[stage.key] = f"not available: the {stage.kind} stage is not part of this suite yet"
             echo(f"[skip] {stage.key}: {outcome[stage.key]}")
             continue

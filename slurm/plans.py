@@ -22,7 +22,7 @@ class Row:
     backbone: str
     epochs: int
     dataset: str  # imagenet1k | cifar10 | cifar100 | coco | fashion_mnist
-    protocol: str  # knn | linear | finetune | ap_box | ap_mask
+    protocol: str  # knn | linear | finetune | ap_box | ap_mask | similarity
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def _pretrain_with_evals(plan: Plan, prefix: str, preset: str, seed: int, protoc
                          row_of: dict[str, Row], resources: dict, overrides: tuple[str, ...] = (),
                          eval_presets: dict[str, str] | None = None) -> None:
     """One pretraining stage and its evaluation stages."""
-    eval_presets = {"knn": "default", "linear": "official", "finetune": "official", **(eval_presets or {})}
+    eval_presets = {"knn": "default", "linear": "official", "finetune": "official", "similarity": "default",
+                    **(eval_presets or {})}
     pretrain_key = f"{prefix}/seed{seed}/pretrain"
     plan.stages.append(Stage(pretrain_key, PRETRAIN, preset, (*overrides, f"run.seed={seed}"), seed=seed,
                              **resources))
@@ -177,6 +178,19 @@ def fig5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
     return plan
 
 
+def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
+    """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet: PatchMix against our
+    MoCo v3 baseline (m = 1); the paper's figure also shows DINO and SDMP, which are not run here."""
+    plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K")
+    for seed in seeds:
+        for label, overrides in (("PatchMix", ()), ("MoCo v3 (m=1)", ("mix.num_mixed=1",))):
+            name = "patchmix" if label == "PatchMix" else "mocov3"
+            _pretrain_with_evals(plan, f"fig4/{name}", f"imagenet_vit_s16_300ep_{flavour}", seed, ("similarity",),
+                                 _rows("fig4", label, "ViT-S/16", 300, "imagenet", ("similarity",)),
+                                 IMAGENET_RESOURCES, overrides=overrides, eval_presets={"similarity": "default"})
+    return plan
+
+
 def demo(seeds: tuple[int, ...] = (0,), **_) -> Plan:
     """The CPU demo on Fashion-MNIST: m = 1 (MoCo v3), 2, 3; kNN and a linear probe on cached
     features; plus kNN of the randomly initialised encoder, to show what pretraining added."""
@@ -207,7 +221,7 @@ def smoke(seeds: tuple[int, ...] = (0,), **_) -> Plan:
 
 
 PLANS = {"table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
-         "table7": table7, "fig5": fig5, "demo": demo, "smoke": smoke}
+         "table7": table7, "fig4": fig4, "fig5": fig5, "demo": demo, "smoke": smoke}
 ALIASES = {"ablation-mix-number": "table6", "ablation-loss": "table7"}
 
 

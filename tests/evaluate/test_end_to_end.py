@@ -48,6 +48,13 @@ def test_knn_and_linear_from_run_dir(pretrained_run):
     assert random_result["source_digest"] != result["source_digest"] and random_result["encoder"] == "random"
     assert result["pretrain_preset"] == "debug_cpu" and result["encoder"] == "momentum_encoder"
 
+    from evaluate import similarity
+
+    similarity_result = similarity.main(resolve_eval_config("similarity", "", str(pretrained_run), "",
+                                                            ["run.progress=false", "similarity.num_queries=32"]))
+    assert len(similarity_result["similarity_profile"]) == 8  # own class + the 7 other classes
+    assert -1 <= similarity_result["metrics"]["own_class_similarity"] <= 1
+
 
 @pytest.mark.slow
 def test_linear_with_augmentation_and_finetune_resume(pretrained_run):
