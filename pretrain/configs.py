@@ -131,6 +131,10 @@ LOSS_SUBSETS = {
 }
 
 
+# Table 5 rows besides PatchMix and the Baseline (m = 1): other mixes in the same framework and loss.
+TABLE5_MIXERS = {"cutmix_mixup": "CutMix+Mixup", "regionswap": "RegionSwap", "resizemix": "ResizeMix"}
+
+
 def debug_cpu() -> PretrainConfig:
     """A tiny ViT on generated 32 px images: seconds per epoch on a laptop CPU (tests, smoke runs)."""
     return PretrainConfig(
@@ -164,6 +168,8 @@ def demo_fashion_mnist(num_mixed: int = 2) -> PretrainConfig:
 
 def _build_registry() -> dict[str, Callable[[], PretrainConfig]]:
     presets: dict[str, Callable[[], PretrainConfig]] = {"debug_cpu": debug_cpu}
+    for method in ("mixup", "cutmix", *TABLE5_MIXERS):
+        presets[f"debug_cpu_mix-{method}"] = lambda method=method: _with(debug_cpu(), mix={"method": method})
     for m in (1, 2, 3):
         presets[f"demo_fashion_mnist_m{m}"] = lambda m=m: demo_fashion_mnist(m)
     for flavour in FLAVOURS:
@@ -179,6 +185,9 @@ def _build_registry() -> dict[str, Callable[[], PretrainConfig]]:
             for m in (1, 2, 3, 4):  # Table 6
                 presets[f"{base}_m{m}_{flavour}"] = (
                     lambda d=dataset, f=flavour, m=m: _with(cifar(d, "vit_s", 800, f), mix={"num_mixed": m}))
+            for method in TABLE5_MIXERS:  # Table 5
+                presets[f"{base}_mix-{method}_{flavour}"] = (
+                    lambda d=dataset, f=flavour, method=method: _with(cifar(d, "vit_s", 800, f), mix={"method": method}))
             for subset, (w_oo, w_mo, w_mm) in LOSS_SUBSETS.items():  # Table 7
                 presets[f"{base}_loss-{subset}_{flavour}"] = (
                     lambda d=dataset, f=flavour, a=w_oo, b=w_mo, c=w_mm: _with(

@@ -22,10 +22,14 @@ from common.config import ConfigError
 
 @dataclass
 class MixConfig:
-    num_mixed: int = 2  # m: images per mixed image. 1 = no mixing (the MoCo v3 baseline)
+    method: str = "patchmix"  # patchmix | mixup | cutmix | cutmix_mixup | regionswap | resizemix (pretrain/mixers.py)
+    num_mixed: int = 2  # PatchMix's m: images per mixed image. 1 = no mixing (the MoCo v3 baseline)
     smoothing: float = 0.0  # label smoothing of the soft targets (published default 0)
 
     def check(self) -> None:
+        methods = ("patchmix", "mixup", "cutmix", "cutmix_mixup", "regionswap", "resizemix")
+        if self.method not in methods:
+            raise ConfigError(f"method must be one of {', '.join(methods)}, got {self.method!r}")
         if self.num_mixed < 1:
             raise ConfigError(f"num_mixed must be >= 1 (1 disables mixing), got {self.num_mixed}")
         if not 0.0 <= self.smoothing < 1.0:

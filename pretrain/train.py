@@ -33,7 +33,8 @@ from pretrain.augment import pretraining_views
 from pretrain.configs import OptimConfig, PretrainConfig
 from pretrain.loss import soft_target_cross_entropy
 from pretrain.model import PatchMixModel
-from pretrain.patchmix import mix_to_mix_targets, mix_to_origin_targets, origin_targets, patch_mix
+from pretrain.mixers import MixResult, apply_mixer, mix_to_mix_from_compositions, place_targets
+from pretrain.patchmix import origin_targets
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.AdamW:
@@ -73,41 +74,45 @@ def momentum_at(config: OptimConfig, step: int, steps_per_epoch: int) -> float:
 def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[torch.Tensor],
                   config: PretrainConfig, generator: torch.Generator, rank: int = 0,
                   world_size: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PatchMix objective for one per-device batch.
+    """The PatchMix objective for one per-device batch (any mixer of pretrain/mixers.py).
 
     Args:
         model: the query network (maybe DDP-wrapped); `model(list of batches)` -> list of queries.
         keys_model: the unwrapped PatchMixModel, for the gradient-free key path.
         views: [view1, view2, local crops...], each (B, 3, H, W) on the training device.
-        generator: draws the PatchMix permutations (view 1, view 2, then each local crop).
+        generator: draws the mixing randomness (view 1, view 2, then each local crop).
     Returns:
         (scalar loss, {term name: detached scalar}) -- no host synchronisation.
     """
-    weights, m, patch = config.loss, config.mix.num_mixed, config.model.patch_size
+    weights, mix = config.loss, config.mix
     view1, view2, local_views = views[0], views[1], list(views[2:])
     batch, device = view1.shape[0], view1.device
-    mixed1, _ = patch_mix(view1, m, patch, generator)
-    mixed2, _ = patch_mix(view2, m, patch, generator)
+
+    def mixed(images: torch.Tensor) -> MixResult:
+        return apply_mixer(mix.method, images, generator, mix.num_mixed, config.model.patch_size)
+
+    mixed1, mixed2 = mixed(view1), mixed(view2)
     gather = dist.all_gather_no_grad
     tau = weights.temperature
     one_hot = origin_targets(batch, rank, world_size, device)
-    to_origin = mix_to_origin_targets(batch, m, rank, world_size, config.mix.smoothing, device)
 
     need_mixed_query = weights.mix_to_origin_weight > 0 or weights.mix_to_mix_weight > 0
     key1, key2 = (gather(k) for k in keys_model.keys([view1, view2]))
-    query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2] if need_mixed_query else [])
-    local_mixed = [patch_mix(v, m, patch, generator)[0] for v in local_views]
-    queries = model(query_inputs + local_views + local_mixed)
+    query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2.images] if need_mixed_query else [])
+    local_mixed = [mixed(v) for v in local_views]
+    queries = model(query_inputs + local_views + [m.images for m in local_mixed])
     terms: dict[str, torch.Tensor] = {}
     if weights.origin_weight > 0:
         terms["origin"] = soft_target_cross_entropy(queries.pop(0), key2, one_hot, tau)
     if need_mixed_query:
         query_mixed2 = queries.pop(0)
         if weights.mix_to_origin_weight > 0:
+            to_origin = place_targets(mixed2.composition, rank, world_size, mix.smoothing)
             terms["mix_to_origin"] = soft_target_cross_entropy(query_mixed2, key1, to_origin, tau)
         if weights.mix_to_mix_weight > 0:
-            key_mixed1 = gather(keys_model.keys([mixed1])[0])
-            to_mix = mix_to_mix_targets(batch, m, rank, world_size, config.mix.smoothing, device)
+            key_mixed1 = gather(keys_model.keys([mixed1.images])[0])
+            to_mix = place_targets(mix_to_mix_from_compositions(mixed2.composition, mixed1.composition),
+                                   rank, world_size, mix.smoothing)
             terms["mix_to_mix"] = soft_target_cross_entropy(query_mixed2, key_mixed1, to_mix, tau)
     if local_views:
         count = len(local_views)
@@ -115,9 +120,10 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
         terms["local_origin"] = sum(soft_target_cross_entropy(q, key1, one_hot, tau)
                                     + soft_target_cross_entropy(q, key2, one_hot, tau)
                                     for q in local_queries) / count
-        terms["local_mix_to_origin"] = sum(soft_target_cross_entropy(q, key1, to_origin, tau)
-                                           + soft_target_cross_entropy(q, key2, to_origin, tau)
-                                           for q in local_mixed_queries) / count
+        local_to_origin = [place_targets(m.composition, rank, world_size, mix.smoothing) for m in local_mixed]
+        terms["local_mix_to_origin"] = sum(soft_target_cross_entropy(q, key1, t, tau)
+                                           + soft_target_cross_entropy(q, key2, t, tau)
+                                           for q, t in zip(local_mixed_queries, local_to_origin)) / count
     weight_of = {"origin": weights.origin_weight, "mix_to_origin": weights.mix_to_origin_weight,
                  "mix_to_mix": weights.mix_to_mix_weight, "local_origin": weights.local_origin_weight,
                  "local_mix_to_origin": weights.local_mix_to_origin_weight}

@@ -119,17 +119,19 @@ def table4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Pla
 
 def table5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
-    """Mix strategies in one contrastive framework. The PatchMix and Baseline (m = 1) rows; the
-    other mixes join when their mixers exist."""
+    """Mix strategies in one contrastive framework (same loss, ViT-S/2, 800 epochs): Baseline (m = 1),
+    CutMix+Mixup, RegionSwap, ResizeMix (pretrain/mixers.py) and PatchMix."""
     plan = Plan("table5", "Mix strategies with ViT-S/2 on CIFAR, 800 epochs: linear and kNN")
     protocols = ("linear", "knn")
+    rows = {"baseline": ("Baseline", "m1"), "cutmix_mixup": ("CutMix+Mixup", "mix-cutmix_mixup"),
+            "regionswap": ("RegionSwap", "mix-regionswap"), "resizemix": ("ResizeMix", "mix-resizemix"),
+            "patchmix": ("PatchMix", "")}
     for seed in seeds:
         for dataset in datasets:
-            base = f"{dataset}_vit_s2_800ep"
-            _pretrain_with_evals(plan, f"table5/{dataset}/baseline", f"{base}_m1_{flavour}", seed, protocols,
-                                 _rows("table5", "Baseline", "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
-            _pretrain_with_evals(plan, f"table5/{dataset}/patchmix", f"{base}_{flavour}", seed, protocols,
-                                 _rows("table5", "PatchMix", "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
+            for name, (method, suffix) in rows.items():
+                preset_name = f"{dataset}_vit_s2_800ep_{suffix + '_' if suffix else ''}{flavour}"
+                _pretrain_with_evals(plan, f"table5/{dataset}/{name}", preset_name, seed, protocols,
+                                     _rows("table5", method, "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
     return plan
 
 

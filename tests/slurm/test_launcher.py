@@ -120,3 +120,18 @@ def test_cluster_profile_file(tmp_path):
     cluster = load_cluster_config(str(profile), ["qos=low"])
     assert (cluster.partition, cluster.account, cluster.qos) == ("learnfair", "ssl", "low")
     assert cluster.extra_sbatch == {"exclusive": True}
+
+
+@pytest.mark.parametrize("name", ["table2", "table3", "table4", "table5", "table6", "table7", "fig4", "fig5", "demo",
+                                  "smoke"])
+def test_every_plan_resolves_to_valid_configs(tmp_path, name):
+    from slurm.graph import resolve_plan
+
+    plan = build_plan(name, flavour="paper")
+    resolved = resolve_plan(plan, tmp_path)
+    assert len(resolved) == len(plan.stages)
+    runnable = [r for r in resolved if r.config is not None]
+    assert all(r.run_dir is not None for r in runnable if r.stage.kind == "pretrain")
+    assert len({r.run_dir for r in runnable if r.stage.kind == "pretrain"}) == len(
+        [s for s in plan.stages if s.kind == "pretrain"])  # distinct configs, distinct directories
+    assert not any(tmp_path.iterdir())
