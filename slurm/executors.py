@@ -70,6 +70,8 @@ def run_stage(kind: str, config: Any) -> dict:
         from evaluate.finetune import main
     elif kind == "similarity":
         from evaluate.similarity import main
+    elif kind == "transfer":
+        from transfer.train import main
     else:
         raise NotImplementedError(f"stage kind {kind!r} has no implementation in this suite yet")
     return main(config)

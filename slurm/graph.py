@@ -52,8 +52,13 @@ def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = 
             resolved[stage.key] = ResolvedStage(stage, config, run_dir)
             continue
         source = resolved[stage.after]
-        if stage.kind not in EVALUATIONS:
-            resolved[stage.key] = ResolvedStage(stage, None, None)  # not runnable yet (e.g. transfer)
+        if stage.kind == "transfer":
+            from evaluate.encoder import SourceConfig
+            from transfer.train import TransferConfig
+
+            config = apply_overrides(TransferConfig(config=stage.preset, source=SourceConfig(run_dir=str(source.run_dir))),
+                                     [*stage.overrides, tag, *eval_overrides])
+            resolved[stage.key] = ResolvedStage(stage, config, _eval_run_dir(config, source))
             continue
         config = apply_overrides(
             resolve_eval_config(stage.kind, stage.preset, str(source.run_dir), pretrain_config=source.config),
@@ -63,12 +68,18 @@ def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = 
 
 
 def _eval_run_dir(config, source: ResolvedStage) -> Path | None:
+    """An evaluation's or transfer's directory: named by the weights' digest, so known once they exist."""
     if not source.is_complete():
         return None
     from evaluate.encoder import load_source
-    from evaluate.session import eval_run_directory
 
-    return eval_run_directory(config, load_source(config.source)).path
+    from evaluate.session import eval_run_directory
+    from transfer.train import TransferConfig, transfer_run_directory
+
+    loaded = load_source(config.source)
+    if isinstance(config, TransferConfig):
+        return transfer_run_directory(config, loaded).path
+    return eval_run_directory(config, loaded).path
 
 
 class JobRegistry:
@@ -110,7 +121,7 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
     outcome: dict[str, str] = {}
     for item in stages:
         stage = item.stage
-        if stage.kind != PRETRAIN and stage.kind not in EVALUATIONS:
+        if stage.kind != PRETRAIN and stage.kind not in (*EVALUATIONS, "transfer"):
             outcome[stage.key] = f"not available: the {stage.kind} stage is not part of this suite yet"
             echo(f"[skip] {stage.key}: {outcome[stage.key]}")
             continue

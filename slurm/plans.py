@@ -110,7 +110,7 @@ def table4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Pla
         pretrain_key = f"table4/vit_b16/seed{seed}/pretrain"
         plan.stages.append(Stage(pretrain_key, PRETRAIN, f"imagenet_vit_b16_300ep_{flavour}", (f"run.seed={seed}",),
                                  seed=seed, **IMAGENET_RESOURCES))
-        plan.stages.append(Stage(f"table4/vit_b16/seed{seed}/transfer", "transfer", "vitdet_b_100ep", after=pretrain_key,
+        plan.stages.append(Stage(f"table4/vit_b16/seed{seed}/transfer", "transfer", "vitdet_100ep", after=pretrain_key,
                                  nodes=8, gpus_per_node=8, hours=48.0, seed=seed,
                                  rows=tuple(Row("table4", "PatchMix", "ViT-B/16", 300, "coco", metric)
                                             for metric in ("ap_box", "ap_mask"))))

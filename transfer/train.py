@@ -1,0 +1,219 @@
+"""Train and evaluate Mask R-CNN with a pretrained ViT on COCO: `main(config) -> result dict`.
+
+The run directory `<pretraining run>/transfer/<config>-<weights digest>-<hash>/` holds config.yaml,
+provenance, the converted backbone checkpoint, detectron2's own output (checkpoints, metrics) and
+finally result.json with box and mask AP (pycocotools, through detectron2's COCOEvaluator).
+Re-running resumes from detectron2's last checkpoint; a finished run does nothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from common import dist, preemption
+from common.config import ConfigError
+from common.rundir import RunDirectory
+from common.runtime import NON_RESULT_FIELDS, RunConfig
+from evaluate.encoder import SourceConfig
+from transfer import require_detectron2
+from transfer.weights import (FPN_PREFIX, PREFIX, backbone_arguments, check_backbone_loaded, load_encoder,
+                              to_detectron2, write_detectron2_checkpoint)
+
+TRAIN_NAME, VAL_NAME = "patchmix_coco_train", "patchmix_coco_val"
+
+
+@dataclass
+class TransferConfig:
+    config: str = "vitdet_100ep"  # vitdet_100ep | vit_fpn_100ep | smoke | smoke_fpn (transfer/configs)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    num_heads: int = 0  # 0: the checkpoint's (published ViT-S checkpoints have 12)
+    coco_root: str = ""  # holds annotations/ train2017/ val2017/; "" = $DETECTRON2_DATASETS/coco
+    train_json: str = ""  # any other COCO-format data instead of coco_root
+    train_images: str = ""
+    val_json: str = ""
+    val_images: str = ""
+    overrides: list[str] = field(default_factory=list)  # detectron2 LazyConfig overrides, e.g. train.max_iter=100
+    run: RunConfig = field(default_factory=lambda: RunConfig(name="transfer", output_root=""))
+
+    def check(self) -> None:
+        from transfer.configs import CONFIGS
+
+        if self.config not in CONFIGS:
+            raise ConfigError(f"config must be one of {', '.join(CONFIGS)}, got {self.config!r}")
+
+
+def transfer_run_directory(config: TransferConfig, loaded) -> RunDirectory:
+    """<pretraining run>/transfer/<config>-<weights digest>-<hash of the result-changing fields>."""
+    root = Path(config.run.output_root or (Path(config.source.run_dir) / "transfer" if config.source.run_dir
+                                           else Path("runs") / "transfer"))
+    return RunDirectory.for_config(root, f"{config.config}-{loaded.digest[:8]}", config,
+                                   (*NON_RESULT_FIELDS, "source.run_dir", "source.encoder_file", "coco_root",
+                                    "train_json", "train_images", "val_json", "val_images"))
+
+
+def dataset_files(config: TransferConfig) -> dict[str, Path]:
+    """The COCO json and image folders to use; every missing one is named in the error."""
+    if config.train_json:
+        files = {"train_json": Path(config.train_json), "train_images": Path(config.train_images),
+                 "val_json": Path(config.val_json), "val_images": Path(config.val_images)}
+    else:
+        root = Path(config.coco_root or Path(os.environ.get("DETECTRON2_DATASETS", "datasets")) / "coco")
+        files = {"train_json": root / "annotations" / "instances_train2017.json", "train_images": root / "train2017",
+                 "val_json": root / "annotations" / "instances_val2017.json", "val_images": root / "val2017"}
+    missing = [f"{name}: {path}" for name, path in files.items() if not path.exists()]
+    if missing:
+        raise FileNotFoundError("COCO files not found:\n  " + "\n  ".join(missing) + "\nSet coco_root=/path/to/coco "
+                                "(holding annotations/, train2017/, val2017/) or DETECTRON2_DATASETS=/path/to/parent")
+    return files
+
+
+def register_datasets(files: dict[str, Path]) -> None:
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    for name, json_key, images_key in ((TRAIN_NAME, "train_json", "train_images"), (VAL_NAME, "val_json", "val_images")):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            from detectron2.data import MetadataCatalog
+
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, str(files[json_key]), str(files[images_key]))
+
+
+def build_lazy_config(config: TransferConfig, loaded, run_dir: Path):
+    """The LazyConfig of `config.config`, shaped to the checkpoint and pointed at our data and paths."""
+    from detectron2.config import LazyConfig
+    from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+    from transfer.configs import CONFIGS
+
+    cfg = LazyConfig.load(str(CONFIGS[config.config]))
+    arguments = backbone_arguments(loaded.spec, config.num_heads)
+    backbone = cfg.model.backbone
+    net = backbone.bottom_up.net if "bottom_up" in backbone else backbone.net
+    for key in ("embed_dim", "depth", "num_heads", "patch_size", "pretrain_img_size", "window_block_indexes"):
+        net[key] = arguments[key]
+    if "bottom_up" in backbone:
+        backbone.bottom_up.stage_blocks = tuple(arguments["global_blocks"])
+    cfg.optimizer.params.lr_factor_func = partial(get_vit_lr_decay_rate, num_layers=arguments["depth"],
+                                                  lr_decay_rate=0.7)
+    cfg.dataloader.train.dataset.names = TRAIN_NAME
+    cfg.dataloader.test.dataset.names = VAL_NAME
+    cfg.dataloader.evaluator.dataset_name = VAL_NAME
+    cfg.dataloader.evaluator.tasks = ("bbox", "segm")
+    cfg.dataloader.evaluator.output_dir = str(run_dir / "evaluation")
+    cfg.train.output_dir = str(run_dir / "detectron2")
+    cfg.train.init_checkpoint = str(run_dir / "backbone_init.pth")
+    cfg.train.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.train.device == "cpu":
+        cfg.train.amp.enabled = False  # detectron2's AMP trainer needs CUDA
+    return LazyConfig.apply_overrides(cfg, config.overrides)
+
+
+def backbone_prefix(cfg) -> str:
+    return FPN_PREFIX if "bottom_up" in cfg.model.backbone else PREFIX
+
+
+def evaluate_model(cfg, model) -> dict:
+    from detectron2.config import instantiate
+    from detectron2.evaluation import inference_on_dataset
+
+    return inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+
+
+class PreemptionHook:
+    """Checkpoint at a step boundary after a recorded preemption signal, then requeue (see
+    common.preemption); every rank checks the same iterations."""
+
+    def __init__(self, checkpointer, period: int = 20):
+        from detectron2.engine import HookBase
+
+        self.hook = type("Preemption", (HookBase,), {"after_step": lambda hook: self.after_step(hook)})()
+        self.checkpointer, self.period = checkpointer, period
+
+    def after_step(self, hook) -> None:
+        iteration = hook.trainer.iter
+        if (iteration + 1) % self.period:
+            return
+        flag = torch.tensor(float(preemption.requested()))
+        if dist.all_reduce_max(flag).item():
+            if dist.is_main_process():
+                self.checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+            dist.barrier()
+            preemption.hand_over()
+
+
+def main(config: TransferConfig) -> dict:
+    require_detectron2()
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+    from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    dist.init_distributed(device_type)
+    if dist.is_distributed():
+        comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
+    loaded = load_encoder(config.source.run_dir, config.source.encoder_file, config.source.encoder)
+    run_dir = transfer_run_directory(config, loaded)
+    if run_dir.is_complete():
+        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
+    files = dataset_files(config)  # before any work: missing COCO files fail here
+    register_datasets(files)
+    cfg = build_lazy_config(config, loaded, run_dir.path)
+    prefix = backbone_prefix(cfg)
+    if dist.is_main_process():
+        run_dir.prepare(config, dist.world_size())
+        write_detectron2_checkpoint(loaded, run_dir.path / "backbone_init.pth", prefix)
+    dist.barrier()
+    setup_logger(cfg.train.output_dir, distributed_rank=dist.rank(), name="detectron2")
+    if threading_main():
+        preemption.install()
+
+    model = instantiate(cfg.model).to(cfg.train.device)
+    check_backbone_loaded(set(model.state_dict()), set(to_detectron2(loaded.state_dict, prefix)), prefix)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if dist.is_main_process() else None,
+        PreemptionHook(checkpointer).hook,
+        hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_model(cfg, model)) if cfg.train.eval_period else None,
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if dist.is_main_process() else None,
+    ])
+    resumed = checkpointer.has_checkpoint()
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+    start_iter = trainer.iter + 1 if resumed else 0
+    if start_iter < cfg.train.max_iter:
+        trainer.train(start_iter, cfg.train.max_iter)
+    results = evaluate_model(cfg, model)
+    record = {"stage": "transfer", "config": config.config, "experiment": config.run.experiment,
+              "source": loaded.description, "source_digest": loaded.digest, **loaded.origin,
+              "resumed_from_iteration": start_iter if resumed else None, "max_iter": cfg.train.max_iter,
+              # COCOEvaluator reports nothing for a task without a single prediction: NaN, not 0.
+              "metrics": {"ap_box": float(results.get("bbox", {}).get("AP", float("nan"))),
+                          "ap_mask": float(results.get("segm", {}).get("AP", float("nan"))),
+                          **{f"box_{k}": float(v) for k, v in results.get("bbox", {}).items()},
+                          **{f"mask_{k}": float(v) for k, v in results.get("segm", {}).items()}}}
+    if dist.is_main_process():
+        run_dir.write_result(record)
+        print(f"[transfer] box AP {record['metrics']['ap_box']:.2f}, mask AP {record['metrics']['ap_mask']:.2f}; "
+              f"done: {run_dir.path}")
+    dist.barrier()
+    return {**record, "run_dir": str(run_dir.path)}
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

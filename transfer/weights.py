@@ -1,0 +1,68 @@
+"""Our encoders as detectron2 ViT backbone weights (no detectron2 needed to convert).
+
+timm and detectron2's ViT share block key names (blocks.i.norm1, attn.qkv, attn.proj, norm2,
+mlp.fc1, mlp.fc2) and the patch projection. The conversion takes the evaluation encoder (momentum
+encoder by default, base encoder for runs without one), drops the cls token and the final norm
+(the backbone uses neither; the projector is not part of an encoder file), keeps the position
+embedding with its cls slot (detectron2's `pretrain_use_cls_token`) at the pretraining grid --
+detectron2 resamples it bicubically to the detection input (64 x 64 tokens at 1024 px) -- and
+prefixes every key with `backbone.net.`. Relative-position tables of window attention are new
+parameters, initialised to zero by detectron2.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from evaluate.encoder import EncoderSpec, LoadedEncoder, SourceConfig, load_source
+
+PREFIX = "backbone.net."  # ViTDet's simple feature pyramid; the ViT-FPN neck nests it: backbone.bottom_up.net.
+FPN_PREFIX = "backbone.bottom_up.net."
+DROPPED = ("cls_token", "norm.weight", "norm.bias")
+
+
+def to_detectron2(state_dict: dict[str, torch.Tensor], prefix: str = PREFIX) -> dict[str, torch.Tensor]:
+    """timm ViT keys -> detectron2 `backbone.net.*` keys (cls token and final norm dropped)."""
+    if "pos_embed" not in state_dict or "patch_embed.proj.weight" not in state_dict:
+        raise ValueError("not a ViT encoder state dict (pos_embed / patch_embed.proj.weight missing)")
+    return {prefix + key: value for key, value in state_dict.items() if key not in DROPPED}
+
+
+def backbone_arguments(spec: EncoderSpec, num_heads: int) -> dict:
+    """detectron2 ViT(...) arguments that make its shapes match the checkpoint."""
+    from common.vit import VIT_SIZES
+
+    size = VIT_SIZES[spec.arch]
+    depth = size.depth
+    # ViTDet: global attention closes each quarter of the blocks (2, 5, 8, 11 of 12), windows elsewhere;
+    # the ViT-FPN neck reads its four stages at the same blocks.
+    global_blocks = sorted({depth * (quarter + 1) // 4 - 1 for quarter in range(4)})
+    return {"embed_dim": size.embed_dim, "depth": depth, "num_heads": num_heads or spec.num_heads or size.default_heads,
+            "patch_size": spec.patch_size, "pretrain_img_size": spec.image_size,
+            "window_block_indexes": [i for i in range(depth) if i not in global_blocks],
+            "global_blocks": global_blocks}
+
+
+def load_encoder(run_dir: str = "", encoder_file: str = "", encoder: str = "auto") -> LoadedEncoder:
+    return load_source(SourceConfig(run_dir=run_dir, encoder_file=encoder_file, encoder=encoder))
+
+
+def write_detectron2_checkpoint(loaded: LoadedEncoder, path: Path, prefix: str = PREFIX) -> Path:
+    """A checkpoint detectron2's DetectionCheckpointer loads as is ({"model": state, ...})."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": to_detectron2(loaded.state_dict, prefix), "source": loaded.description,
+                "source_digest": loaded.digest, "matching_heuristics": False}, path)
+    return path
+
+
+def check_backbone_loaded(model_keys: set[str], checkpoint_keys: set[str], prefix: str = PREFIX) -> None:
+    """Every converted weight must land in the model, and every backbone weight of the model must
+    come from the checkpoint, except the new relative-position tables."""
+    unexpected = sorted(checkpoint_keys - model_keys)
+    missing = sorted(k for k in model_keys - checkpoint_keys
+                     if k.startswith(prefix) and not k.endswith(("rel_pos_h", "rel_pos_w")))
+    if unexpected or missing:
+        raise ValueError(f"backbone weights do not match the detector: unexpected {unexpected[:10]}, "
+                         f"missing {missing[:10]}")
