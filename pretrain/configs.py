@@ -38,7 +38,8 @@ class OptimConfig:
     min_lr: float = 1e-6
     weight_decay: float = 0.04  # cosine per step to weight_decay_end; never on biases and 1-D params
     weight_decay_end: float = 0.4
-    betas: tuple[float, float] = (0.9, 0.999)
+    beta1: float = 0.9  # AdamW betas (two fields: YAML has no tuples)
+    beta2: float = 0.999
     momentum: float = 0.996  # EMA coefficient, cosine to momentum_end
     momentum_end: float = 1.0
     momentum_update: str = "step"  # step | epoch (reproduces the published once-per-epoch update)

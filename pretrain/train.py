@@ -46,7 +46,7 @@ def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device)
             (decayed if parameter.ndim >= 2 else not_decayed).append(parameter)
     groups = [{"params": decayed, "apply_weight_decay": True},
               {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False}]
-    return torch.optim.AdamW(groups, lr=config.peak_lr(), betas=config.betas,
+    return torch.optim.AdamW(groups, lr=config.peak_lr(), betas=(config.beta1, config.beta2),
                              weight_decay=config.weight_decay, fused=device.type == "cuda")
 
 

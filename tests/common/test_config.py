@@ -10,9 +10,9 @@ from pretrain.configs import PRESETS, PretrainConfig, preset
 
 def test_overrides_are_typed_and_applied():
     config = apply_overrides(preset("debug_cpu"), ["optim.epochs=7", "mix.num_mixed=3", "loss.temperature=0.1",
-                                                   "optim.betas=[0.9,0.95]"])
+                                                   "optim.beta2=0.95"])
     assert config.optim.epochs == 7 and config.mix.num_mixed == 3 and config.loss.temperature == 0.1
-    assert tuple(config.optim.betas) == (0.9, 0.95)
+    assert (config.optim.beta1, config.optim.beta2) == (0.9, 0.95)
     assert isinstance(config, PretrainConfig)
 
 
