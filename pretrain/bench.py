@@ -42,6 +42,13 @@ CONFIGS = {
     "debug": BenchConfig("debug_cpu", 32, None),
 }
 GPU_DEFAULT = ("vit_s16_224", "vit_s2_32", "vit_t2_32", "vit_b16_224", "vit_b2_32")
+# Each speed switch of ModelConfig, measured against the one-call-per-view baseline in the same run.
+VARIANTS = {
+    "baseline": ["model.batch_views=false"],
+    "batched": ["model.batch_views=true"],
+    "compiled": ["model.batch_views=true", "model.compile=true"],
+    "checkpointed": ["model.batch_views=true", "model.grad_checkpointing=true"],
+}
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core peaks
 
 
@@ -93,11 +100,12 @@ def encoder_bound(config, batch: int, device: torch.device, precision: torch.dty
             "encoder_bound_img_per_s": bound}
 
 
-def bench_config(name: str, device: torch.device, warmup: int, steps: int) -> dict:
+def bench_config(name: str, device: torch.device, warmup: int, steps: int, variant: str = "batched",
+                 with_bound: bool = True) -> dict:
     spec = CONFIGS[name]
     config = apply_overrides(preset(spec.preset), [
         f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
-        f"run.device={device.type}", "run.precision=auto"])
+        f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
     precision = resolve_precision(config.run.precision, device)
     torch.manual_seed(0)
     model = PatchMixModel(config.model).to(device)
@@ -126,7 +134,7 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int) -> di
     img_per_s = spec.batch / seconds
     peak = peak_flops(device)
     result = {
-        "config": name, "preset": spec.preset, "batch_per_device": spec.batch, "num_mixed": 2,
+        "config": name, "variant": variant, "preset": spec.preset, "batch_per_device": spec.batch, "num_mixed": 2,
         "precision": str(precision).replace("torch.", ""), "momentum_encoder": config.model.momentum_encoder,
         "s_per_step": seconds, "img_per_s": img_per_s, "gflop_per_image": flops / spec.batch / 1e9,
         "mfu": (flops / seconds / peak) if peak else None, "peak_memory_gib": peak_memory,
@@ -136,8 +144,9 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int) -> di
     del model, optimizer, views
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    result.update(encoder_bound(config, spec.batch, device, precision, warmup, max(steps // 2, 3)))
-    result["ratio_to_encoder_bound"] = img_per_s / result["encoder_bound_img_per_s"]
+    if with_bound:
+        result.update(encoder_bound(config, spec.batch, device, precision, warmup, max(steps // 2, 3)))
+        result["ratio_to_encoder_bound"] = img_per_s / result["encoder_bound_img_per_s"]
     return result
 
 
@@ -146,6 +155,8 @@ def main() -> None:
     parser.add_argument("--configs", default="", help=f"comma-separated from {', '.join(CONFIGS)}")
     parser.add_argument("--warmup", type=int, default=0, help="0: 5 on GPU, 1 on CPU")
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 on GPU, 3 on CPU)")
+    parser.add_argument("--variants", default="baseline,batched",
+                        help=f"comma-separated from {', '.join(VARIANTS)} (each config x each variant)")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,10 +164,13 @@ def main() -> None:
         list(GPU_DEFAULT) if device.type == "cuda" else ["debug"])
     warmup = arguments.warmup or (5 if device.type == "cuda" else 1)
     steps = arguments.steps or (20 if device.type == "cuda" else 3)
+    variants = arguments.variants.replace(",", " ").split()
     results = []
     for name in names:
-        results.append(bench_config(name, device, warmup, steps))
-        print(json.dumps(results[-1]), flush=True)
+        for index, variant in enumerate(variants):
+            # The plain-timm bound is measured once per config, with its first variant.
+            results.append(bench_config(name, device, warmup, steps, variant, with_bound=index == 0))
+            print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "pretrain_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "results": results}
     if arguments.output:

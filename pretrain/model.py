@@ -29,6 +29,13 @@ class ModelConfig:
     predictor_hidden_dim: int = 4096
     output_dim: int = 256
     momentum_encoder: bool = True
+    # Speed switches (make bench measures them). batch_views: one encoder call per group of
+    # same-size views (the heads still see each view alone: BatchNorm keeps per-view statistics).
+    # compile: torch.compile the encoders. grad_checkpointing: recompute block activations in the
+    # backward pass (less memory, ~30 % more compute), for large batches of ViT-B/2.
+    batch_views: bool = True
+    compile: bool = False
+    grad_checkpointing: bool = False
 
     def check(self) -> None:
         if self.arch not in VIT_SIZES:
@@ -77,6 +84,13 @@ class PatchMixModel(nn.Module):
             self.momentum_projector = copy.deepcopy(self.projector)
             for parameter in self.momentum_parameters():
                 parameter.requires_grad_(False)
+        if config.grad_checkpointing:
+            self.base_encoder.set_grad_checkpointing(True)
+        if config.compile:
+            # In place (nn.Module.compile): parameter names and checkpoints stay as they are.
+            for encoder in (self.base_encoder, self.momentum_encoder):
+                if encoder is not None:
+                    encoder.compile()
 
     def momentum_parameters(self) -> list[nn.Parameter]:
         if self.momentum_encoder is None:
@@ -86,14 +100,31 @@ class PatchMixModel(nn.Module):
     def online_parameters_for_momentum(self) -> list[nn.Parameter]:
         return [*self.base_encoder.parameters(), *self.projector.parameters()]
 
+    def encode(self, encoder: nn.Module, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """CLS features of each view; same-size views share one encoder call when batch_views is on.
+
+        The ViT has no batch statistics (LayerNorm is per token), so this equals encoding each view
+        alone; only drop path's random draws are laid out differently."""
+        if not self.config.batch_views or len(views) == 1:
+            return [encoder(view) for view in views]
+        groups: dict[tuple, list[int]] = {}
+        for index, view in enumerate(views):
+            groups.setdefault(tuple(view.shape[1:]), []).append(index)
+        features: list[torch.Tensor | None] = [None] * len(views)
+        for indices in groups.values():
+            outputs = encoder(torch.cat([views[i] for i in indices])) if len(indices) > 1 else encoder(views[indices[0]])
+            for index, output in zip(indices, outputs.split([views[i].shape[0] for i in indices])):
+                features[index] = output
+        return features
+
     def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.predictor(self.projector(self.base_encoder(view))) for view in views]
+        return [self.predictor(self.projector(f)) for f in self.encode(self.base_encoder, views)]
 
     @torch.no_grad()
     def keys(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self.momentum_encoder is None:
-            return [self.projector(self.base_encoder(view)) for view in views]
-        return [self.momentum_projector(self.momentum_encoder(view)) for view in views]
+            return [self.projector(f) for f in self.encode(self.base_encoder, views)]
+        return [self.momentum_projector(f) for f in self.encode(self.momentum_encoder, views)]
 
     @torch.no_grad()
     def update_momentum(self, momentum: float) -> None:

@@ -53,7 +53,12 @@ def group_offsets(num_tokens: int, num_mixed: int, generator: torch.Generator,
     offsets = torch.zeros(num_tokens, dtype=torch.long, device=generator.device)
     offsets[permutation[: num_mixed * group_size]] = torch.arange(
         num_mixed, device=generator.device).repeat_interleave(group_size)
-    return offsets.to(device) if device is not None else offsets
+    if device is None or torch.device(device) == offsets.device:
+        return offsets
+    if offsets.device.type == "cpu" and torch.device(device).type == "cuda":
+        # A copy from pinned memory is asynchronous: no host synchronisation inside the step.
+        return offsets.pin_memory().to(device, non_blocking=True)
+    return offsets.to(device)
 
 
 def to_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:

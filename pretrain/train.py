@@ -97,7 +97,8 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     one_hot = origin_targets(batch, rank, world_size, device)
 
     need_mixed_query = weights.mix_to_origin_weight > 0 or weights.mix_to_mix_weight > 0
-    key1, key2 = (gather(k) for k in keys_model.keys([view1, view2]))
+    need_mixed_key = need_mixed_query and weights.mix_to_mix_weight > 0
+    key1, key2, *key_mixed = (gather(k) for k in keys_model.keys([view1, view2] + ([mixed1.images] if need_mixed_key else [])))
     query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2.images] if need_mixed_query else [])
     local_mixed = [mixed(v) for v in local_views]
     queries = model(query_inputs + local_views + [m.images for m in local_mixed])
@@ -110,7 +111,7 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
             to_origin = place_targets(mixed2.composition, rank, world_size, mix.smoothing)
             terms["mix_to_origin"] = soft_target_cross_entropy(query_mixed2, key1, to_origin, tau)
         if weights.mix_to_mix_weight > 0:
-            key_mixed1 = gather(keys_model.keys([mixed1.images])[0])
+            key_mixed1 = key_mixed[0]
             to_mix = place_targets(mix_to_mix_from_compositions(mixed2.composition, mixed1.composition),
                                    rank, world_size, mix.smoothing)
             terms["mix_to_mix"] = soft_target_cross_entropy(query_mixed2, key_mixed1, to_mix, tau)

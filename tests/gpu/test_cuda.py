@@ -66,3 +66,19 @@ def test_training_runs_on_cuda(tmp_path, precision):
 
     state = load_torch(Path(result["run_dir"]) / "checkpoints" / "checkpoint_00000016.pt")
     assert all(t.device.type == "cpu" for t in state["model"].values())  # a GPU checkpoint loads on a CPU
+
+
+def test_fp16_skipped_steps_are_counted_and_abort_past_the_limit(tmp_path, monkeypatch):
+    from pretrain import train
+
+    original = train.patchmix_loss
+
+    def overflowing(*args, **kwargs):  # a finite loss whose fp16 gradients overflow: the scaler skips
+        loss, metrics = original(*args, **kwargs)
+        return loss * 1e30, metrics
+
+    monkeypatch.setattr(train, "patchmix_loss", overflowing)
+    config = apply_overrides(preset("debug_cpu"), ["run.device=cuda", "run.precision=fp16", "run.max_skipped_steps=1",
+                                                   f"run.output_root={tmp_path}", "run.progress=false"])
+    with pytest.raises(train.TrainingAborted, match="2 skipped fp16 steps"):
+        train.main(config)
