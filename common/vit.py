@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 

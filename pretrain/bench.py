@@ -100,26 +100,19 @@ def encoder_bound(config, batch: int, device: torch.device, precision: torch.dty
             "encoder_bound_img_per_s": bound}
 
 
-def bench_config(name: str, device: torch.device, warmup: int, steps: int, variant: str = "batched",
-                 with_bound: bool = True) -> dict:
-    spec = CONFIGS[name]
-    config = apply_overrides(preset(spec.preset), [
-        f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
-        f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
+def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: int) -> dict:
+    """Time `training_step` on synthetic views already on the device; FLOPs from one more step."""
     precision = resolve_precision(config.run.precision, device)
     torch.manual_seed(0)
     model = PatchMixModel(config.model).to(device)
     optimizer = build_optimizer(model, config.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     size = config.model.image_size
-    views = [torch.randn(spec.batch, 3, size, size, device=device) for _ in range(2)]
-    steps_per_epoch = 1000
-    counter = {"step": 0}
-    losses = []
+    views = [torch.randn(batch, 3, size, size, device=device) for _ in range(2)]
+    counter, losses = {"step": 0}, []
 
     def step():
-        loss, *_ = training_step(model, model, optimizer, scaler, views, config, counter["step"], steps_per_epoch,
-                                 precision)
+        loss, *_ = training_step(model, model, optimizer, scaler, views, config, counter["step"], 1000, precision)
         counter["step"] += 1
         losses.append(loss.detach())
 
@@ -130,21 +123,30 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int, varia
     flop_counter = FlopCounterMode(display=False)
     with flop_counter:
         step()
-    flops = flop_counter.get_total_flops()
-    img_per_s = spec.batch / seconds
-    peak = peak_flops(device)
-    result = {
-        "config": name, "variant": variant, "preset": spec.preset, "batch_per_device": spec.batch, "num_mixed": 2,
-        "precision": str(precision).replace("torch.", ""), "momentum_encoder": config.model.momentum_encoder,
-        "s_per_step": seconds, "img_per_s": img_per_s, "gflop_per_image": flops / spec.batch / 1e9,
-        "mfu": (flops / seconds / peak) if peak else None, "peak_memory_gib": peak_memory,
-        "losses_finite": bool(torch.isfinite(torch.stack(losses)).all()),
-        "published_h200_img_per_s": spec.published_h200_img_per_s,
-    }
-    del model, optimizer, views
+    return {"precision": str(precision).replace("torch.", ""), "seconds": seconds, "flops": flop_counter.get_total_flops(),
+            "peak_memory_gib": peak_memory, "losses_finite": bool(torch.isfinite(torch.stack(losses)).all())}
+
+
+def bench_config(name: str, device: torch.device, warmup: int, steps: int, variant: str = "batched",
+                 with_bound: bool = True) -> dict:
+    spec = CONFIGS[name]
+    config = apply_overrides(preset(spec.preset), [
+        f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
+        f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
+    measured = _measure_step(config, spec.batch, device, warmup, steps)  # frees its model on return
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    seconds, flops, peak = measured["seconds"], measured["flops"], peak_flops(device)
+    img_per_s = spec.batch / seconds
+    result = {
+        "config": name, "variant": variant, "preset": spec.preset, "batch_per_device": spec.batch, "num_mixed": 2,
+        "precision": measured["precision"], "momentum_encoder": config.model.momentum_encoder,
+        "s_per_step": seconds, "img_per_s": img_per_s, "gflop_per_image": flops / spec.batch / 1e9,
+        "mfu": (flops / seconds / peak) if peak else None, "peak_memory_gib": measured["peak_memory_gib"],
+        "losses_finite": measured["losses_finite"], "published_h200_img_per_s": spec.published_h200_img_per_s,
+    }
     if with_bound:
+        precision = resolve_precision(config.run.precision, device)
         result.update(encoder_bound(config, spec.batch, device, precision, warmup, max(steps // 2, 3)))
         result["ratio_to_encoder_bound"] = img_per_s / result["encoder_bound_img_per_s"]
     return result

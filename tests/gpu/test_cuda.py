@@ -1,7 +1,6 @@
 """Checks that need a CUDA device (marked gpu; skipped with the reason where there is none)."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest

@@ -17,7 +17,6 @@ from PIL import Image
 from common.checkpoint import atomic_torch_save, checkpoint_path, list_checkpoints, load_latest_checkpoint
 from common.config import apply_overrides
 from pretrain import train
-from pretrain.configs import preset
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ["--preset", "debug_cpu", "data.num_workers=2", "optim.epochs=4", "run.log_every_steps=1",
@@ -217,7 +216,6 @@ def test_preemption_saves_at_the_next_step_boundary_then_hands_over(debug_config
     (submitit's requeue) or exit 128 + signal; the requeued run finishes with the same losses."""
     import signal as signals
 
-    from common import preemption
 
     config = apply_overrides(debug_config, ["optim.epochs=2", "run.log_every_steps=4",
                                             "run.checkpoint_every_steps=100"])
