@@ -95,6 +95,7 @@ bench-knn: setup
 # Pretraining step (s/step, img/s, MFU, peak memory, encoder-only bound) and kNN, as JSON in runs/bench/.
 bench: setup
 	$(PY) -m pretrain.bench --output $(OUTPUT_ROOT)/bench/pretrain.json
+	$(PY) -m pretrain.bench_augment $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--size 64 --batch 32 --batches 4) --output $(OUTPUT_ROOT)/bench/augment.json
 	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json
 
 clean:

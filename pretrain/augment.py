@@ -20,6 +20,9 @@ class AugmentConfig:
     local_crop_size: int = 96
     local_crop_scale_min: float = 0.05
     local_crop_scale_max: float = 0.35
+    # Colour jitter, grayscale, blur and solarize batched on the training device (pretrain/gpu_augment.py);
+    # the loader workers then only decode, crop and flip. The PIL path stays the default.
+    gpu: bool = False
 
     def check(self) -> None:
         for low, high, what in ((self.crop_scale_min, self.crop_scale_max, "crop_scale"),
@@ -45,11 +48,25 @@ def view_transform(size: int, scale: tuple[float, float], blur_probability: floa
     ])
 
 
+def view_probabilities(config: AugmentConfig) -> list[tuple[float, float]]:
+    """(blur, solarize) probability of each view: Table 10 for the two global views; the local crops
+    use DINO's settings (blur 0.5, no solarisation)."""
+    return [(1.0, 0.0), (0.1, 0.2)] + [(0.5, 0.0)] * config.num_local_crops
+
+
+def crop_transform(size: int, scale: tuple[float, float]) -> Callable:
+    """The CPU half of the GPU path: PIL image -> uint8 (3, size, size) tensor, cropped and flipped."""
+    return transforms.Compose([transforms.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC),
+                               transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+
+
 def pretraining_views(config: AugmentConfig, image_size: int) -> list[Callable]:
-    """[view 1 (blur 1.0, no solarize), view 2 (blur 0.1, solarize 0.2), local crops...]."""
+    """[view 1 (blur 1.0, no solarize), view 2 (blur 0.1, solarize 0.2), local crops...]; with
+    `gpu` only their crop and flip (the rest runs in `gpu_augment.augment_views`)."""
     scale = (config.crop_scale_min, config.crop_scale_max)
-    views = [view_transform(image_size, scale, 1.0, 0.0), view_transform(image_size, scale, 0.1, 0.2)]
     local_scale = (config.local_crop_scale_min, config.local_crop_scale_max)
-    # Local crops use DINO's settings (blur 0.5, no solarisation).
-    views += [view_transform(config.local_crop_size, local_scale, 0.5, 0.0)] * config.num_local_crops
-    return views
+    sizes = [(image_size, scale)] * 2 + [(config.local_crop_size, local_scale)] * config.num_local_crops
+    if config.gpu:
+        return [crop_transform(size, crop_scale) for size, crop_scale in sizes]
+    return [view_transform(size, crop_scale, blur, solarize)
+            for (size, crop_scale), (blur, solarize) in zip(sizes, view_probabilities(config))]

@@ -29,7 +29,8 @@ from common.runtime import (NON_RESULT_FIELDS, autocast, derive_seed, resolve_de
                             resolve_precision, seed_everything)
 from common.sampling import EpochSampler, SeededViews
 from pretrain import schedules
-from pretrain.augment import pretraining_views
+from pretrain.augment import pretraining_views, view_probabilities
+from pretrain.gpu_augment import augment_views
 from pretrain.configs import OptimConfig, PretrainConfig
 from pretrain.loss import soft_target_cross_entropy
 from pretrain.model import PatchMixModel
@@ -144,6 +145,9 @@ def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch
     1 when fp16 loss scaling skipped the update (known only with fp16, at the cost of a sync).
     """
     device = views[0].device
+    if config.augment.gpu:  # the loader sent cropped, flipped uint8 views: colour, blur and solarize here
+        views = augment_views(list(views), view_probabilities(config.augment),
+                              derive_seed(config.run.seed, "gpu-augment", step, rank))
     lr, wd = set_schedules(optimizer, config.optim, step, steps_per_epoch)
     model.update_momentum(momentum_at(config.optim, step, steps_per_epoch))  # before the forward pass
     # Drop path draws from the global generator: seed it per step so resuming repeats it.

@@ -81,3 +81,14 @@ def test_fp16_skipped_steps_are_counted_and_abort_past_the_limit(tmp_path, monke
                                                    f"run.output_root={tmp_path}", "run.progress=false"])
     with pytest.raises(train.TrainingAborted, match="2 skipped fp16 steps"):
         train.main(config)
+
+
+def test_batched_augmentation_on_cuda_matches_cpu():
+    from pretrain.gpu_augment import augment, sample_parameters
+
+    images = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
+    parameters = sample_parameters(16, 0.5, 0.2, torch.Generator().manual_seed(0))
+    cpu = augment(images, parameters)
+    gpu_parameters = type(parameters)(**{k: v.cuda() for k, v in vars(parameters).items()})
+    gpu = augment(images.cuda(), gpu_parameters)
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)

@@ -18,3 +18,10 @@ def test_knn_bench_times_each_available_backend():
     report = knn_bench("tiny", repeats=1)
     assert report["bank"] == 5000 and {r["backend"] for r in report["results"]} >= {"torch"}
     assert all(r["seconds_best"] > 0 for r in report["results"])
+
+
+def test_augmentation_bench_runs_both_paths():
+    from pretrain.bench_augment import measure
+
+    results = [measure(gpu, 32, 0, 8, 2, torch.device("cpu")) for gpu in (False, True)]
+    assert [r["path"] for r in results] == ["pil", "gpu"] and all(r["img_per_s"] > 0 for r in results)
