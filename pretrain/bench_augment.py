@@ -47,28 +47,27 @@ class JpegBytes(Dataset):
 
 def measure(gpu: bool, size: int, workers: int, batch: int, batches: int, device: torch.device) -> dict:
     config = AugmentConfig(crop_scale_min=0.08, gpu=gpu)
-    base = JpegBytes(batch * 4, int(size * 1.4), int(size * 1.15))
+    # One epoch covers the whole measurement and the clock starts at the first batch, when the workers
+    # have just started: the batches queued ahead then are at most one per worker, a small share of
+    # a long run (use batches >> workers).
+    warmup = 1
+    base = JpegBytes(batch * (batches + warmup), int(size * 1.4), int(size * 1.15))
     dataset = SeededViews(base, pretraining_views(config, size), seed=0)
     sampler = EpochSampler(len(dataset), batch, seed=0)
     probabilities = view_probabilities(config)
-    images, started, epoch = 0, None, 0
-    while images < batch * batches:
-        sampler.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        for views, _ in loader:
-            views = [v.to(device, non_blocking=True) for v in views]
-            if gpu:
-                views = augment_views(views, probabilities, seed=images)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if started is None:  # the first batch pays for worker start-up
-                started = time.perf_counter()
-                continue
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    images, started = 0, None
+    for index, (views, _) in enumerate(loader):
+        views = [v.to(device, non_blocking=True) for v in views]
+        if gpu:
+            views = augment_views(views, probabilities, seed=index)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index + 1 == warmup:  # every worker has delivered its first batch
+            started = time.perf_counter()
+        elif started is not None:
             images += batch
-            if images >= batch * batches:
-                break
-        epoch += 1
     seconds = time.perf_counter() - started
     return {"path": "gpu" if gpu else "pil", "device": str(device), "image_size": size, "workers": workers,
             "batch": batch, "img_per_s": images / seconds}
@@ -79,7 +78,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=150, help="timed batches (keep >> workers)")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
