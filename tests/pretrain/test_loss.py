@@ -155,3 +155,20 @@ def test_batched_views_equal_one_call_per_view(debug_config, local_crops):
         # float64), so that one gradient carries float32 rounding; everything else agrees to 1e-10.
         tolerance = 1e-7 if name.endswith("pos_embed") else 1e-10
         torch.testing.assert_close(fast_grads[name], reference_grads[name], atol=tolerance, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_compiled_encoders_keep_the_loss(debug_config):
+    """torch.compile (model.compile) is a speed switch only: same loss and gradients within fp32 rounding."""
+    config = _deterministic(debug_config)
+    results = []
+    for compiled in (False, True):
+        model_config = dataclasses.replace(config.model, compile=compiled)
+        torch.manual_seed(0)
+        model = PatchMixModel(model_config)
+        loss, _ = patchmix_loss(model, model, _views(), dataclasses.replace(config, model=model_config),
+                                torch.Generator().manual_seed(3))
+        loss.backward()
+        results.append((loss.detach(), model.predictor[0].weight.grad.clone(), model.base_encoder.pos_embed.grad.clone()))
+    for reference, fast in zip(*results):
+        torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
