@@ -45,7 +45,8 @@ DEMO_DATA = $$(if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then echo 
 demo: setup fashion-mnist
 	$(PY) -m slurm run demo --executor inline --output-root $(OUTPUT_ROOT)/demo --set $(DEMO_DATA) $(ARGS)
 	$(PY) -m reports demo --output-root $(OUTPUT_ROOT)/demo --out $(REPORT_DIR)
-	@echo "demo report: $(REPORT_DIR)/demo.md   runs: $(OUTPUT_ROOT)/demo"
+	@sed -n '/^| Method/,/^$$/p' $(REPORT_DIR)/demo.md | cut -d'|' -f2,6,8
+	@echo "demo report: $(REPORT_DIR)/demo.md (with plots)   runs: $(OUTPUT_ROOT)/demo"
 
 # Paper tables and figures: the whole stage graph at once (pretrain -> evaluations, afterok), then
 # the report of whatever results exist. EXECUTOR=auto|slurm|local|inline, DRY_RUN=1 lists the jobs.

@@ -98,7 +98,8 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     one_hot = origin_targets(batch, rank, world_size, device)
 
     need_mixed_query = weights.mix_to_origin_weight > 0 or weights.mix_to_mix_weight > 0
-    need_mixed_key = need_mixed_query and weights.mix_to_mix_weight > 0
+    # m = 1 (the MoCo v3 baseline) leaves the views unmixed: reuse the view-1 keys instead of recomputing them.
+    need_mixed_key = need_mixed_query and weights.mix_to_mix_weight > 0 and mixed1.images is not view1
     key1, key2, *key_mixed = (gather(k) for k in keys_model.keys([view1, view2] + ([mixed1.images] if need_mixed_key else [])))
     query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2.images] if need_mixed_query else [])
     local_mixed = [mixed(v) for v in local_views]
@@ -112,7 +113,7 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
             to_origin = place_targets(mixed2.composition, rank, world_size, mix.smoothing)
             terms["mix_to_origin"] = soft_target_cross_entropy(query_mixed2, key1, to_origin, tau)
         if weights.mix_to_mix_weight > 0:
-            key_mixed1 = key_mixed[0]
+            key_mixed1 = key_mixed[0] if key_mixed else key1
             to_mix = place_targets(mix_to_mix_from_compositions(mixed2.composition, mixed1.composition),
                                    rank, world_size, mix.smoothing)
             terms["mix_to_mix"] = soft_target_cross_entropy(query_mixed2, key_mixed1, to_mix, tau)
