@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 	$(TABLES)
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,7p' Makefile
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
