@@ -89,7 +89,7 @@ def cutmix(images: torch.Tensor, generator: torch.Generator, alpha: float = 1.0)
     mask = _box_mask(height, width, int(top), int(left), int(bottom - top), int(right - left), images.device)
     partner = _permutation(batch, generator, images.device)
     mixed = torch.where(mask, images[partner], images)
-    own = 1.0 - float(mask.sum()) / (height * width)  # recomputed from the clipped box
+    own = 1.0 - float((bottom - top) * (right - left)) / (height * width)  # from the clipped box, on the host
     share = torch.full((batch,), own, device=images.device)
     return MixResult(mixed, _two_source_composition(batch, partner, share),
                      {"lam": lam, "partner": partner, "mask": mask})
@@ -117,7 +117,7 @@ def regionswap(images: torch.Tensor, generator: torch.Generator, side_range: tup
     partner[:half] += half
     partner[half: 2 * half] -= half
     mixed = torch.where(mask, images[partner], images)
-    own = 1.0 - float(mask.sum()) / (height * width)
+    own = 1.0 - box_height * box_width / (height * width)  # host arithmetic: no device synchronisation
     share = torch.full((batch,), own, device=images.device)
     return MixResult(mixed, _two_source_composition(batch, partner, share), {"partner": partner, "mask": mask})
 

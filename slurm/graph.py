@@ -10,6 +10,7 @@ submitted again.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,16 +68,22 @@ def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = 
     return list(resolved.values())
 
 
+@functools.lru_cache(maxsize=4)
+def _load_weights(run_dir: str, encoder_file: str, encoder: str):
+    """Load a run's weights once for all the stages that read them (a ViT-B checkpoint is ~1 GB)."""
+    from evaluate.encoder import SourceConfig, load_source
+
+    return load_source(SourceConfig(run_dir=run_dir, encoder_file=encoder_file, encoder=encoder))
+
+
 def _eval_run_dir(config, source: ResolvedStage) -> Path | None:
     """An evaluation's or transfer's directory: named by the weights' digest, so known once they exist."""
     if not source.is_complete():
         return None
-    from evaluate.encoder import load_source
-
     from evaluate.session import eval_run_directory
     from transfer.train import TransferConfig, transfer_run_directory
 
-    loaded = load_source(config.source)
+    loaded = _load_weights(config.source.run_dir, config.source.encoder_file, config.source.encoder)
     if isinstance(config, TransferConfig):
         return transfer_run_directory(config, loaded).path
     return eval_run_directory(config, loaded).path

@@ -117,49 +117,44 @@ def table4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Pla
     return plan
 
 
+def _cifar_ablation(name: str, description: str, rows: dict[str, tuple[str, str]], flavour: str,
+                    seeds: tuple[int, ...], datasets: tuple[str, ...]) -> Plan:
+    """Tables 5-7: ViT-S/2 on CIFAR, 800 epochs, linear and kNN, one pretraining run per row.
+    rows: {key: (method as in the paper's table, preset suffix before the flavour)}."""
+    plan = Plan(name, description)
+    protocols = ("linear", "knn")
+    for seed in seeds:
+        for dataset in datasets:
+            for key, (method, suffix) in rows.items():
+                preset_name = f"{dataset}_vit_s2_800ep_{suffix + '_' if suffix else ''}{flavour}"
+                _pretrain_with_evals(plan, f"{name}/{dataset}/{key}", preset_name, seed, protocols,
+                                     _rows(name, method, "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
+    return plan
+
+
 def table5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
-    """Mix strategies in one contrastive framework (same loss, ViT-S/2, 800 epochs): Baseline (m = 1),
-    CutMix+Mixup, RegionSwap, ResizeMix (pretrain/mixers.py) and PatchMix."""
-    plan = Plan("table5", "Mix strategies with ViT-S/2 on CIFAR, 800 epochs: linear and kNN")
-    protocols = ("linear", "knn")
+    """Mix strategies in one contrastive framework (same loss): Baseline (m = 1), CutMix+Mixup,
+    RegionSwap, ResizeMix (pretrain/mixers.py) and PatchMix."""
     rows = {"baseline": ("Baseline", "m1"), "cutmix_mixup": ("CutMix+Mixup", "mix-cutmix_mixup"),
             "regionswap": ("RegionSwap", "mix-regionswap"), "resizemix": ("ResizeMix", "mix-resizemix"),
             "patchmix": ("PatchMix", "")}
-    for seed in seeds:
-        for dataset in datasets:
-            for name, (method, suffix) in rows.items():
-                preset_name = f"{dataset}_vit_s2_800ep_{suffix + '_' if suffix else ''}{flavour}"
-                _pretrain_with_evals(plan, f"table5/{dataset}/{name}", preset_name, seed, protocols,
-                                     _rows("table5", method, "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
-    return plan
+    return _cifar_ablation("table5", "Mix strategies with ViT-S/2 on CIFAR, 800 epochs: linear and kNN", rows,
+                           flavour, seeds, datasets)
 
 
 def table6(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
-    plan = Plan("table6", "Number of mixed images m = 1..4 (m = 1 is MoCo v3), ViT-S/2 on CIFAR, 800 epochs")
-    protocols = ("linear", "knn")
-    for seed in seeds:
-        for dataset in datasets:
-            for m in (1, 2, 3, 4):
-                _pretrain_with_evals(plan, f"table6/{dataset}/m{m}", f"{dataset}_vit_s2_800ep_m{m}_{flavour}", seed,
-                                     protocols, _rows("table6", f"PatchMix m={m}", "ViT-S/2", 800, dataset, protocols),
-                                     CIFAR_RESOURCES)
-    return plan
+    rows = {f"m{m}": (f"PatchMix m={m}", f"m{m}") for m in (1, 2, 3, 4)}
+    return _cifar_ablation("table6", "Number of mixed images m = 1..4 (m = 1 is MoCo v3), ViT-S/2 on CIFAR, 800 epochs",
+                           rows, flavour, seeds, datasets)
 
 
 def table7(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
-    plan = Plan("table7", "Loss terms (o2o, m2o, m2m and combinations), ViT-S/2 on CIFAR, 800 epochs")
-    protocols = ("linear", "knn")
-    for seed in seeds:
-        for dataset in datasets:
-            for subset in ("o2o", "m2o", "m2m", "o2o+m2o", "o2o+m2o+m2m"):
-                _pretrain_with_evals(plan, f"table7/{dataset}/{subset}", f"{dataset}_vit_s2_800ep_loss-{subset}_{flavour}",
-                                     seed, protocols,
-                                     _rows("table7", f"PatchMix {subset}", "ViT-S/2", 800, dataset, protocols),
-                                     CIFAR_RESOURCES)
-    return plan
+    rows = {subset: (f"PatchMix {subset}", f"loss-{subset}") for subset in ("o2o", "m2o", "m2m", "o2o+m2o", "o2o+m2o+m2m")}
+    return _cifar_ablation("table7", "Loss terms (o2o, m2o, m2m and combinations), ViT-S/2 on CIFAR, 800 epochs",
+                           rows, flavour, seeds, datasets)
 
 
 FIG5_EPOCHS = (100, 200, 400, 800, 1600)

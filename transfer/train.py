@@ -124,26 +124,24 @@ def evaluate_model(cfg, model) -> dict:
     return inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
 
 
-class PreemptionHook:
-    """Checkpoint at a step boundary after a recorded preemption signal, then requeue (see
-    common.preemption); every rank checks the same iterations."""
+def preemption_hook(checkpointer, device: str, period: int = 20):
+    """A detectron2 hook: after a recorded preemption signal (common.preemption), checkpoint at a
+    step boundary that every rank agrees on, then requeue."""
+    from detectron2.engine import HookBase
 
-    def __init__(self, checkpointer, period: int = 20):
-        from detectron2.engine import HookBase
+    class PreemptionHook(HookBase):
+        def after_step(self) -> None:
+            iteration = self.trainer.iter
+            if (iteration + 1) % period:
+                return
+            flag = torch.tensor(float(preemption.requested()), device=device)  # NCCL reduces CUDA tensors
+            if dist.all_reduce_max(flag).item():
+                if dist.is_main_process():
+                    checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+                dist.barrier()
+                preemption.hand_over()
 
-        self.hook = type("Preemption", (HookBase,), {"after_step": lambda hook: self.after_step(hook)})()
-        self.checkpointer, self.period = checkpointer, period
-
-    def after_step(self, hook) -> None:
-        iteration = hook.trainer.iter
-        if (iteration + 1) % self.period:
-            return
-        flag = torch.tensor(float(preemption.requested()))
-        if dist.all_reduce_max(flag).item():
-            if dist.is_main_process():
-                self.checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
-            dist.barrier()
-            preemption.hand_over()
+    return PreemptionHook()
 
 
 def main(config: TransferConfig) -> dict:
@@ -186,7 +184,7 @@ def main(config: TransferConfig) -> dict:
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if dist.is_main_process() else None,
-        PreemptionHook(checkpointer).hook,
+        preemption_hook(checkpointer, cfg.train.device),
         hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_model(cfg, model)) if cfg.train.eval_period else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if dist.is_main_process() else None,
