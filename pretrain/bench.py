@@ -23,6 +23,7 @@ from common.runtime import autocast, resolve_precision
 from common.vit import build_vit
 from pretrain.configs import preset
 from pretrain.model import PatchMixModel
+from pretrain.step_profile import profile_steps
 from pretrain.train import build_optimizer, training_step
 
 
@@ -47,6 +48,7 @@ VARIANTS = {
     "baseline": ["model.batch_views=false"],
     "batched": ["model.batch_views=true"],
     "compiled": ["model.batch_views=true", "model.compile=true"],
+    "compiled_cudagraphs": ["model.batch_views=true", "model.compile=true", "model.compile_mode=reduce-overhead"],
     "checkpointed": ["model.batch_views=true", "model.grad_checkpointing=true"],
 }
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core peaks
@@ -100,8 +102,9 @@ def encoder_bound(config, batch: int, device: torch.device, precision: torch.dty
             "encoder_bound_img_per_s": bound}
 
 
-def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: int) -> dict:
-    """Time `training_step` on synthetic views already on the device; FLOPs from one more step."""
+def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: int, profiled_steps: int = 0) -> dict:
+    """Time `training_step` on synthetic views already on the device; FLOPs from one more step;
+    with `profiled_steps`, a kernel-level profile of that many more (pretrain/step_profile.py)."""
     precision = resolve_precision(config.run.precision, device)
     torch.manual_seed(0)
     model = PatchMixModel(config.model).to(device)
@@ -123,17 +126,21 @@ def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: 
     flop_counter = FlopCounterMode(display=False)
     with flop_counter:
         step()
-    return {"precision": str(precision).replace("torch.", ""), "seconds": seconds, "flops": flop_counter.get_total_flops(),
-            "peak_memory_gib": peak_memory, "losses_finite": bool(torch.isfinite(torch.stack(losses)).all())}
+    measured = {"precision": str(precision).replace("torch.", ""), "seconds": seconds,
+                "flops": flop_counter.get_total_flops(), "peak_memory_gib": peak_memory}
+    if profiled_steps:
+        measured["profile"] = profile_steps(step, device, profiled_steps)
+    measured["losses_finite"] = bool(torch.isfinite(torch.stack(losses)).all())
+    return measured
 
 
 def bench_config(name: str, device: torch.device, warmup: int, steps: int, variant: str = "batched",
-                 with_bound: bool = True) -> dict:
+                 with_bound: bool = True, profiled_steps: int = 0) -> dict:
     spec = CONFIGS[name]
     config = apply_overrides(preset(spec.preset), [
         f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
         f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
-    measured = _measure_step(config, spec.batch, device, warmup, steps)  # frees its model on return
+    measured = _measure_step(config, spec.batch, device, warmup, steps, profiled_steps)  # frees its model on return
     if device.type == "cuda":
         torch.cuda.empty_cache()
     seconds, flops, peak = measured["seconds"], measured["flops"], peak_flops(device)
@@ -149,6 +156,8 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int, varia
         precision = resolve_precision(config.run.precision, device)
         result.update(encoder_bound(config, spec.batch, device, precision, warmup, max(steps // 2, 3)))
         result["ratio_to_encoder_bound"] = img_per_s / result["encoder_bound_img_per_s"]
+    if "profile" in measured:
+        result["profile"] = measured["profile"]
     return result
 
 
@@ -159,6 +168,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 on GPU, 3 on CPU)")
     parser.add_argument("--variants", default="baseline,batched",
                         help=f"comma-separated from {', '.join(VARIANTS)} (each config x each variant)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile this many steps per result: kernel time by category, top kernels")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +182,8 @@ def main() -> None:
     for name in names:
         for index, variant in enumerate(variants):
             # The plain-timm bound is measured once per config, with its first variant.
-            results.append(bench_config(name, device, warmup, steps, variant, with_bound=index == 0))
+            results.append(bench_config(name, device, warmup, steps, variant, with_bound=index == 0,
+                                        profiled_steps=arguments.profile))
             print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "pretrain_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "results": results}

@@ -18,6 +18,9 @@ from common.config import ConfigError
 from common.vit import VIT_SIZES, build_vit
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class ModelConfig:
     arch: str = "vit_small"
@@ -35,6 +38,7 @@ class ModelConfig:
     # backward pass (less memory, ~30 % more compute), for large batches of ViT-B/2.
     batch_views: bool = True
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune...
     grad_checkpointing: bool = False
 
     def check(self) -> None:
@@ -44,6 +48,8 @@ class ModelConfig:
             raise ConfigError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.Sequential:
@@ -90,7 +96,7 @@ class PatchMixModel(nn.Module):
             # In place (nn.Module.compile): parameter names and checkpoints stay as they are.
             for encoder in (self.base_encoder, self.momentum_encoder):
                 if encoder is not None:
-                    encoder.compile()
+                    encoder.compile(mode=None if config.compile_mode == "default" else config.compile_mode)
 
     def momentum_parameters(self) -> list[nn.Parameter]:
         if self.momentum_encoder is None:

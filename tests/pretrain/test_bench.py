@@ -25,3 +25,28 @@ def test_augmentation_bench_runs_both_paths():
 
     results = [measure(gpu, 32, 0, 8, 2, torch.device("cpu")) for gpu in (False, True)]
     assert [r["path"] for r in results] == ["pil", "gpu"] and all(r["img_per_s"] > 0 for r in results)
+
+
+def test_step_profile_splits_the_step_into_categories():
+    result = bench_config("debug", torch.device("cpu"), warmup=1, steps=1, variant="batched", with_bound=False,
+                          profiled_steps=1)
+    profile = result["profile"]
+    shares = [c["share"] for c in profile["categories"].values()]
+    assert abs(sum(shares) - 1) < 1e-6 and profile["kernel_ms_per_step"] > 0 and profile["wall_ms_per_step"] > 0
+    assert "matmul" in profile["categories"] and profile["top_kernels"][0]["ms_per_step"] > 0
+
+
+def test_kernel_names_fall_into_their_categories():
+    from pretrain.step_profile import category_of
+
+    assert category_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert category_of("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NNN") == "matmul"
+    assert category_of("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>") == "attention"
+    assert category_of("triton_per_fused_add_native_layer_norm_3") == "compiled_fused"
+    assert category_of("triton_poi_fused__to_copy_convert_element_type_7") == "compiled_fused"
+    assert category_of("void cudnn::cnn::conv2d_grouped_direct_kernel<float>") == "convolution"
+    assert category_of("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>") \
+        == "normalization"
+    assert category_of("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer_and_ema"
+    assert category_of("Memcpy HtoD (Pageable -> Device)") == "memory"
+    assert category_of("ncclDevKernel_AllGather_RING_LL") == "communication"
