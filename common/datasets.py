@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common.config import ConfigError
+from common.encoded_images import read_encoded
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder", "fashion_mnist", "synthetic")
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -185,17 +186,19 @@ class RobustImageFolder(Dataset):
     from the content, so a PNG named .JPEG loads). A file that fails is logged to
     `<bad_image_log>/bad_images.<pid>.log` -- one file per process, loader workers included -- and
     the next sample in index order takes its place, so batches keep their size and stay
-    deterministic. `count_bad_images` reads the logs back.
+    deterministic. `count_bad_images` reads the logs back. With `decode=False` samples are
+    `EncodedImage`s (JPEG bytes for the training device to decode; other files decoded here).
     """
 
     MAX_CONSECUTIVE_FAILURES = 32
 
-    def __init__(self, root: str, transform: Callable | None, bad_image_log: Path | None = None):
+    def __init__(self, root: str, transform: Callable | None, bad_image_log: Path | None = None,
+                 decode: bool = True):
         from torchvision.datasets import ImageFolder
 
         folder = ImageFolder(root)
         self.samples, self.classes = folder.samples, folder.classes
-        self.transform, self.bad_image_log = transform, bad_image_log
+        self.transform, self.bad_image_log, self.decode = transform, bad_image_log, decode
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -212,8 +215,11 @@ class RobustImageFolder(Dataset):
         for attempt in range(self.MAX_CONSECUTIVE_FAILURES):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                with Image.open(path) as opened:
-                    image = opened.convert("RGB")  # forces the full decode: truncation fails here
+                if self.decode:
+                    with Image.open(path) as opened:
+                        image = opened.convert("RGB")  # forces the full decode: truncation fails here
+                else:
+                    image = read_encoded(Path(path).read_bytes())
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 self._record(path, error)
                 continue
@@ -258,10 +264,12 @@ def _subset(dataset: Dataset, count: int) -> Dataset:
 
 
 def build_dataset(config: DataConfig, split: str, transform: Callable | None,
-                  bad_image_log: Path | None = None) -> Dataset:
+                  bad_image_log: Path | None = None, decode: bool = True) -> Dataset:
     """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label).
 
-    Folder datasets skip unreadable files, logging them under `bad_image_log` (see RobustImageFolder).
+    Folder datasets skip unreadable files, logging them under `bad_image_log` (see RobustImageFolder);
+    with `decode=False` they yield `EncodedImage`s for the training device to decode (the others,
+    already in memory, yield PIL images either way).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -284,7 +292,7 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
             expected_classes=1000 if strict else None,
             expected_images=(IMAGENET_TRAIN_IMAGES if train else IMAGENET_VAL_IMAGES) if strict else None,
         )
-        dataset = RobustImageFolder(str(folder), transform, bad_image_log)
+        dataset = RobustImageFolder(str(folder), transform, bad_image_log, decode)
     elif config.dataset == "fashion_mnist":
         if config.download:
             from torchvision import datasets

@@ -27,13 +27,16 @@ class SeededViews(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, key: tuple[int, int]):
+    def draw_views(self, image, key: tuple[int, int]) -> list:
+        """Each view transform applied to `image` under the generator seeded from (seed, epoch, index)."""
         index, epoch = key
-        image, label = self.base[index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, epoch, index))
-            views = [transform(image) for transform in self.view_transforms]
-        return views, label
+            return [transform(image) for transform in self.view_transforms]
+
+    def __getitem__(self, key: tuple[int, int]):
+        image, label = self.base[key[0]]
+        return self.draw_views(image, key), label
 
 
 class EpochSampler(Sampler):

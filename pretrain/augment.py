@@ -23,6 +23,9 @@ class AugmentConfig:
     # Colour jitter, grayscale, blur and solarize batched on the training device (pretrain/gpu_augment.py);
     # the loader workers then only decode, crop and flip. The PIL path stays the default.
     gpu: bool = False
+    # With gpu: the workers only read files and draw crop boxes; JPEG decoding (nvJPEG), crop, resize
+    # and flip run on the device too (pretrain/device_decode.py).
+    gpu_decode: bool = False
 
     def check(self) -> None:
         for low, high, what in ((self.crop_scale_min, self.crop_scale_max, "crop_scale"),
@@ -31,6 +34,9 @@ class AugmentConfig:
                 raise ConfigError(f"{what}_min/max must satisfy 0 < min <= max <= 1, got {low}, {high}")
         if self.num_local_crops < 0:
             raise ConfigError("num_local_crops must be >= 0")
+        if self.gpu_decode and not self.gpu:
+            raise ConfigError("augment.gpu_decode=true needs augment.gpu=true (the colour augmentations "
+                              "then run on the device too)")
 
 
 def view_transform(size: int, scale: tuple[float, float], blur_probability: float,
@@ -60,12 +66,22 @@ def crop_transform(size: int, scale: tuple[float, float]) -> Callable:
                                transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
 
 
-def pretraining_views(config: AugmentConfig, image_size: int) -> list[Callable]:
-    """[view 1 (blur 1.0, no solarize), view 2 (blur 0.1, solarize 0.2), local crops...]; with
-    `gpu` only their crop and flip (the rest runs in `gpu_augment.augment_views`)."""
+def view_sizes(config: AugmentConfig, image_size: int) -> list[tuple[int, tuple[float, float]]]:
+    """(output size, crop scale range) of each view: two global views, then the local crops."""
     scale = (config.crop_scale_min, config.crop_scale_max)
     local_scale = (config.local_crop_scale_min, config.local_crop_scale_max)
-    sizes = [(image_size, scale)] * 2 + [(config.local_crop_size, local_scale)] * config.num_local_crops
+    return [(image_size, scale)] * 2 + [(config.local_crop_size, local_scale)] * config.num_local_crops
+
+
+def pretraining_views(config: AugmentConfig, image_size: int) -> list[Callable]:
+    """[view 1 (blur 1.0, no solarize), view 2 (blur 0.1, solarize 0.2), local crops...]; with
+    `gpu` only their crop and flip (the rest runs in `gpu_augment.augment_views`); with `gpu_decode`
+    only their crop boxes (pretrain/device_decode.py)."""
+    sizes = view_sizes(config, image_size)
+    if config.gpu_decode:
+        from pretrain.device_decode import CropBox
+
+        return [CropBox(crop_scale) for _, crop_scale in sizes]
     if config.gpu:
         return [crop_transform(size, crop_scale) for size, crop_scale in sizes]
     return [view_transform(size, crop_scale, blur, solarize)

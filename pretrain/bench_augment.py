@@ -1,10 +1,15 @@
-"""Input-pipeline benchmark: two-view Table 10 augmentation, img/s, PIL path against the GPU path.
+"""Input-pipeline benchmark: two-view Table 10 augmentation, img/s, for each path in the same run.
 
     python -m pretrain.bench_augment --size 224 --workers 16 --output runs/bench/augment.json
 
-Both paths decode JPEG bytes held in memory in DataLoader workers. The PIL path does all of Table 10
-there; the GPU path crops and flips there and runs colour jitter, grayscale, blur and solarize
-batched on the device (pretrain/gpu_augment.py). Throughput counts source images (two views each).
+The source images are JPEG bytes held in memory (ImageNet-typical 500 x 375 by default), read in
+DataLoader workers. Paths:
+- pil: the workers decode and do all of Table 10 with PIL (the default on CPU);
+- gpu (augment.gpu): the workers decode, crop and flip; colour jitter, grayscale, blur and solarize
+  run batched on the device (pretrain/gpu_augment.py);
+- gpu_decode (augment.gpu_decode): the workers only parse headers and draw crop boxes; decoding,
+  crop, resize and flip run on the device too (pretrain/device_decode.py).
+Throughput counts source images (two views each), the views ready on the device.
 """
 from __future__ import annotations
 
@@ -21,14 +26,19 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common.sampling import EpochSampler, SeededViews
+from common.encoded_images import read_encoded
 from pretrain.augment import AugmentConfig, pretraining_views, view_probabilities
+from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
 from pretrain.gpu_augment import augment_views
+
+PATHS = ("pil", "gpu", "gpu_decode")
 
 
 class JpegBytes(Dataset):
-    """Smooth random photos, JPEG-encoded once, decoded on every access (as from disk)."""
+    """Smooth random photos, JPEG-encoded once, decoded (or header-parsed) on every access, as from disk."""
 
-    def __init__(self, count: int, width: int, height: int):
+    def __init__(self, count: int, width: int, height: int, decode: bool = True):
+        self.decode = decode
         rng = np.random.default_rng(0)
         self.blobs = []
         for _ in range(count):
@@ -42,25 +52,33 @@ class JpegBytes(Dataset):
         return len(self.blobs)
 
     def __getitem__(self, index: int):
+        if not self.decode:
+            return read_encoded(self.blobs[index]), 0
         return Image.open(io.BytesIO(self.blobs[index])).convert("RGB"), 0
 
 
-def measure(gpu: bool, size: int, workers: int, batch: int, batches: int, device: torch.device) -> dict:
-    config = AugmentConfig(crop_scale_min=0.08, gpu=gpu)
+def measure(path: str, size: int, workers: int, batch: int, batches: int, device: torch.device,
+            source_size: tuple[int, int] = (500, 375)) -> dict:
+    """img/s of one path; source_size is (width, height) of the JPEGs."""
+    decode_on_device = path == "gpu_decode"
+    config = AugmentConfig(crop_scale_min=0.08, gpu=path != "pil", gpu_decode=decode_on_device)
     # One epoch covers the whole measurement and the clock starts at the first batch, when the workers
     # have just started: the batches queued ahead then are at most one per worker, a small share of
     # a long run (use batches >> workers).
     warmup = 1
-    base = JpegBytes(batch * (batches + warmup), int(size * 1.4), int(size * 1.15))
-    dataset = SeededViews(base, pretraining_views(config, size), seed=0)
+    base = JpegBytes(batch * (batches + warmup), *source_size, decode=not decode_on_device)
+    dataset = (EncodedViews if decode_on_device else SeededViews)(base, pretraining_views(config, size), seed=0)
     sampler = EpochSampler(len(dataset), batch, seed=0)
     probabilities = view_probabilities(config)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_encoded if decode_on_device else None)
     images, started = 0, None
     for index, (views, _) in enumerate(loader):
-        views = [v.to(device, non_blocking=True) for v in views]
-        if gpu:
+        if decode_on_device:
+            views = decode_views(*views, [size, size], device)
+        else:
+            views = [v.to(device, non_blocking=True) for v in views]
+        if config.gpu:
             views = augment_views(views, probabilities, seed=index)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -69,8 +87,8 @@ def measure(gpu: bool, size: int, workers: int, batch: int, batches: int, device
         elif started is not None:
             images += batch
     seconds = time.perf_counter() - started
-    return {"path": "gpu" if gpu else "pil", "device": str(device), "image_size": size, "workers": workers,
-            "batch": batch, "img_per_s": images / seconds}
+    return {"path": path, "device": str(device), "image_size": size, "source_size": list(source_size),
+            "workers": workers, "batch": batch, "img_per_s": images / seconds}
 
 
 def main() -> None:
@@ -79,11 +97,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=150, help="timed batches (keep >> workers)")
+    parser.add_argument("--source-size", default="500x375", help="WIDTHxHEIGHT of the source JPEGs")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated from {', '.join(PATHS)}")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results = [measure(gpu, arguments.size, arguments.workers, arguments.batch, arguments.batches, device)
-               for gpu in (False, True)]
+    source_size = tuple(int(side) for side in arguments.source_size.lower().split("x"))
+    results = [measure(path, arguments.size, arguments.workers, arguments.batch, arguments.batches, device, source_size)
+               for path in arguments.paths.replace(",", " ").split()]
     for result in results:
         print(json.dumps(result), flush=True)
     if arguments.output:

@@ -29,7 +29,8 @@ from common.runtime import (NON_RESULT_FIELDS, autocast, derive_seed, resolve_de
                             resolve_precision, seed_everything)
 from common.sampling import EpochSampler, SeededViews
 from pretrain import schedules
-from pretrain.augment import pretraining_views, view_probabilities
+from pretrain.augment import pretraining_views, view_probabilities, view_sizes
+from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
 from pretrain.gpu_augment import augment_views
 from pretrain.configs import OptimConfig, PretrainConfig
 from pretrain.loss import soft_target_cross_entropy
@@ -245,7 +246,8 @@ def main(config: PretrainConfig) -> dict:
         return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
     # Fails here, before any training, on a wrong dataset root (the folder preflight).
     bad_image_dir = run_dir.path / "bad_images"
-    base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir)
+    base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir,
+                                 decode=not config.augment.gpu_decode)
     if dist.is_main_process():
         run_dir.prepare(config, world_size)
     dist.barrier()
@@ -258,7 +260,9 @@ def main(config: PretrainConfig) -> dict:
     optimizer = build_optimizer(model, config.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
-    dataset = SeededViews(base_dataset, pretraining_views(config.augment, config.model.image_size), seed)
+    views_class = EncodedViews if config.augment.gpu_decode else SeededViews
+    dataset = views_class(base_dataset, pretraining_views(config.augment, config.model.image_size), seed)
+    output_sizes = [size for size, _ in view_sizes(config.augment, config.model.image_size)]
     sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
     steps_per_epoch = sampler.batches_per_epoch
     total_steps = config.optim.epochs * steps_per_epoch
@@ -307,9 +311,12 @@ def main(config: PretrainConfig) -> dict:
         sampler.set_epoch(epoch, batch_in_epoch)
         loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler,
                             num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                            drop_last=True)
+                            drop_last=True, collate_fn=collate_encoded if config.augment.gpu_decode else None)
         for views, _ in loader:
-            views = [v.to(device, non_blocking=True) for v in views]
+            if config.augment.gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
+                views = decode_views(*views, output_sizes, device)
+            else:
+                views = [v.to(device, non_blocking=True) for v in views]
             loss, metrics, lr, wd, skipped = training_step(model, query_model, optimizer, scaler, views, config,
                                                            step, steps_per_epoch, precision, rank, world_size)
             health.observe(loss, step + 1)

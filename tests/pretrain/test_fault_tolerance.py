@@ -155,11 +155,13 @@ def _odd_image_folder(root: Path) -> dict[str, Path]:
     return odd
 
 
-def test_odd_images_load_and_unreadable_ones_are_skipped_and_reported(debug_config, tmp_path):
+@pytest.mark.parametrize("decoding", [[], ["augment.gpu=true", "augment.gpu_decode=true"]],
+                         ids=["pil", "device_decode"])
+def test_odd_images_load_and_unreadable_ones_are_skipped_and_reported(debug_config, tmp_path, decoding):
     odd = _odd_image_folder(tmp_path / "data")
     config = apply_overrides(debug_config, ["data.dataset=imagefolder", f"data.root={tmp_path / 'data'}",
                                             "optim.batch_size=8", "optim.epochs=1", "run.log_every_steps=1",
-                                            "data.max_bad_images=2"])
+                                            "data.max_bad_images=2", *decoding])
     result = train.main(config)
     assert result["steps"] == 3 and result["bad_images"] == 2
     report = json.loads((Path(result["run_dir"]) / "bad_images.json").read_text())

@@ -1,0 +1,49 @@
+"""Images as loader workers send them when the training device decodes: JPEG bytes, else pixels.
+
+A worker reads the file and parses only its header. A complete baseline/progressive JPEG in RGB or
+grayscale travels as its bytes (the device decodes it, `pretrain/device_decode.py`); anything else
+(PNG, CMYK JPEG, a file cut short) is decoded on the worker with PIL, so broken files fail there,
+exactly as in the PIL path, and travel as pixels.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+JPEG_END_OF_IMAGE = b"\xff\xd9"
+
+
+@dataclass
+class EncodedImage:
+    """data: (N,) uint8 JPEG bytes, or (3, H, W) uint8 RGB pixels; height and width in pixels."""
+
+    data: torch.Tensor
+    height: int
+    width: int
+
+    @property
+    def is_jpeg(self) -> bool:
+        return self.data.ndim == 1
+
+
+def _complete_jpeg(data: bytes) -> bool:
+    # A truncated JPEG lacks its end-of-image marker; some writers pad after it with zeros or newlines.
+    return data.rstrip(b"\x00\r\n ").endswith(JPEG_END_OF_IMAGE)
+
+
+def pixels_of(image: Image.Image) -> EncodedImage:
+    """A decoded PIL image as an RGB pixel payload."""
+    array = np.asarray(image.convert("RGB"))
+    return EncodedImage(torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), image.height, image.width)
+
+
+def read_encoded(data: bytes) -> EncodedImage:
+    """File contents -> EncodedImage. Raises (OSError, ValueError, ...) as PIL does on a broken file."""
+    with Image.open(io.BytesIO(data)) as header:  # parses the header only
+        if header.format == "JPEG" and header.mode in ("RGB", "L") and _complete_jpeg(data):
+            return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), header.height, header.width)
+        return pixels_of(header)  # forces the full decode: truncation and corruption fail here
