@@ -92,3 +92,51 @@ def test_batched_augmentation_on_cuda_matches_cpu():
     gpu_parameters = type(parameters)(**{k: v.cuda() for k, v in vars(parameters).items()})
     gpu = augment(images.cuda(), gpu_parameters)
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
+def test_device_decode_on_cuda_matches_the_cpu_decode():
+    """nvJPEG against libjpeg-turbo and the resampling matrices on CUDA against the CPU."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from common.encoded_images import read_encoded
+    from pretrain.device_decode import decode_views
+
+    rng = np.random.default_rng(0)
+    payloads = []
+    for index in range(8):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)).resize((300 + 20 * index, 220))
+        buffer = io.BytesIO()
+        (coarse.convert("L") if index == 7 else coarse).save(buffer, format="JPEG", quality=90)
+        payloads.append(read_encoded(buffer.getvalue()).data)
+    boxes = torch.tensor([[[10, 20, 150, 200, index % 2], [0, 0, 220, 300, 1 - index % 2]] for index in range(8)])
+    cpu = decode_views(payloads, boxes, [224, 96], torch.device("cpu"))
+    cuda = decode_views(payloads, boxes, [224, 96], torch.device("cuda"))
+    for expected, got in zip(cpu, cuda):
+        difference = (got.cpu().int() - expected.int()).abs()
+        assert difference.float().mean() < 1.0 and difference.max() <= 12  # IDCT and chroma upsampling differ
+
+
+def test_compiled_encoders_keep_the_bf16_loss_and_gradients():
+    """model.compile on CUDA in bf16 against the eager model: same loss and gradients within bf16 rounding."""
+    from pretrain.model import PatchMixModel
+    from pretrain.train import patchmix_loss
+
+    results = []
+    for compiled in (False, True):
+        config = apply_overrides(preset("debug_cpu"), ["model.drop_path_rate=0.0",
+                                                       f"model.compile={str(compiled).lower()}"])
+        torch.manual_seed(0)
+        model = PatchMixModel(config.model).cuda()
+        views = [torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(v)).cuda() for v in range(2)]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss, _ = patchmix_loss(model, model, views, config, torch.Generator().manual_seed(1))
+        loss.backward()
+        gradients = torch.cat([p.grad.flatten().float() for p in model.base_encoder.parameters() if p.grad is not None])
+        results.append((loss.item(), gradients))
+    (eager_loss, eager_gradients), (compiled_loss, compiled_gradients) = results
+    assert abs(compiled_loss - eager_loss) / abs(eager_loss) < 1e-2
+    relative = (compiled_gradients - eager_gradients).norm() / eager_gradients.norm()
+    assert relative < 5e-2
