@@ -123,13 +123,18 @@ def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: 
         torch.cuda.reset_peak_memory_stats(device)
     seconds = _timed(step, device, warmup, steps)
     peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    flop_counter = FlopCounterMode(display=False)
-    with flop_counter:
-        step()
-    measured = {"precision": str(precision).replace("torch.", ""), "seconds": seconds,
-                "flops": flop_counter.get_total_flops(), "peak_memory_gib": peak_memory}
+    # Graphs dynamo compiled while timing: 0 means the compiled variants ran eagerly.
+    compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    measured = {"precision": str(precision).replace("torch.", ""), "seconds": seconds, "peak_memory_gib": peak_memory,
+                "compiled_graphs": compiled_graphs}
     if profiled_steps:
         measured["profile"] = profile_steps(step, device, profiled_steps)
+    # Count FLOPs with compiled code run eagerly (same FLOPs): tracing compiled frames under a
+    # dispatch mode would leave dynamo's cache for ViT.forward unusable for the rest of the process.
+    flop_counter = FlopCounterMode(display=False)
+    with torch.compiler.set_stance("force_eager"), flop_counter:
+        step()
+    measured["flops"] = flop_counter.get_total_flops()
     measured["losses_finite"] = bool(torch.isfinite(torch.stack(losses)).all())
     return measured
 
@@ -137,6 +142,8 @@ def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: 
 def bench_config(name: str, device: torch.device, warmup: int, steps: int, variant: str = "batched",
                  with_bound: bool = True, profiled_steps: int = 0) -> dict:
     spec = CONFIGS[name]
+    torch._dynamo.reset()  # each config compiles afresh: no cache entries or recompile budget carried over
+    torch._dynamo.utils.counters.clear()
     config = apply_overrides(preset(spec.preset), [
         f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
         f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
@@ -150,7 +157,8 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int, varia
         "precision": measured["precision"], "momentum_encoder": config.model.momentum_encoder,
         "s_per_step": seconds, "img_per_s": img_per_s, "gflop_per_image": flops / spec.batch / 1e9,
         "mfu": (flops / seconds / peak) if peak else None, "peak_memory_gib": measured["peak_memory_gib"],
-        "losses_finite": measured["losses_finite"], "published_h200_img_per_s": spec.published_h200_img_per_s,
+        "losses_finite": measured["losses_finite"], "compiled_graphs": measured["compiled_graphs"],
+        "published_h200_img_per_s": spec.published_h200_img_per_s,
     }
     if with_bound:
         precision = resolve_precision(config.run.precision, device)

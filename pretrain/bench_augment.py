@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.sampling import EpochSampler, SeededViews
 from common.encoded_images import read_encoded
 from pretrain.augment import AugmentConfig, pretraining_views, view_probabilities
-from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
+from pretrain.device_decode import EncodedViews, collate_encoded, decode_images, decode_views
 from pretrain.gpu_augment import augment_views
 
 PATHS = ("pil", "gpu", "gpu_decode")
@@ -72,16 +72,20 @@ class JpegBytes(Dataset):
 
 
 def measure(path: str, size: int, workers: int, batch: int, batches: int, device: torch.device,
-            source_size: tuple[int, int] = (500, 375)) -> dict:
+            source_size: tuple[int, int] = (500, 375), worker_decode_share: float = 0.0,
+            compiled: bool = False) -> dict:
     """img/s of one path; source_size is (width, height) of the JPEGs."""
     decode_on_device = path == "gpu_decode"
-    config = AugmentConfig(crop_scale_min=0.08, gpu=path != "pil", gpu_decode=decode_on_device)
+    config = AugmentConfig(crop_scale_min=0.08, gpu=path != "pil", gpu_decode=decode_on_device,
+                           worker_decode_share=worker_decode_share, gpu_compile=compiled)
     # One epoch covers the whole measurement and the clock starts at the first batch, when the workers
     # have just started: the batches queued ahead then are at most one per worker, a small share of
     # a long run (use batches >> workers).
-    warmup = 1
+    warmup = 3 if compiled else 1  # compiled: the first batches compile (and recompile for view 2's branches)
     base = JpegBytes(batch * (batches + warmup), *source_size, decode=not decode_on_device)
-    dataset = (EncodedViews if decode_on_device else SeededViews)(base, pretraining_views(config, size), seed=0)
+    transforms = pretraining_views(config, size)
+    dataset = (EncodedViews(base, transforms, 0, worker_decode_share) if decode_on_device
+               else SeededViews(base, transforms, seed=0))
     sampler = EpochSampler(len(dataset), batch, seed=0)
     probabilities = view_probabilities(config)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
@@ -93,7 +97,7 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
         else:
             views = [v.to(device, non_blocking=True) for v in views]
         if config.gpu:
-            views = augment_views(views, probabilities, seed=index)
+            views = augment_views(views, probabilities, seed=index, compiled=compiled)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if index + 1 == warmup:  # every worker has delivered its first batch
@@ -104,7 +108,59 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
     mean_kib = sum(map(len, base.blobs)) / len(base.blobs) / 1024
     return {"path": path, "device": str(device), "image_size": size, "source_size": list(source_size),
             "source_jpeg_kib": round(mean_kib, 1),
-            "workers": workers, "batch": batch, "img_per_s": images / seconds}
+            "workers": workers, "batch": batch, "worker_decode_share": worker_decode_share,
+            "gpu_compile": compiled, "img_per_s": images / seconds}
+
+
+def _seconds(function, device: torch.device, repeats: int) -> float:
+    function()  # warm-up (and compilation)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def stage_costs(size: int, batch: int, device: torch.device, source_size: tuple[int, int] = (500, 375),
+                repeats: int = 5) -> dict:
+    """Where the pipeline's time goes: each stage timed alone, as img/s one worker (CPU stages, per
+    process) or the main process (device stages) could sustain."""
+    blobs = jpeg_pool(*source_size)[:batch]
+    images = [Image.open(io.BytesIO(blob)).convert("RGB") for blob in blobs]
+    encoded = [read_encoded(blob) for blob in blobs]
+    pil_views = pretraining_views(AugmentConfig(), size)
+    crop_views = pretraining_views(AugmentConfig(gpu=True), size)
+    box_views = pretraining_views(AugmentConfig(gpu=True, gpu_decode=True), size)
+    cpu = torch.device("cpu")
+    per_image = {
+        "worker_pil_decode": lambda: [Image.open(io.BytesIO(blob)).convert("RGB") for blob in blobs],
+        "worker_pil_table10_two_views": lambda: [[view(image) for view in pil_views] for image in images],
+        "worker_pil_crop_flip_two_views": lambda: [[view(image) for view in crop_views] for image in images],
+        "worker_header_and_boxes": lambda: [[view(read_encoded(blob)) for view in box_views] for blob in blobs],
+    }
+    result = {name: len(blobs) / _seconds(function, cpu, 1) for name, function in per_image.items()}
+    payloads = [item.data for item in encoded]
+    boxes = torch.stack([torch.stack([view(item) for view in box_views]) for item in encoded])
+    decoded = decode_images(payloads, device)
+    uint8_views = decode_views(payloads, boxes, [size, size], device)
+    probabilities = view_probabilities(AugmentConfig())
+    device_stages = {
+        "device_jpeg_decode": lambda: decode_images(payloads, device),
+        "device_crop_resize_two_views": lambda: _crop_decoded(decoded, boxes, size),
+        "device_colour_two_views": lambda: augment_views(uint8_views, probabilities, seed=0),
+        "device_colour_two_views_compiled": lambda: augment_views(uint8_views, probabilities, seed=0, compiled=True),
+    }
+    for name, function in device_stages.items():
+        result[name] = len(blobs) / _seconds(function, device, repeats)
+    return {"unit": "img/s of one process", "batch": len(blobs), **result}
+
+
+def _crop_decoded(decoded: list[torch.Tensor], boxes: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """decode_views without the decoding (pixels already on the device)."""
+    return decode_views(decoded, boxes, [size, size], decoded[0].device)
 
 
 def main() -> None:
@@ -115,12 +171,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=150, help="timed batches (keep >> workers)")
     parser.add_argument("--source-size", default="500x375", help="WIDTHxHEIGHT of the source JPEGs")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated from {', '.join(PATHS)}")
+    parser.add_argument("--worker-decode-shares", default="0", help="gpu_decode: comma-separated shares of the "
+                        "images decoded by the workers, one measurement each")
+    parser.add_argument("--gpu-compile", action="store_true", help="torch.compile the device colour augmentations")
+    parser.add_argument("--stages", action="store_true", help="also time each stage alone (where the time goes)")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source_size = tuple(int(side) for side in arguments.source_size.lower().split("x"))
-    results = [measure(path, arguments.size, arguments.workers, arguments.batch, arguments.batches, device, source_size)
-               for path in arguments.paths.replace(",", " ").split()]
+    shares = [float(share) for share in arguments.worker_decode_shares.replace(",", " ").split()]
+    results = [measure(path, arguments.size, arguments.workers, arguments.batch, arguments.batches, device, source_size,
+                       share, arguments.gpu_compile and path != "pil")
+               for path in arguments.paths.replace(",", " ").split()
+               for share in (shares if path == "gpu_decode" else [0.0])]
+    if arguments.stages:
+        results.append({"path": "stages", **stage_costs(arguments.size, arguments.batch, device, source_size)})
     for result in results:
         print(json.dumps(result), flush=True)
     if arguments.output:

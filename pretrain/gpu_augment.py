@@ -11,6 +11,7 @@ the blur is a true Gaussian where PIL approximates one with box filters (tests b
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -142,9 +143,19 @@ def augment(images: torch.Tensor, parameters: ViewParameters, normalize: bool = 
     return (result - mean) / std
 
 
-def augment_views(views: list[torch.Tensor], probabilities: list[tuple[float, float]], seed: int) -> list[torch.Tensor]:
+@functools.cache
+def _compiled_augment():
+    # Fuses the many elementwise passes of the colour operations (they are memory-bound) into a few
+    # kernels; the data-dependent blur branch is a graph break.
+    return torch.compile(augment, dynamic=False)
+
+
+def augment_views(views: list[torch.Tensor], probabilities: list[tuple[float, float]], seed: int,
+                  compiled: bool = False) -> list[torch.Tensor]:
     """uint8 views on the device -> augmented, normalised float views; parameters drawn on the
-    device from a generator seeded with `seed` (derived from seed, step and rank by the caller)."""
+    device from a generator seeded with `seed` (derived from seed, step and rank by the caller).
+    `compiled`: run `augment` through torch.compile (same operations, fused)."""
     generator = torch.Generator(device=views[0].device).manual_seed(seed)
-    return [augment(view, sample_parameters(view.shape[0], blur, solarize, generator))
+    function = _compiled_augment() if compiled else augment
+    return [function(view, sample_parameters(view.shape[0], blur, solarize, generator))
             for view, (blur, solarize) in zip(views, probabilities)]

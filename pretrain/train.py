@@ -149,7 +149,7 @@ def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch
     device = views[0].device
     if config.augment.gpu:  # the loader sent cropped, flipped uint8 views: colour, blur and solarize here
         views = augment_views(list(views), view_probabilities(config.augment),
-                              derive_seed(config.run.seed, "gpu-augment", step, rank))
+                              derive_seed(config.run.seed, "gpu-augment", step, rank), config.augment.gpu_compile)
     lr, wd = set_schedules(optimizer, config.optim, step, steps_per_epoch)
     model.update_momentum(momentum_at(config.optim, step, steps_per_epoch))  # before the forward pass
     # Drop path draws from the global generator: seed it per step so resuming repeats it.
@@ -260,8 +260,9 @@ def main(config: PretrainConfig) -> dict:
     optimizer = build_optimizer(model, config.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
-    views_class = EncodedViews if config.augment.gpu_decode else SeededViews
-    dataset = views_class(base_dataset, pretraining_views(config.augment, config.model.image_size), seed)
+    view_transforms = pretraining_views(config.augment, config.model.image_size)
+    dataset = (EncodedViews(base_dataset, view_transforms, seed, config.augment.worker_decode_share)
+               if config.augment.gpu_decode else SeededViews(base_dataset, view_transforms, seed))
     output_sizes = [size for size, _ in view_sizes(config.augment, config.model.image_size)]
     sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
     steps_per_epoch = sampler.batches_per_epoch

@@ -107,3 +107,21 @@ def test_workers_send_jpeg_bytes_and_decode_everything_else(tmp_path):
         assert not pixels.is_jpeg and tuple(pixels.data.shape) == (3, 10, 20)
     with pytest.raises(OSError):  # cut short: no end-of-image marker, so PIL decodes it here and fails
         read_encoded(truncated.getvalue()[:300])
+
+
+def test_worker_decoded_share_gives_the_same_views():
+    """Images the workers decode (worker_decode_share) travel as pixels and end up identical on the CPU."""
+    rng = np.random.default_rng(4)
+    blobs = []
+    for index in range(5):
+        buffer = io.BytesIO()
+        _photo(rng, 80 + 9 * index, 60).save(buffer, format="JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+    transforms = pretraining_views(AugmentConfig(gpu=True, gpu_decode=True), 32)
+    outputs = []
+    for share in (0.0, 1.0):
+        dataset = EncodedViews(_JpegFiles(blobs, decode=False), transforms, seed=0, worker_decode_share=share)
+        (payloads, boxes), _ = collate_encoded([dataset[(index, 0)] for index in range(5)])
+        assert all(payload.ndim == (1 if share == 0 else 3) for payload in payloads)
+        outputs.append(decode_views(payloads, boxes, [32, 32], torch.device("cpu")))
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
