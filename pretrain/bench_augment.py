@@ -93,7 +93,7 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
     images, started = 0, None
     for index, (views, _) in enumerate(loader):
         if decode_on_device:
-            views = decode_views(*views, [size, size], device)
+            views = decode_views(views.payloads(), views.boxes, [size, size], device)
         else:
             views = [v.to(device, non_blocking=True) for v in views]
         if config.gpu:

@@ -12,6 +12,8 @@ The colour augmentations then follow as in `augment.gpu` (pretrain/gpu_augment.p
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -64,11 +66,37 @@ class EncodedViews(SeededViews):
         return (payload, boxes), label
 
 
-def collate_encoded(samples: list) -> tuple[tuple[list[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """DataLoader collate for EncodedViews: payloads stay a list (their sizes differ)."""
+@dataclass
+class EncodedBatch:
+    """A collated EncodedViews batch: every payload in one flat uint8 tensor, so a batch crosses from
+    a worker in one shared-memory segment (not one per image) and is pinned in one copy.
+
+    flat: (total bytes,) uint8; shapes: (B, 3) int64, (N, 0, 0) for N JPEG bytes, (3, H, W) for
+    pixels; boxes: (B, V, 5) int64.
+    """
+
+    flat: torch.Tensor
+    shapes: torch.Tensor
+    boxes: torch.Tensor
+
+    def payloads(self) -> list[torch.Tensor]:
+        """The per-image payloads, as views into `flat`."""
+        shapes = self.shapes.tolist()
+        sizes = [shape[0] if shape[1] == 0 else shape[0] * shape[1] * shape[2] for shape in shapes]
+        pieces = self.flat.split(sizes)
+        return [piece if shape[1] == 0 else piece.view(*shape) for piece, shape in zip(pieces, shapes)]
+
+    def pin_memory(self) -> "EncodedBatch":  # called by DataLoader(pin_memory=True)
+        return EncodedBatch(self.flat.pin_memory(), self.shapes, self.boxes.pin_memory())
+
+
+def collate_encoded(samples: list) -> tuple[EncodedBatch, torch.Tensor]:
+    """DataLoader collate for EncodedViews -> (EncodedBatch, labels (B,))."""
     payloads = [payload for (payload, _), _ in samples]
+    shapes = torch.tensor([list(payload.shape) if payload.ndim == 3 else [payload.numel(), 0, 0] for payload in payloads])
+    flat = torch.cat([payload.reshape(-1) for payload in payloads])
     boxes = torch.stack([boxes for (_, boxes), _ in samples])
-    return (payloads, boxes), torch.tensor([label for _, label in samples])
+    return EncodedBatch(flat, shapes, boxes), torch.tensor([label for _, label in samples])
 
 
 def _decode_one(payload: torch.Tensor, device: torch.device) -> torch.Tensor:

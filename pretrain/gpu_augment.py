@@ -128,12 +128,16 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.view(batch, channels, height, width)
 
 
-def augment(images: torch.Tensor, parameters: ViewParameters, normalize: bool = True) -> torch.Tensor:
-    """images: (B, 3, H, W) uint8 (or float in [0, 1]) -> (B, 3, H, W) float32, normalised."""
+def augment(images: torch.Tensor, parameters: ViewParameters, normalize: bool = True,
+            may_blur: bool = True) -> torch.Tensor:
+    """images: (B, 3, H, W) uint8 (or float in [0, 1]) -> (B, 3, H, W) float32, normalised.
+
+    may_blur: False when the view's blur probability is 0, so the blur is skipped without asking
+    the device whether any image drew it (a host synchronisation)."""
     result = images.float() / 255 if images.dtype == torch.uint8 else images.float()
     result = _colour_jitter(result, parameters)
     result = torch.where(parameters.grayscale.view(-1, 1, 1, 1), _gray(result).expand_as(result), result)
-    if parameters.blur.any():
+    if may_blur:
         result = torch.where(parameters.blur.view(-1, 1, 1, 1), _gaussian_blur(result, parameters.sigma), result)
     result = torch.where(parameters.solarize.view(-1, 1, 1, 1) & (result >= 128 / 255), 1.0 - result, result)
     if not normalize:
@@ -146,7 +150,7 @@ def augment(images: torch.Tensor, parameters: ViewParameters, normalize: bool = 
 @functools.cache
 def _compiled_augment():
     # Fuses the many elementwise passes of the colour operations (they are memory-bound) into a few
-    # kernels; the data-dependent blur branch is a graph break.
+    # kernels.
     return torch.compile(augment, dynamic=False)
 
 
@@ -157,5 +161,5 @@ def augment_views(views: list[torch.Tensor], probabilities: list[tuple[float, fl
     `compiled`: run `augment` through torch.compile (same operations, fused)."""
     generator = torch.Generator(device=views[0].device).manual_seed(seed)
     function = _compiled_augment() if compiled else augment
-    return [function(view, sample_parameters(view.shape[0], blur, solarize, generator))
+    return [function(view, sample_parameters(view.shape[0], blur, solarize, generator), may_blur=blur > 0)
             for view, (blur, solarize) in zip(views, probabilities)]

@@ -315,7 +315,7 @@ def main(config: PretrainConfig) -> dict:
                             drop_last=True, collate_fn=collate_encoded if config.augment.gpu_decode else None)
         for views, _ in loader:
             if config.augment.gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
-                views = decode_views(*views, output_sizes, device)
+                views = decode_views(views.payloads(), views.boxes, output_sizes, device)
             else:
                 views = [v.to(device, non_blocking=True) for v in views]
             loss, metrics, lr, wd, skipped = training_step(model, query_model, optimizer, scaler, views, config,

@@ -74,7 +74,8 @@ def test_device_decoded_views_equal_the_cpu_crop_path():
     cpu = SeededViews(_JpegFiles(blobs, decode=True), pretraining_views(cpu_config, 48), seed=3)
     device = EncodedViews(_JpegFiles(blobs, decode=False), pretraining_views(device_config, 48), seed=3)
     keys = [(index, 2) for index in range(len(blobs))]
-    (payloads, boxes), labels = collate_encoded([device[key] for key in keys])
+    batch, labels = collate_encoded([device[key] for key in keys])
+    payloads, boxes = batch.payloads(), batch.boxes
     assert all(payload.ndim == 1 for payload in payloads) and labels.tolist() == list(range(6))
     views = decode_views(payloads, boxes, [48, 48, 24], torch.device("cpu"))
     assert [tuple(v.shape) for v in views] == [(6, 3, 48, 48)] * 2 + [(6, 3, 24, 24)] and views[0].dtype == torch.uint8
@@ -121,7 +122,8 @@ def test_worker_decoded_share_gives_the_same_views():
     outputs = []
     for share in (0.0, 1.0):
         dataset = EncodedViews(_JpegFiles(blobs, decode=False), transforms, seed=0, worker_decode_share=share)
-        (payloads, boxes), _ = collate_encoded([dataset[(index, 0)] for index in range(5)])
+        batch, _ = collate_encoded([dataset[(index, 0)] for index in range(5)])
+        payloads, boxes = batch.payloads(), batch.boxes
         assert all(payload.ndim == (1 if share == 0 else 3) for payload in payloads)
         outputs.append(decode_views(payloads, boxes, [32, 32], torch.device("cpu")))
     assert all(torch.equal(a, b) for a, b in zip(*outputs))
