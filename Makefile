@@ -93,10 +93,14 @@ evaluate: knn linear finetune
 bench-knn: setup
 	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
 
-# Pretraining step (s/step, img/s, MFU, peak memory, encoder-only bound) and kNN, as JSON in runs/bench/.
+# Pretraining step (s/step, img/s, MFU, peak memory, encoder-only bound, kernel profile), input
+# pipeline (PIL, GPU colour, device decode, and each stage alone) and kNN, as JSON in runs/bench/.
+# On a GPU: the issue's configs (one process each); on a CPU: tiny smoke sizes.
+, := ,
+HAS_CUDA = $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 bench: setup
-	$(PY) -m pretrain.bench --output $(OUTPUT_ROOT)/bench/pretrain.json
-	$(PY) -m pretrain.bench_augment $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--size 64 --batch 32 --batches 4) --output $(OUTPUT_ROOT)/bench/augment.json
+	$(PY) -m pretrain.bench --variants $(if $(filter 1,$(HAS_CUDA)),baseline$(,)batched$(,)compiled,baseline$(,)batched) --profile 3 --output $(OUTPUT_ROOT)/bench/pretrain.json
+	$(PY) -m pretrain.bench_augment --stages $(if $(filter 1,$(HAS_CUDA)),--gpu-compile,--size 64 --batch 32 --batches 4 --source-size 120x90) --output $(OUTPUT_ROOT)/bench/augment.json
 	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json
 
 clean:

@@ -2,7 +2,11 @@
 and, measured in the same run, the plain timm encoder-only bound batch / (2 x fwd+bwd + 3 x fwd).
 
     python -m pretrain.bench                        # the GPU configs on a GPU, a tiny one on CPU
-    python -m pretrain.bench --configs vit_s16_224 --steps 30 --output runs/bench/pretrain.json
+    python -m pretrain.bench --configs vit_s16_224 --variants batched,compiled --profile 3 --output runs/bench/pretrain.json
+
+Variants (VARIANTS): baseline (one encoder call per view, eager), batched (views batched, eager),
+compiled (batched + torch.compile: the preset default), compiled_cudagraphs, checkpointed.
+`--profile N` adds a kernel-level profile of N steps per result (pretrain/step_profile.py).
 
 Synthetic input already on the device: this measures the step, not the input pipeline. The step is
 `pretrain.train.training_step`, the same function the training loop runs (two views, m = 2).
@@ -11,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +52,11 @@ CONFIGS = {
 GPU_DEFAULT = ("vit_s16_224", "vit_s2_32", "vit_t2_32", "vit_b16_224", "vit_b2_32")
 # Each speed switch of ModelConfig, measured against the one-call-per-view baseline in the same run.
 VARIANTS = {
-    "baseline": ["model.batch_views=false"],
-    "batched": ["model.batch_views=true"],
+    "baseline": ["model.batch_views=false", "model.compile=false"],
+    "batched": ["model.batch_views=true", "model.compile=false"],
     "compiled": ["model.batch_views=true", "model.compile=true"],
     "compiled_cudagraphs": ["model.batch_views=true", "model.compile=true", "model.compile_mode=reduce-overhead"],
-    "checkpointed": ["model.batch_views=true", "model.grad_checkpointing=true"],
+    "checkpointed": ["model.batch_views=true", "model.compile=false", "model.grad_checkpointing=true"],
 }
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core peaks
 
@@ -145,7 +152,9 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int, varia
     torch._dynamo.reset()  # each config compiles afresh: no cache entries or recompile budget carried over
     torch._dynamo.utils.counters.clear()
     config = apply_overrides(preset(spec.preset), [
+        # The step alone: synthetic views already on the device, so no augmentation inside the step.
         f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
+        "augment.gpu=false", "augment.gpu_decode=false",
         f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
     measured = _measure_step(config, spec.batch, device, warmup, steps, profiled_steps)  # frees its model on return
     if device.type == "cuda":
@@ -178,6 +187,8 @@ def main() -> None:
                         help=f"comma-separated from {', '.join(VARIANTS)} (each config x each variant)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile this many steps per result: kernel time by category, top kernels")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure every config in this process (default: a fresh process per config)")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,12 +198,23 @@ def main() -> None:
     steps = arguments.steps or (20 if device.type == "cuda" else 3)
     variants = arguments.variants.replace(",", " ").split()
     results = []
-    for name in names:
-        for index, variant in enumerate(variants):
-            # The plain-timm bound is measured once per config, with its first variant.
-            results.append(bench_config(name, device, warmup, steps, variant, with_bound=index == 0,
-                                        profiled_steps=arguments.profile))
-            print(json.dumps(results[-1]), flush=True)
+    if len(names) > 1 and not arguments.in_process:
+        # A fresh process per config: compiled code, dynamo's caches and the allocator's state of one
+        # config never touch the next one's numbers.
+        for name in names:
+            with tempfile.TemporaryDirectory() as folder:
+                output = Path(folder) / "result.json"
+                subprocess.run([sys.executable, "-m", "pretrain.bench", "--configs", name,
+                                "--variants", ",".join(variants), "--warmup", str(warmup), "--steps", str(steps),
+                                "--profile", str(arguments.profile), "--output", str(output)], check=True)
+                results += json.loads(output.read_text())["results"]
+    else:
+        for name in names:
+            for index, variant in enumerate(variants):
+                # The plain-timm bound is measured once per config, with its first variant.
+                results.append(bench_config(name, device, warmup, steps, variant, with_bound=index == 0,
+                                            profiled_steps=arguments.profile))
+                print(json.dumps(results[-1]), flush=True)
     report = {"benchmark": "pretrain_step", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "results": results}
     if arguments.output:
