@@ -20,9 +20,9 @@ from torch.profiler import ProfilerActivity, profile
 CATEGORIES: list[tuple[str, re.Pattern]] = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in (
     ("communication", r"nccl"),
     ("attention", r"flash|fmha|attention|sdpa|scaled_dot_product|_efficient_attention|cudnn.*mha"),
-    ("matmul", r"gemm|matmul|cutlass|xmma|nvjet|cublas|aten::(mm|addmm|bmm|linear)\b|wgmma"),
     ("compiled_fused", r"^triton|triton_"),
-    ("convolution", r"conv(olution|_|2d)|implicit_convolve|cudnn|winograd"),
+    ("convolution", r"conv(olution|_|2d)|implicit_convolve|cudnn|winograd"),  # cuDNN's conv kernels say sgemm too
+    ("matmul", r"gemm|matmul|cutlass|xmma|nvjet|cublas|aten::(mm|addmm|bmm|linear)\b|wgmma"),
     ("optimizer_and_ema", r"adam|multi_tensor|foreach|lerp"),
     ("normalization", r"layer_norm|layernorm|batch_norm|batchnorm|welford"),
     ("memory", r"memcpy|memset|copy_|aten::(copy_|to|_to_copy|cat|clone|contiguous)"),

@@ -45,8 +45,21 @@ def test_kernel_names_fall_into_their_categories():
     assert category_of("triton_per_fused_add_native_layer_norm_3") == "compiled_fused"
     assert category_of("triton_poi_fused__to_copy_convert_element_type_7") == "compiled_fused"
     assert category_of("void cudnn::cnn::conv2d_grouped_direct_kernel<float>") == "convolution"
+    assert category_of("void implicit_convolve_sgemm<__nv_bfloat16, __nv_bfloat16, 128, 5, 5>") == "convolution"
     assert category_of("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>") \
         == "normalization"
     assert category_of("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer_and_ema"
     assert category_of("Memcpy HtoD (Pageable -> Device)") == "memory"
     assert category_of("ncclDevKernel_AllGather_RING_LL") == "communication"
+
+
+def test_bench_measures_each_config_in_its_own_process(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    output = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "-m", "pretrain.bench", "--configs", "debug,debug", "--variants", "batched",
+                    "--warmup", "1", "--steps", "1", "--output", str(output)], check=True, capture_output=True)
+    results = json.loads(output.read_text())["results"]
+    assert [r["config"] for r in results] == ["debug", "debug"] and all(r["compiled_graphs"] == 0 for r in results)
