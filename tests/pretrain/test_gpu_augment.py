@@ -120,3 +120,16 @@ def test_training_with_the_batched_augmentation_lowers_the_loss(debug_config):
     run_dir = Path(main(config)["run_dir"])
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert np.mean(losses[-8:]) < np.mean(losses[:8]) - 0.2
+
+
+@pytest.mark.slow
+def test_compiled_augmentation_equals_the_eager_one():
+    """augment.gpu_compile fuses the colour operations; the outputs stay those of the eager code."""
+    from pretrain.gpu_augment import augment_views
+
+    views = [torch.randint(0, 256, (6, 3, 24, 24), dtype=torch.uint8) for _ in range(2)]
+    probabilities = [(1.0, 0.0), (0.1, 0.2)]
+    eager = augment_views(views, probabilities, seed=5)
+    compiled = augment_views(views, probabilities, seed=5, compiled=True)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
