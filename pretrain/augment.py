@@ -26,9 +26,6 @@ class AugmentConfig:
     # With gpu: the workers only read files and draw crop boxes; JPEG decoding (nvJPEG), crop, resize
     # and flip run on the device too (pretrain/device_decode.py).
     gpu_decode: bool = False
-    # With gpu_decode: this share of the images is still decoded by the workers (libjpeg-turbo), in
-    # parallel with the device decoder, to balance CPU cores against it.
-    worker_decode_share: float = 0.0
     # With gpu: torch.compile the batched colour augmentations (fuses their memory-bound passes).
     gpu_compile: bool = False
 
@@ -39,8 +36,6 @@ class AugmentConfig:
                 raise ConfigError(f"{what}_min/max must satisfy 0 < min <= max <= 1, got {low}, {high}")
         if self.num_local_crops < 0:
             raise ConfigError("num_local_crops must be >= 0")
-        if not 0.0 <= self.worker_decode_share <= 1.0:
-            raise ConfigError(f"worker_decode_share must be in [0, 1], got {self.worker_decode_share}")
         if self.gpu_decode and not self.gpu:
             raise ConfigError("augment.gpu_decode=true needs augment.gpu=true (the colour augmentations "
                               "then run on the device too)")

@@ -72,20 +72,17 @@ class JpegBytes(Dataset):
 
 
 def measure(path: str, size: int, workers: int, batch: int, batches: int, device: torch.device,
-            source_size: tuple[int, int] = (500, 375), worker_decode_share: float = 0.0,
-            compiled: bool = False) -> dict:
+            source_size: tuple[int, int] = (500, 375), compiled: bool = False) -> dict:
     """img/s of one path; source_size is (width, height) of the JPEGs."""
     decode_on_device = path == "gpu_decode"
-    config = AugmentConfig(crop_scale_min=0.08, gpu=path != "pil", gpu_decode=decode_on_device,
-                           worker_decode_share=worker_decode_share, gpu_compile=compiled)
+    config = AugmentConfig(crop_scale_min=0.08, gpu=path != "pil", gpu_decode=decode_on_device, gpu_compile=compiled)
     # One epoch covers the whole measurement and the clock starts at the first batch, when the workers
     # have just started: the batches queued ahead then are at most one per worker, a small share of
     # a long run (use batches >> workers).
     warmup = 3 if compiled else 1  # compiled: the first batches compile (and recompile for view 2's branches)
     base = JpegBytes(batch * (batches + warmup), *source_size, decode=not decode_on_device)
     transforms = pretraining_views(config, size)
-    dataset = (EncodedViews(base, transforms, 0, worker_decode_share) if decode_on_device
-               else SeededViews(base, transforms, seed=0))
+    dataset = (EncodedViews if decode_on_device else SeededViews)(base, transforms, seed=0)
     sampler = EpochSampler(len(dataset), batch, seed=0)
     probabilities = view_probabilities(config)
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
@@ -108,8 +105,7 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
     mean_kib = sum(map(len, base.blobs)) / len(base.blobs) / 1024
     return {"path": path, "device": str(device), "image_size": size, "source_size": list(source_size),
             "source_jpeg_kib": round(mean_kib, 1),
-            "workers": workers, "batch": batch, "worker_decode_share": worker_decode_share,
-            "gpu_compile": compiled, "img_per_s": images / seconds}
+            "workers": workers, "batch": batch, "gpu_compile": compiled, "img_per_s": images / seconds}
 
 
 def _seconds(function, device: torch.device, repeats: int) -> float:
@@ -171,19 +167,15 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=150, help="timed batches (keep >> workers)")
     parser.add_argument("--source-size", default="500x375", help="WIDTHxHEIGHT of the source JPEGs")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated from {', '.join(PATHS)}")
-    parser.add_argument("--worker-decode-shares", default="0", help="gpu_decode: comma-separated shares of the "
-                        "images decoded by the workers, one measurement each")
     parser.add_argument("--gpu-compile", action="store_true", help="torch.compile the device colour augmentations")
     parser.add_argument("--stages", action="store_true", help="also time each stage alone (where the time goes)")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     source_size = tuple(int(side) for side in arguments.source_size.lower().split("x"))
-    shares = [float(share) for share in arguments.worker_decode_shares.replace(",", " ").split()]
     results = [measure(path, arguments.size, arguments.workers, arguments.batch, arguments.batches, device, source_size,
-                       share, arguments.gpu_compile and path != "pil")
-               for path in arguments.paths.replace(",", " ").split()
-               for share in (shares if path == "gpu_decode" else [0.0])]
+                       arguments.gpu_compile and path != "pil")
+               for path in arguments.paths.replace(",", " ").split()]
     if arguments.stages:
         results.append({"path": "stages", **stage_costs(arguments.size, arguments.batch, device, source_size)})
     for result in results:

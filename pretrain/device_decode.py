@@ -46,24 +46,12 @@ class CropBox:
 
 class EncodedViews(SeededViews):
     """(index, epoch) -> ((image payload, crop boxes (V, 5)), label); the payload is an
-    EncodedImage's data (JPEG bytes or pixels). Same seeding as SeededViews.
-
-    worker_decode_share: images whose index falls in this share (index mod 1000) are decoded here,
-    on the worker's CPU, and travel as pixels; the device decodes the others.
-    """
-
-    def __init__(self, base, view_transforms, seed: int, worker_decode_share: float = 0.0):
-        super().__init__(base, view_transforms, seed)
-        self.worker_decode_per_mille = round(1000 * worker_decode_share)
+    EncodedImage's data (JPEG bytes or pixels). Same seeding as SeededViews."""
 
     def __getitem__(self, key: tuple[int, int]):
         image, label = self.base[key[0]]
         encoded = pixels_of(image) if isinstance(image, Image.Image) else image
-        boxes = torch.stack(self.draw_views(encoded, key))
-        payload = encoded.data
-        if encoded.is_jpeg and key[0] % 1000 < self.worker_decode_per_mille:
-            payload = decode_jpeg(payload, mode=ImageReadMode.RGB)
-        return (payload, boxes), label
+        return (encoded.data, torch.stack(self.draw_views(encoded, key))), label
 
 
 @dataclass

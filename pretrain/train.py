@@ -261,8 +261,8 @@ def main(config: PretrainConfig) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
 
     view_transforms = pretraining_views(config.augment, config.model.image_size)
-    dataset = (EncodedViews(base_dataset, view_transforms, seed, config.augment.worker_decode_share)
-               if config.augment.gpu_decode else SeededViews(base_dataset, view_transforms, seed))
+    views_class = EncodedViews if config.augment.gpu_decode else SeededViews
+    dataset = views_class(base_dataset, view_transforms, seed)
     output_sizes = [size for size, _ in view_sizes(config.augment, config.model.image_size)]
     sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
     steps_per_epoch = sampler.batches_per_epoch

@@ -110,20 +110,32 @@ def test_workers_send_jpeg_bytes_and_decode_everything_else(tmp_path):
         read_encoded(truncated.getvalue()[:300])
 
 
-def test_worker_decoded_share_gives_the_same_views():
-    """Images the workers decode (worker_decode_share) travel as pixels and end up identical on the CPU."""
+def test_pixel_payloads_travel_with_jpeg_ones_and_give_the_same_views():
+    """PNG/CMYK files and in-memory datasets reach the device as pixels inside the same flat batch;
+    decoded by the same CPU decoder, a JPEG and its pixels give identical views."""
+    from torchvision.io import decode_jpeg
+
+    from common.encoded_images import EncodedImage
+
     rng = np.random.default_rng(4)
     blobs = []
     for index in range(5):
         buffer = io.BytesIO()
         _photo(rng, 80 + 9 * index, 60).save(buffer, format="JPEG", quality=90)
         blobs.append(buffer.getvalue())
+
+    class Mixed(_JpegFiles):  # odd indices arrive as pixels
+        def __getitem__(self, index: int):
+            encoded = read_encoded(self.blobs[index])
+            if index % 2:
+                encoded = EncodedImage(decode_jpeg(encoded.data), encoded.height, encoded.width)
+            return encoded, index
+
     transforms = pretraining_views(AugmentConfig(gpu=True, gpu_decode=True), 32)
     outputs = []
-    for share in (0.0, 1.0):
-        dataset = EncodedViews(_JpegFiles(blobs, decode=False), transforms, seed=0, worker_decode_share=share)
-        batch, _ = collate_encoded([dataset[(index, 0)] for index in range(5)])
-        payloads, boxes = batch.payloads(), batch.boxes
-        assert all(payload.ndim == (1 if share == 0 else 3) for payload in payloads)
-        outputs.append(decode_views(payloads, boxes, [32, 32], torch.device("cpu")))
+    for base in (_JpegFiles(blobs, decode=False), Mixed(blobs, decode=False)):
+        batch, _ = collate_encoded([EncodedViews(base, transforms, seed=0)[(index, 0)] for index in range(5)])
+        payloads = batch.payloads()
+        assert [p.ndim for p in payloads] == ([1] * 5 if type(base) is _JpegFiles else [1, 3, 1, 3, 1])
+        outputs.append(decode_views(payloads, batch.boxes, [32, 32], torch.device("cpu")))
     assert all(torch.equal(a, b) for a, b in zip(*outputs))
