@@ -156,7 +156,8 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.T
 def _groups(images: list[torch.Tensor]) -> list[list[int]]:
     """Indices batched together: all images up to PADDED_PIXELS in one padded group, larger ones alone."""
     small = [i for i, image in enumerate(images) if image.shape[1] * image.shape[2] <= PADDED_PIXELS]
-    return ([small] if small else []) + [[i] for i in range(len(images)) if i not in set(small)]
+    large = sorted(set(range(len(images))) - set(small))
+    return ([small] if small else []) + [[i] for i in large]
 
 
 def decode_views(payloads: list[torch.Tensor], boxes: torch.Tensor, sizes: list[int],
