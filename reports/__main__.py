@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from reports.collect import collect, load_reference
+from reports.collect import collect, load_reference, split_superseded
 from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
 from reports.tables import InconsistentResults, plan_report, row_results
 from slurm.plans import ALIASES, PLANS, build_plan
@@ -46,14 +46,14 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
 
 def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
                   seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ()) -> list[Path]:
-    results = collect(output_root)
+    results, superseded = split_superseded(collect(output_root))
     reference = load_reference()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
         plan = build_plan(name, flavour, seeds, datasets if name not in ("table2", "table4", "demo", "smoke") else ())
         rows = row_results(plan, results, reference)
-        text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out))
+        text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out), superseded)
         path = out / f"{plan.name}.md"
         path.write_text(text)
         written.append(path)

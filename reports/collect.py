@@ -20,7 +20,7 @@ def _flatten(record: dict, path: Path) -> dict:
     row = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
     row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
     row.update({"git_commit": provenance.get("git_commit", "unknown"), "git_dirty": provenance.get("git_dirty", False),
-                "result_path": str(path), "run_dir": str(path.parent)})
+                "result_path": str(path), "run_dir": str(path.parent), "completed": path.stat().st_mtime})
     for key, value in record.items():  # curves and histograms for the plots
         if isinstance(value, list) and (key == "loss_curve" or key.startswith("similarity_")):
             row[key] = value
@@ -36,3 +36,14 @@ def collect(output_root: Path) -> pd.DataFrame:
         except json.JSONDecodeError:
             continue  # result.json is written atomically; a broken one is not ours to report
     return pd.DataFrame(rows)
+
+
+def split_superseded(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(current, superseded): per experiment (a plan stage, seed included) the newest completed result
+    is current; older ones -- the same stage run before under another config or code version, which
+    lands in another run directory -- are superseded and must not be averaged with the current ones."""
+    if results.empty or "experiment" not in results:
+        return results, results.iloc[0:0]
+    newest_first = results.sort_values("completed", ascending=False, kind="stable")
+    older = newest_first.duplicated(subset="experiment", keep="first")
+    return newest_first[~older].sort_index(), newest_first[older].sort_index()

@@ -141,7 +141,7 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
 
 
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flavour: str,
-                figures: list[str] = ()) -> str:
+                figures: list[str] = (), superseded: pd.DataFrame | None = None) -> str:
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
@@ -151,6 +151,14 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flav
              markdown_table(rows)]
     for figure in figures:
         parts += ["", f"![{figure}]({figure})"]
+    keys = {stage.key for stage in plan.stages}
+    if superseded is not None and not superseded.empty and "experiment" in superseded:
+        old = superseded[superseded.experiment.isin(keys)]
+        if not old.empty:
+            parts += ["", f"Left out: {len(old)} older result(s) of the same stages, superseded by newer runs "
+                          "(another config or code version):", ""]
+            parts += [f"- `{record.experiment}`: {record.run_dir} (commit {str(record.get('git_commit', 'unknown'))[:10]})"
+                      for _, record in old.iterrows()]
     reference_rows = reference_table(reference, [r.row for r in rows], plan.name)
     if reference_rows:
         parts += ["", "## The paper's numbers for all methods (reference)", "", reference_rows]

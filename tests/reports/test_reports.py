@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ GOLDEN = Path(__file__).parent / "golden_table6_cifar100.md"
 
 
 def write_result(root: Path, experiment: str, protocol: str, metrics: dict, seed: int, commit: str = "abc1234def",
-                 experiment_hash: str = "e1", incomplete: bool = False) -> None:
-    run_dir = root / experiment.replace("/", "_")
+                 experiment_hash: str = "e1", incomplete: bool = False, completed: float | None = None) -> None:
+    run_dir = root / (experiment.replace("/", "_") + (f"-{experiment_hash}" if completed else ""))
     run_dir.mkdir(parents=True)
     if incomplete:
         (run_dir / "config.yaml").write_text("{}")
@@ -24,6 +25,8 @@ def write_result(root: Path, experiment: str, protocol: str, metrics: dict, seed
               "seed": seed, "config_hash": f"c{seed}", "experiment_hash": experiment_hash,
               "pretrain_experiment_hash": "p1", "provenance": {"git_commit": commit, "git_dirty": False}}
     (run_dir / "result.json").write_text(json.dumps(record))
+    if completed:
+        os.utime(run_dir / "result.json", (completed, completed))
 
 
 def fixed_results(root: Path) -> None:
@@ -66,3 +69,17 @@ def test_mixed_code_versions_are_refused(tmp_path):
     write_result(tmp_path / "runs", "table6/cifar100/m2/seed1/knn", "knn", {"top1_k20": 71.0}, 1, commit="bbbb")
     with pytest.raises(InconsistentResults, match="commit aaaa"):
         write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1), datasets=("cifar100",))
+
+
+def test_older_runs_of_a_stage_are_superseded_not_averaged(tmp_path):
+    """A stage rerun under a new config (new run directory) replaces its older result in the report."""
+    runs = tmp_path / "runs"
+    write_result(runs, "table6/cifar100/m2/seed0/knn", "knn", {"top1_k20": 50.0}, 0, commit="old0000000",
+                 experiment_hash="e0", completed=1_000_000)
+    for seed, value in ((0, 70.0), (1, 72.0)):
+        write_result(runs, f"table6/cifar100/m2/seed{seed}/knn", "knn", {"top1_k20": value}, seed, commit="new0000000",
+                     experiment_hash="e1", completed=2_000_000)
+    (report,) = write_reports(["table6"], runs, tmp_path / "out", seeds=(0, 1), datasets=("cifar100",))
+    text = report.read_text()
+    assert "71.0 ± 1.4" in text and "50.0" not in text.split("Left out")[0]
+    assert "Left out: 1 older result(s)" in text and "old0000000" in text
