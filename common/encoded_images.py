@@ -37,8 +37,8 @@ def _complete_jpeg(data: bytes) -> bool:
 
 def pixels_of(image: Image.Image) -> EncodedImage:
     """A decoded PIL image as an RGB pixel payload."""
-    array = np.asarray(image.convert("RGB"))
-    return EncodedImage(torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), image.height, image.width)
+    pixels = torch.from_numpy(np.array(image.convert("RGB")))  # np.array copies into a writable array
+    return EncodedImage(pixels.permute(2, 0, 1).contiguous(), image.height, image.width)
 
 
 def read_encoded(data: bytes) -> EncodedImage:

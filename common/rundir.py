@@ -59,6 +59,11 @@ def provenance(world_size: int = 1) -> dict[str, Any]:
     }
 
 
+def experiment_hash(config: Any, exclude: tuple[str, ...] = ()) -> str:
+    """The config hash without the seed: the runs of one experiment over several seeds share it."""
+    return config_hash(config, (*exclude, "run.seed"))
+
+
 class RunDirectory:
     """One stage run's folder. Create with `RunDirectory.for_config` (named by name + config hash)."""
 
@@ -73,7 +78,7 @@ class RunDirectory:
     def for_config(cls, output_root: Path, name: str, config: Any,
                    exclude: tuple[str, ...] = ()) -> "RunDirectory":
         digest = config_hash(config, exclude)
-        return cls(Path(output_root) / f"{name}-{digest}", digest, config_hash(config, (*exclude, "run.seed")))
+        return cls(Path(output_root) / f"{name}-{digest}", digest, experiment_hash(config, exclude))
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -15,14 +15,10 @@ from pathlib import Path
 
 import torch
 
+from common.timing import synchronize
 from evaluate.knn import KnnConfig, faiss_available, faiss_has_gpu, knn_accuracy
 
 SIZES = {"imagenet": (1_281_167, 50_000, 384), "small": (100_000, 5_000, 384), "tiny": (5_000, 500, 64)}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_backend(backend: str, bank: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor,
@@ -30,10 +26,10 @@ def time_backend(backend: str, bank: torch.Tensor, labels: torch.Tensor, queries
     knn_accuracy(bank, labels, queries[:256], query_labels[:256], 1000, config, backend)  # warm up
     seconds = []
     for _ in range(repeats):
-        _synchronize(bank.device)
+        synchronize(bank.device)
         start = time.perf_counter()
         knn_accuracy(bank, labels, queries, query_labels, 1000, config, backend)
-        _synchronize(bank.device)
+        synchronize(bank.device)
         seconds.append(time.perf_counter() - start)
     return {"backend": backend, "device": str(bank.device), "seconds_best": min(seconds),
             "seconds_all": seconds, "half_precision": config.half_precision and bank.device.type == "cuda"}

@@ -126,7 +126,8 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
     and the base encoder otherwise (the published ViT-T preset has no momentum encoder);
     `which='random'` builds the run's architecture with fresh weights (no checkpoint needed).
     """
-    from common.config import config_hash, load_yaml
+    from common.config import load_yaml
+    from common.rundir import experiment_hash
     from common.runtime import NON_RESULT_FIELDS
     from pretrain.configs import PretrainConfig  # evaluate depends on pretrain's config, never the reverse
 
@@ -136,7 +137,7 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
     config = load_yaml(run_dir / "config.yaml", PretrainConfig)
     spec = EncoderSpec(config.model.arch, config.model.patch_size, config.model.image_size, config.model.num_heads)
     origin = {"pretrain_run_dir": str(run_dir), "pretrain_preset": config.preset, "seed": config.run.seed,
-              "pretrain_experiment_hash": config_hash(config, (*NON_RESULT_FIELDS, "run.seed")),
+              "pretrain_experiment_hash": experiment_hash(config, NON_RESULT_FIELDS),
               "experiment": config.run.experiment, "encoder": which}
     if which == "random":
         torch.manual_seed(config.run.seed)

@@ -158,17 +158,14 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
 def main(config) -> dict:
     """The kNN protocol on an EvalConfig: features of train and test sets, then one search."""
-    from evaluate.features import features_for
     from evaluate.session import open_session
 
     session = open_session(config)
     if isinstance(session, dict):
         return session
     encoder = session.encoder.build()
-    splits = {split: features_for(encoder, session.encoder.digest, config.data, split, session.image_size,
-                                  config.features, session.device, session.feature_cache)
-              for split in ("train", "test")}
-    (train_features, train_labels), (test_features, test_labels) = splits["train"], splits["test"]
+    (train_features, train_labels), (test_features, test_labels) = (session.features(encoder, split)
+                                                                    for split in ("train", "test"))
     backend = resolve_backend(config.knn.backend, session.device)
     metrics = knn_accuracy(train_features.to(session.device), train_labels, test_features, test_labels,
                            session.num_classes, config.knn, backend)

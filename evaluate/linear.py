@@ -23,7 +23,7 @@ from common.datasets import build_dataset
 from common.runtime import autocast, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
 from common.transforms import NORMALIZE
-from evaluate.features import encode, features_for
+from evaluate.features import encode
 from evaluate.session import EvalSession, open_session
 from pretrain.schedules import cosine
 
@@ -58,8 +58,7 @@ def _feature_batches(session: EvalSession, encoder: nn.Module, batch_per_rank: i
     """(epoch -> iterable of (features, labels)) for the configured training mode, plus steps/epoch."""
     config, device = session.config, session.device
     if not config.linear.augment:
-        features, labels = features_for(encoder, session.encoder.digest, config.data, "train",
-                                        session.image_size, config.features, device, session.feature_cache)
+        features, labels = session.features(encoder, "train")
         sampler = EpochSampler(len(features), batch_per_rank, seed, dist.rank(), dist.world_size())
 
         def epoch_batches(epoch: int):
@@ -127,8 +126,7 @@ def main(config) -> dict:
     encoder = session.encoder.build().to(device).eval()
     for parameter in encoder.parameters():
         parameter.requires_grad_(False)
-    test_features, test_labels = features_for(encoder, session.encoder.digest, config.data, "test",
-                                              session.image_size, config.features, device, session.feature_cache)
+    test_features, test_labels = session.features(encoder, "test")
     width = test_features.shape[1]
     world = dist.world_size()
     if linear.batch_size % world:

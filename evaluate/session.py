@@ -34,6 +34,13 @@ class EvalSession:
             return Path(self.config.source.run_dir) / "feature_cache"
         return self.run_dir.path.parent / "feature_cache"
 
+    def features(self, encoder: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen features (N, D) and labels (N,) of `split` with the evaluation transform, cached."""
+        from evaluate.features import features_for
+
+        return features_for(encoder, self.encoder.digest, self.config.data, split, self.image_size,
+                            self.config.features, self.device, self.feature_cache)
+
     def result(self, metrics: dict, **extra) -> dict:
         """Write result.json (main process) and return the record."""
         record = {"stage": "evaluate", "protocol": self.config.protocol, "preset": self.config.preset,

@@ -70,16 +70,14 @@ def similarity_distribution(train_features: torch.Tensor, train_labels: torch.Te
 
 def main(config) -> dict:
     """The similarity protocol on an EvalConfig (features shared with kNN through the cache)."""
-    from evaluate.features import features_for
     from evaluate.session import open_session
 
     session = open_session(config)
     if isinstance(session, dict):
         return session
     encoder = session.encoder.build()
-    (train_features, train_labels), (test_features, test_labels) = (
-        features_for(encoder, session.encoder.digest, config.data, split, session.image_size, config.features,
-                     session.device, session.feature_cache) for split in ("train", "test"))
+    (train_features, train_labels), (test_features, test_labels) = (session.features(encoder, split)
+                                                                    for split in ("train", "test"))
     output = similarity_distribution(train_features, train_labels, test_features, test_labels, session.num_classes,
                                      config.similarity, config.run.seed)
     metrics = output.pop("metrics")

@@ -18,7 +18,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.config import apply_overrides
 from common.runtime import autocast, resolve_precision
+from common.timing import timed
 from common.vit import build_vit
 from pretrain.configs import preset
 from pretrain.model import PatchMixModel
@@ -61,23 +61,6 @@ VARIANTS = {
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}  # dense tensor-core peaks
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(function, device: torch.device, warmup: int, repeats: int) -> float:
-    """Mean seconds per call after `warmup` calls; one synchronisation at each end."""
-    for _ in range(warmup):
-        function()
-    _synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        function()
-    _synchronize(device)
-    return (time.perf_counter() - start) / repeats
-
-
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -102,8 +85,8 @@ def encoder_bound(config, batch: int, device: torch.device, precision: torch.dty
         with torch.no_grad(), autocast(device, precision):
             model(images)
 
-    seconds_forward_backward = _timed(forward_backward, device, warmup, repeats)
-    seconds_forward = _timed(forward, device, warmup, repeats)
+    seconds_forward_backward = timed(forward_backward, device, warmup, repeats)
+    seconds_forward = timed(forward, device, warmup, repeats)
     bound = batch / (2 * seconds_forward_backward + 3 * seconds_forward)
     return {"encoder_fwd_bwd_ms": 1e3 * seconds_forward_backward, "encoder_fwd_ms": 1e3 * seconds_forward,
             "encoder_bound_img_per_s": bound}
@@ -128,7 +111,7 @@ def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = _timed(step, device, warmup, steps)
+    seconds = timed(step, device, warmup, steps)
     peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     # Graphs dynamo compiled while timing: 0 means the compiled variants ran eagerly.
     compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]

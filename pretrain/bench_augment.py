@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common.sampling import EpochSampler, SeededViews
+from common.timing import synchronize, timed
 from common.encoded_images import read_encoded
 from pretrain.augment import AugmentConfig, pretraining_views, view_probabilities
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_images, decode_views
@@ -95,8 +96,7 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
             views = [v.to(device, non_blocking=True) for v in views]
         if config.gpu:
             views = augment_views(views, probabilities, seed=index, compiled=compiled)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if index + 1 == warmup:  # every worker has delivered its first batch
             started = time.perf_counter()
         elif started is not None:
@@ -106,18 +106,6 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
     return {"path": path, "device": str(device), "image_size": size, "source_size": list(source_size),
             "source_jpeg_kib": round(mean_kib, 1),
             "workers": workers, "batch": batch, "gpu_compile": compiled, "img_per_s": images / seconds}
-
-
-def _seconds(function, device: torch.device, repeats: int) -> float:
-    function()  # warm-up (and compilation)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        function()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / repeats
 
 
 def stage_costs(size: int, batch: int, device: torch.device, source_size: tuple[int, int] = (500, 375),
@@ -137,7 +125,7 @@ def stage_costs(size: int, batch: int, device: torch.device, source_size: tuple[
         "worker_pil_crop_flip_two_views": lambda: [[view(image) for view in crop_views] for image in images],
         "worker_header_and_boxes": lambda: [[view(read_encoded(blob)) for view in box_views] for blob in blobs],
     }
-    result = {name: len(blobs) / _seconds(function, cpu, 1) for name, function in per_image.items()}
+    result = {name: len(blobs) / timed(function, cpu, 1, 1) for name, function in per_image.items()}
     payloads = [item.data for item in encoded]
     boxes = torch.stack([torch.stack([view(item) for view in box_views]) for item in encoded])
     decoded = decode_images(payloads, device)
@@ -145,45 +133,10 @@ def stage_costs(size: int, batch: int, device: torch.device, source_size: tuple[
     probabilities = view_probabilities(AugmentConfig())
     device_stages = {
         "device_jpeg_decode": lambda: decode_images(payloads, device),
-        "device_crop_resize_two_views": lambda: _crop_decoded(decoded, boxes, size),
+        "device_crop_resize_two_views": lambda: decode_views(decoded, boxes, [size, size], device),  # no decoding left
         "device_colour_two_views": lambda: augment_views(uint8_views, probabilities, seed=0),
         "device_colour_two_views_compiled": lambda: augment_views(uint8_views, probabilities, seed=0, compiled=True),
     }
     for name, function in device_stages.items():
-        result[name] = len(blobs) / _seconds(function, device, repeats)
+        result[name] = len(blobs) / timed(function, device, 1, repeats)
     return {"unit": "img/s of one process", "batch": len(blobs), **result}
-
-
-def _crop_decoded(decoded: list[torch.Tensor], boxes: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """decode_views without the decoding (pixels already on the device)."""
-    return decode_views(decoded, boxes, [size, size], decoded[0].device)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.bench_augment")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=150, help="timed batches (keep >> workers)")
-    parser.add_argument("--source-size", default="500x375", help="WIDTHxHEIGHT of the source JPEGs")
-    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated from {', '.join(PATHS)}")
-    parser.add_argument("--gpu-compile", action="store_true", help="torch.compile the device colour augmentations")
-    parser.add_argument("--stages", action="store_true", help="also time each stage alone (where the time goes)")
-    parser.add_argument("--output", type=Path)
-    arguments = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    source_size = tuple(int(side) for side in arguments.source_size.lower().split("x"))
-    results = [measure(path, arguments.size, arguments.workers, arguments.batch, arguments.batches, device, source_size,
-                       arguments.gpu_compile and path != "pil")
-               for path in arguments.paths.replace(",", " ").split()]
-    if arguments.stages:
-        results.append({"path": "stages", **stage_costs(arguments.size, arguments.batch, device, source_size)})
-    for result in results:
-        print(json.dumps(result), flush=True)
-    if arguments.output:
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        arguments.output.write_text(json.dumps({"benchmark": "augmentation", "results": results}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Table 10's colour and blur augmentations, batched on the GPU with per-sample parameters.
 
-The CPU loader workers decode, crop (RandomResizedCrop, bicubic) and flip, and hand over uint8
+The loader workers (or pretrain/device_decode.py) decode, crop (RandomResizedCrop, bicubic) and flip, giving uint8
 tensors; this module then applies, per image, with the probabilities and ranges of Table 10:
 colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in a random order, p 0.8),
 grayscale (p 0.2), Gaussian blur (sigma ~ U(0.1, 2), p 1.0 / 0.1 / 0.5 per view) and solarize

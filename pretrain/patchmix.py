@@ -27,9 +27,10 @@ class MixConfig:
     smoothing: float = 0.0  # label smoothing of the soft targets (published default 0)
 
     def check(self) -> None:
-        methods = ("patchmix", "mixup", "cutmix", "cutmix_mixup", "regionswap", "resizemix")
-        if self.method not in methods:
-            raise ConfigError(f"method must be one of {', '.join(methods)}, got {self.method!r}")
+        from pretrain.mixers import MIXERS  # mixers builds on this module
+
+        if self.method not in MIXERS:
+            raise ConfigError(f"method must be one of {', '.join(MIXERS)}, got {self.method!r}")
         if self.num_mixed < 1:
             raise ConfigError(f"num_mixed must be >= 1 (1 disables mixing), got {self.num_mixed}")
         if not 0.0 <= self.smoothing < 1.0:
