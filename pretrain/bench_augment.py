@@ -140,3 +140,33 @@ def stage_costs(size: int, batch: int, device: torch.device, source_size: tuple[
     for name, function in device_stages.items():
         result[name] = len(blobs) / timed(function, device, 1, repeats)
     return {"unit": "img/s of one process", "batch": len(blobs), **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m pretrain.bench_augment")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=150, help="timed batches (keep >> workers)")
+    parser.add_argument("--source-size", default="500x375", help="WIDTHxHEIGHT of the source JPEGs")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated from {', '.join(PATHS)}")
+    parser.add_argument("--gpu-compile", action="store_true", help="torch.compile the device colour augmentations")
+    parser.add_argument("--stages", action="store_true", help="also time each stage alone (where the time goes)")
+    parser.add_argument("--output", type=Path)
+    arguments = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    source_size = tuple(int(side) for side in arguments.source_size.lower().split("x"))
+    results = [measure(path, arguments.size, arguments.workers, arguments.batch, arguments.batches, device, source_size,
+                       arguments.gpu_compile and path != "pil")
+               for path in arguments.paths.replace(",", " ").split()]
+    if arguments.stages:
+        results.append({"path": "stages", **stage_costs(arguments.size, arguments.batch, device, source_size)})
+    for result in results:
+        print(json.dumps(result), flush=True)
+    if arguments.output:
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        arguments.output.write_text(json.dumps({"benchmark": "augmentation", "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -63,3 +63,17 @@ def test_bench_measures_each_config_in_its_own_process(tmp_path):
                     "--warmup", "1", "--steps", "1", "--output", str(output)], check=True, capture_output=True)
     results = json.loads(output.read_text())["results"]
     assert [r["config"] for r in results] == ["debug", "debug"] and all(r["compiled_graphs"] == 0 for r in results)
+
+
+def test_augmentation_bench_command_writes_its_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    output = tmp_path / "augment.json"
+    subprocess.run([sys.executable, "-m", "pretrain.bench_augment", "--size", "32", "--batch", "8", "--batches", "2",
+                    "--workers", "0", "--source-size", "60x40", "--paths", "pil,gpu_decode", "--stages",
+                    "--output", str(output)], check=True, capture_output=True)
+    results = json.loads(output.read_text())["results"]
+    assert [r["path"] for r in results] == ["pil", "gpu_decode", "stages"]
+    assert results[-1]["device_jpeg_decode"] > 0 and results[0]["img_per_s"] > 0
