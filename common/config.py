@@ -90,9 +90,31 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+def added_field(default: Any, **kwargs: Any) -> Any:
+    """A dataclass field added after runs were made: at its default it is left out of the config
+    hash, so that every run made before it existed keeps its identity (its directory is still found
+    complete); any other value changes the hash as usual. The default must be what the code computed
+    before the field existed."""
+    return dataclasses.field(default=default, metadata={"hash_neutral_at_default": True}, **kwargs)
+
+
+def _hashed_dict(config: Any) -> Any:
+    """Like `to_dict`, without the `added_field`s that are at their default."""
+    if not dataclasses.is_dataclass(config):
+        return config
+    data = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if spec.metadata.get("hash_neutral_at_default") and value == spec.default:
+            continue
+        data[spec.name] = _hashed_dict(value)
+    return data
+
+
 def config_hash(config: Any, exclude: Iterable[str] = ()) -> str:
-    """Short stable hash of the result-changing part of a config (dotted keys in `exclude` dropped)."""
-    data = to_dict(config)
+    """Short stable hash of the result-changing part of a config (dotted keys in `exclude` dropped;
+    `added_field`s at their default left out)."""
+    data = _hashed_dict(config)
     for dotted in exclude:
         node = data
         *parents, leaf = dotted.split(".")

@@ -34,7 +34,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if name not in table:
         raise ConfigError(f"precision {name!r} is not one of auto, {', '.join(table)}")
     if name == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+        raise ConfigError("run.precision=fp16 (the official presets' published fp16 autocast with loss "
+                          "scaling) needs a CUDA device; add run.precision=fp32 (or bf16) to run on CPU")
     return table[name]
 
 

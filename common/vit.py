@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from functools import partial
 
+import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -35,12 +37,56 @@ VIT_SIZES: dict[str, VitSize] = {
 }
 
 
+POS_EMBED_INTERPOLATIONS = ("timm", "dino")
+
+
+def dino_resample_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """DINO-style position-embedding resampling, as in the published PatchMix ViT.
+
+    pos_embed: (1, 1 + N, D) with the CLS entry first and a square grid of N entries; returns
+    (1, 1 + rows * cols, D). Bicubic with scale factor (size + 0.1) / sqrt(N) and no antialias: the
+    +0.1 makes the output size round down to exactly (rows, cols) while the sampling positions follow
+    the scale factor, not the output size (timm's resampling differs: exact size, antialiased).
+    """
+    grid = int(math.sqrt(pos_embed.shape[1] - 1))
+    if rows == grid and cols == grid:
+        return pos_embed
+    cls_entry, patch_entries = pos_embed[:, :1], pos_embed[:, 1:]
+    width = pos_embed.shape[-1]
+    patch_entries = patch_entries.float().reshape(1, grid, grid, width).permute(0, 3, 1, 2)
+    patch_entries = F.interpolate(patch_entries, scale_factor=((rows + 0.1) / grid, (cols + 0.1) / grid),
+                                  mode="bicubic", align_corners=False)
+    patch_entries = patch_entries.permute(0, 2, 3, 1).reshape(1, rows * cols, width).to(pos_embed.dtype)
+    return torch.cat([cls_entry, patch_entries], dim=1)
+
+
+class PatchMixVisionTransformer(VisionTransformer):
+    """timm's ViT with a choice of position-embedding resampling for inputs of another size:
+    `timm` (timm's dynamic size: exact size, antialiased) or `dino` (the published code's)."""
+
+    def __init__(self, *args, pos_embed_interpolation: str = "timm", **kwargs):
+        super().__init__(*args, **kwargs)
+        if pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ConfigError(f"pos_embed_interpolation must be one of {', '.join(POS_EMBED_INTERPOLATIONS)}, "
+                              f"got {pos_embed_interpolation!r}")
+        self.pos_embed_interpolation = pos_embed_interpolation
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, rows, cols, D) patch tokens -> (B, 1 + rows * cols, D) with CLS and positions."""
+        if self.pos_embed_interpolation == "timm":
+            return super()._pos_embed(x)
+        batch, rows, cols, width = x.shape
+        x = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, rows * cols, width)], dim=1)
+        return self.pos_drop(x + dino_resample_pos_embed(self.pos_embed, rows, cols))
+
+
 def build_vit(
     arch: str,
     patch_size: int,
     image_size: int,
     num_heads: int = 0,
     drop_path_rate: float = 0.0,
+    pos_embed_interpolation: str = "timm",
 ) -> VisionTransformer:
     """A timm ViT without classifier head, initialised as in MoCo v3.
 
@@ -50,6 +96,8 @@ def build_vit(
         image_size: the training input size; other sizes work through position-embedding resampling.
         num_heads: 0 for the architecture's default.
         drop_path_rate: stochastic depth (0.1 on the pretraining base encoder, 0 on the momentum one).
+        pos_embed_interpolation: how position embeddings are resampled for other input sizes
+            (`timm` or `dino`, see PatchMixVisionTransformer); the build size is never resampled.
     """
     if arch not in VIT_SIZES:
         raise ConfigError(f"unknown ViT arch {arch!r}; choose one of {sorted(VIT_SIZES)}")
@@ -59,7 +107,8 @@ def build_vit(
     heads = num_heads or size.default_heads
     if size.embed_dim % heads:
         raise ConfigError(f"num_heads {heads} must divide the embedding width {size.embed_dim} of {arch}")
-    model = VisionTransformer(
+    model = PatchMixVisionTransformer(
+        pos_embed_interpolation=pos_embed_interpolation,
         img_size=image_size,
         patch_size=patch_size,
         embed_dim=size.embed_dim,

@@ -7,19 +7,23 @@ Presets:
 - similarity: `default` (Figure 4: class-similarity profile and pair histograms of 1000 queries).
 - linear: `official` (published: SGD Nesterov 0.9, wd 0, 100 epochs cosine, base lr per size
   x batch/256: ViT-T 0.05, ViT-S 0.02, ViT-B 0.01; batch 1024 ImageNet / 256 CIFAR) and
-  `mocov3` (SGD lr 3 x batch/256, no Nesterov, 90 epochs, head init N(0, 0.01)), plus `fast`
+  `mocov3` (SGD lr 3 x batch/256, no Nesterov, 90 epochs, head init N(0, 0.01)), `mae` (MAE's:
+  BatchNorm1d without affine before the head, LARS, batch 16384, base lr 0.1, 90 epochs, warmup 10),
+  plus `fast`
   (same optimiser on cached centre-crop features, no augmentation: for demos and smoke runs).
-- finetune: `official` (layer decay 0.75, AdamW wd 0.05, warmup 10 from 1e-6, min lr 1e-5,
-  drop path 0.1, RandAugment rand-m9-mstd0.5-inc1, label smoothing 0.1, mixup 0.8 / cutmix 1.0,
-  random erasing 0.25; base lr 1e-3 ViT-T, 5e-4 ViT-S/B) and `mae_vit_b` (layer decay 0.65,
-  5 warmup epochs, average-pooled features).
+- finetune: `official` (layer decay 0.75 with the final norm in the last block's group, AdamW wd
+  0.05, warmup 10 from 1e-6, min lr 1e-5, drop path 0.1, RandAugment rand-m9-mstd0.5-inc1 (bicubic),
+  label smoothing 0.1, mixup 0.8 / cutmix 1.0, random erasing 0.25; base lr 1e-3 ViT-T, 5e-4 ViT-S/B;
+  CIFAR-size data tested on the raw image) and `mae_vit_b` (MAE's: layer decay 0.65, 5 warmup epochs
+  from 0 then a half-cosine to 1e-6, average-pooled un-normalised tokens + a fresh LayerNorm, head
+  init truncated normal std 2e-5).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 
-from common.config import ConfigError
+from common.config import ConfigError, added_field
 from common.datasets import DataConfig
 from common.runtime import RunConfig
 from evaluate.encoder import EncoderSpec, SourceConfig
@@ -42,10 +46,17 @@ class LinearConfig:
     head_init_std: float = 0.0  # 0 = PyTorch's default init; MoCo v3: 0.01 (and zero bias)
     augment: bool = True  # RandomResizedCrop + flip each epoch; False = cached centre-crop features
     crop_scale_min: float = 0.08
+    warmup_epochs: int = added_field(0)  # linear warmup from 0, then cosine to 0 (MAE: 10)
+    batchnorm: bool = added_field(False)  # MAE: BatchNorm1d(affine=False, eps 1e-6) on the features before the head
+    optimizer: str = added_field("sgd")  # sgd | lars (MAE: LARS, trust ratio on weight matrices only)
 
     def check(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0:
             raise ConfigError("need epochs >= 1, batch_size >= 1 and base_lr > 0")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.optimizer not in ("sgd", "lars"):
+            raise ConfigError(f"optimizer must be sgd or lars, got {self.optimizer!r}")
 
 
 @dataclass
@@ -64,8 +75,16 @@ class FinetuneConfig:
     mixup: float = 0.8
     cutmix: float = 1.0
     random_erasing: float = 0.25
-    global_pool: str = "token"  # token (CLS) | avg (MAE recipe)
+    # token: the CLS token after the final norm; avg (MAE): the mean of the patch tokens before the final
+    # norm, then a fresh LayerNorm (the pretrained final norm is dropped).
+    global_pool: str = "token"
     small_image_crop: bool = False  # CIFAR recipe: RandomCrop(size, padding 4) instead of RandomResizedCrop
+    test_transform: str = added_field("resize_crop")  # resize_crop: Resize(size * 256/224) + CenterCrop | raw: the image as is
+    # Layer decay: the final norm at the last block's lr scale (published timm version) or at the
+    # head's, scale 1 (MAE/BEiT rule).
+    final_norm_with_last_block: bool = added_field(False)
+    lr_cosine_after_warmup: bool = added_field(False)  # MAE: the cosine starts at the peak after warmup (half-cosine)
+    head_init_std: float = added_field(0.0)  # 0 = timm's default head init; MAE: truncated normal, std 2e-5, zero bias
     model_ema: bool = False
     model_ema_decay: float = 0.9999
 
@@ -76,6 +95,8 @@ class FinetuneConfig:
             raise ConfigError("layer_decay must be in (0, 1]")
         if self.epochs < 1 or self.warmup_epochs > self.epochs:
             raise ConfigError("need epochs >= 1 and warmup_epochs <= epochs")
+        if self.test_transform not in ("resize_crop", "raw"):
+            raise ConfigError(f"test_transform must be resize_crop or raw, got {self.test_transform!r}")
 
 
 @dataclass
@@ -108,8 +129,8 @@ class EvalConfig:
 
 LINEAR_BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05, "vit_mini": 0.05}
 FINETUNE_BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3, "vit_mini": 1e-3}
-PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "fast"), "finetune": ("official", "mae_vit_b"),
-           "similarity": ("default",)}
+PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "mae", "fast"),
+           "finetune": ("official", "mae_vit_b"), "similarity": ("default",)}
 
 
 def build_eval_config(protocol: str, preset_name: str, spec: EncoderSpec, data: DataConfig,
@@ -124,12 +145,20 @@ def build_eval_config(protocol: str, preset_name: str, spec: EncoderSpec, data: 
     linear = LinearConfig(batch_size=256 if small else 1024, base_lr=LINEAR_BASE_LR[spec.arch])
     if preset_name == "mocov3":
         linear = dataclasses.replace(linear, epochs=90, base_lr=3.0, nesterov=False, head_init_std=0.01)
+    elif preset_name == "mae":  # MAE's main_linprobe.py
+        linear = dataclasses.replace(linear, epochs=90, warmup_epochs=10, batch_size=16384, base_lr=0.1,
+                                     nesterov=False, head_init_std=0.01, batchnorm=True, optimizer="lars")
     elif preset_name == "fast":
         linear = dataclasses.replace(linear, augment=False)
+    # Published finetune: CIFAR tests on the raw 32 x 32 image; final norm grouped with the last block.
     finetune = FinetuneConfig(base_lr=FINETUNE_BASE_LR[spec.arch], small_image_crop=small,
-                              batch_size=256 if small else 1024)
-    if preset_name == "mae_vit_b":
-        finetune = dataclasses.replace(finetune, layer_decay=0.65, warmup_epochs=5, global_pool="avg")
+                              batch_size=256 if small else 1024, final_norm_with_last_block=True,
+                              test_transform="raw" if small else "resize_crop")
+    if preset_name == "mae_vit_b":  # MAE's main_finetune.py for ViT-B
+        finetune = dataclasses.replace(finetune, layer_decay=0.65, warmup_epochs=5, global_pool="avg",
+                                       warmup_lr=0.0, min_lr=1e-6, lr_cosine_after_warmup=True,
+                                       head_init_std=2e-5, final_norm_with_last_block=False,
+                                       test_transform="resize_crop")
     return EvalConfig(protocol=protocol, source=source, data=data, image_size=spec.image_size, linear=linear,
                       finetune=finetune, preset=preset_name,
                       run=RunConfig(name=f"{protocol}-{preset_name}", output_root="", log_every_steps=50))

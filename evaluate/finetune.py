@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from timm.data import Mixup, create_transform
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
@@ -37,7 +38,9 @@ def finetune_transform(config: FinetuneConfig, image_size: int):
         return create_transform(image_size, is_training=True, auto_augment=config.auto_augment,
                                 interpolation="bicubic", re_prob=config.random_erasing, re_mode="pixel",
                                 re_count=1)
-    augment_params = {"translate_const": int(image_size * 0.45), "img_mean": (124, 116, 104)}
+    # Bicubic like the published code (timm's RandAugment otherwise picks bilinear or bicubic per op).
+    augment_params = {"translate_const": int(image_size * 0.45), "img_mean": (124, 116, 104),
+                      "interpolation": Image.BICUBIC}
     return transforms.Compose([
         transforms.RandomCrop(image_size, padding=4),
         transforms.RandomHorizontalFlip(),
@@ -48,20 +51,39 @@ def finetune_transform(config: FinetuneConfig, image_size: int):
     ])
 
 
+def evaluation_transform(config: FinetuneConfig, image_size: int):
+    """Resize + centre crop, or (published CIFAR finetune) the raw image, normalised."""
+    if config.test_transform == "raw":
+        return transforms.Compose([transforms.ToTensor(), NORMALIZE])
+    return eval_transform(image_size)
+
+
 def build_classifier(session, config: FinetuneConfig) -> nn.Module:
-    """The pretrained encoder with drop path and a fresh classification head."""
+    """The pretrained encoder with drop path and a fresh classification head.
+
+    global_pool=avg is MAE's: the mean of the patch tokens before the final norm, which is dropped,
+    then a fresh LayerNorm (fc_norm). head_init_std > 0: truncated normal head weights, zero bias (MAE).
+    """
     model = session.encoder.build(drop_path_rate=config.drop_path_rate)
     model.reset_classifier(session.num_classes, global_pool=config.global_pool)
+    if config.global_pool == "avg":
+        model.norm = nn.Identity()
+        model.fc_norm = nn.LayerNorm(model.embed_dim, eps=1e-6)
+    if config.head_init_std:
+        nn.init.trunc_normal_(model.head.weight, std=config.head_init_std)
+        nn.init.zeros_(model.head.bias)
     return model
 
 
-def layer_id(name: str, num_blocks: int) -> int:
-    """MAE/BEiT convention: embeddings 0, block i -> i + 1, everything after the blocks (final norm,
-    head) -> num_blocks + 1 (lr scale 1)."""
+def layer_id(name: str, num_blocks: int, final_norm_with_last_block: bool = False) -> int:
+    """Embeddings 0, block i -> i + 1, the head (and MAE's fc_norm) -> num_blocks + 1 (lr scale 1). The
+    final norm: num_blocks + 1 by the MAE/BEiT rule, num_blocks (the last block's) in the published timm."""
     if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
+    if final_norm_with_last_block and name.startswith("norm."):
+        return num_blocks
     return num_blocks + 1
 
 
@@ -74,13 +96,22 @@ def build_optimizer(model: nn.Module, config: FinetuneConfig, peak_lr: float) ->
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        layer = layer_id(name, num_blocks)
+        layer = layer_id(name, num_blocks, config.final_norm_with_last_block)
         decayed = parameter.ndim > 1 and name not in ("cls_token", "pos_embed")
         group = groups.setdefault((layer, decayed), {
             "params": [], "lr_scale": config.layer_decay ** (num_blocks + 1 - layer),
             "weight_decay": config.weight_decay if decayed else 0.0})
         group["params"].append(parameter)
     return torch.optim.AdamW(list(groups.values()), lr=peak_lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: FinetuneConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """Per-step warmup from warmup_lr, then cosine to min_lr: over the whole run with the warmup laid
+    on top (timm's default, the published finetune), or starting at the peak after the warmup (MAE)."""
+    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    return CosineLRScheduler(optimizer, t_initial=total - warmup if config.lr_cosine_after_warmup else total,
+                             lr_min=config.min_lr, warmup_t=warmup, warmup_lr_init=config.warmup_lr,
+                             warmup_prefix=config.lr_cosine_after_warmup, t_in_epochs=False)
 
 
 @torch.no_grad()
@@ -122,13 +153,11 @@ def main(config) -> dict:
                             [finetune_transform(finetune, session.image_size)], seed)
     sampler = EpochSampler(len(train_set), batch_per_rank, seed, dist.rank(), world)
     steps_per_epoch = sampler.batches_per_epoch
-    scheduler = CosineLRScheduler(optimizer, t_initial=finetune.epochs * steps_per_epoch, lr_min=finetune.min_lr,
-                                  warmup_t=finetune.warmup_epochs * steps_per_epoch,
-                                  warmup_lr_init=finetune.warmup_lr, t_in_epochs=False)
+    scheduler = build_scheduler(optimizer, finetune, steps_per_epoch)
     mixup = Mixup(mixup_alpha=finetune.mixup, cutmix_alpha=finetune.cutmix,
                   label_smoothing=finetune.label_smoothing, num_classes=session.num_classes)
     criterion = SoftTargetCrossEntropy()
-    test_set = build_dataset(config.data, "test", eval_transform(session.image_size))
+    test_set = build_dataset(config.data, "test", evaluation_transform(finetune, session.image_size))
     shard = -(-len(test_set) // world)
     test_loader = DataLoader(Subset(test_set, range(dist.rank() * shard, min((dist.rank() + 1) * shard, len(test_set)))),
                              batch_size=batch_per_rank, num_workers=config.data.num_workers)

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.optim import Lars
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -23,17 +24,34 @@ from common.datasets import build_dataset
 from common.runtime import autocast, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
 from common.transforms import NORMALIZE
+from evaluate.configs import LinearConfig
 from evaluate.features import encode
 from evaluate.session import EvalSession, open_session
-from pretrain.schedules import cosine
+from pretrain.schedules import learning_rate
 
 
-def build_head(width: int, num_classes: int, init_std: float) -> nn.Linear:
+def build_head(width: int, num_classes: int, init_std: float, batchnorm: bool = False) -> nn.Module:
+    """Linear(width, num_classes), weights N(0, init_std) and zero bias when init_std > 0 (PyTorch's
+    default otherwise); with batchnorm, MAE's BatchNorm1d(width, affine=False, eps=1e-6) before it."""
     head = nn.Linear(width, num_classes)
     if init_std:
         nn.init.normal_(head.weight, std=init_std)
         nn.init.zeros_(head.bias)
+    if batchnorm:
+        return nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), head)
     return head
+
+
+def build_optimizer(head: nn.Module, config: LinearConfig, peak_lr: float) -> torch.optim.Optimizer:
+    """SGD (published, MoCo v3), or LARS as MAE's linear probe: the trust ratio rescales the updates of
+    weight matrices only, biases take plain momentum SGD (timm's Lars, one group each)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(head.parameters(), lr=peak_lr, momentum=config.momentum,
+                               nesterov=config.nesterov, weight_decay=config.weight_decay)
+    matrices = [p for p in head.parameters() if p.ndim > 1]
+    vectors = [p for p in head.parameters() if p.ndim <= 1]
+    return Lars([{"params": matrices, "always_adapt": True}, {"params": vectors, "always_adapt": False}],
+                lr=peak_lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train_transform(image_size: int, scale_min: float) -> transforms.Compose:
@@ -88,21 +106,23 @@ def _feature_batches(session: EvalSession, encoder: nn.Module, batch_per_rank: i
 def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Optimizer, epoch_batches,
              steps_per_epoch: int, test_features: torch.Tensor, test_labels: torch.Tensor, epochs: int,
              peak_lr: float, history: list[dict], start_epoch: int = 0, on_epoch=None,
-             progress: bool = False) -> list[dict]:
-    """Train `head` (through `trained_head`, its DDP wrapper or itself) with a per-step cosine lr from
-    `peak_lr` to 0, evaluating on the test features after every epoch.
+             progress: bool = False, warmup_epochs: int = 0) -> list[dict]:
+    """Train `head` (through `trained_head`, its DDP wrapper or itself) with a per-step lr: linear
+    warmup from 0 over `warmup_epochs`, then cosine from `peak_lr` to 0, evaluating on the test
+    features after every epoch.
 
     epoch_batches(epoch) yields (features (b, D), labels (b,)); test_features: (N, D).
     Appends one record per epoch to `history` and calls on_epoch(record) after it.
     """
-    total_steps = epochs * steps_per_epoch
+    total_steps, warmup_steps = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="linear probe",
                unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         head.train()
         for batch_index, (features, labels) in enumerate(epoch_batches(epoch)):
             for group in optimizer.param_groups:
-                group["lr"] = cosine((epoch * steps_per_epoch + batch_index) / total_steps, peak_lr, 0.0)
+                group["lr"] = learning_rate(epoch * steps_per_epoch + batch_index, total_steps, warmup_steps,
+                                            peak_lr, 0.0)
             loss = F.cross_entropy(trained_head(features), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -135,10 +155,9 @@ def main(config) -> dict:
     epoch_batches, steps_per_epoch = _feature_batches(session, encoder, batch_per_rank, seed)
 
     torch.manual_seed(derive_seed(seed, "linear-head"))
-    head = build_head(width, session.num_classes, linear.head_init_std).to(device)
+    head = build_head(width, session.num_classes, linear.head_init_std, linear.batchnorm).to(device)
     peak_lr = linear.base_lr * linear.batch_size / 256
-    optimizer = torch.optim.SGD(head.parameters(), lr=peak_lr, momentum=linear.momentum,
-                                nesterov=linear.nesterov, weight_decay=linear.weight_decay)
+    optimizer = build_optimizer(head, linear, peak_lr)
     trained_head: nn.Module = head
     if world > 1:
         trained_head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
@@ -161,7 +180,7 @@ def main(config) -> dict:
 
     fit_head(head, trained_head, optimizer, epoch_batches, steps_per_epoch, test_features.to(device),
              test_labels.to(device), linear.epochs, peak_lr, history, start_epoch, save_epoch,
-             progress=config.run.progress and dist.is_main_process())
+             progress=config.run.progress and dist.is_main_process(), warmup_epochs=linear.warmup_epochs)
     best = max(history, key=lambda record: record["top1"])
     metrics = {"top1_last": history[-1]["top1"], "top5_last": history[-1]["top5"],
                "top1_best": best["top1"], "top5_best": best["top5"], "best_epoch": best["epoch"]}

@@ -13,12 +13,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError
+from common.config import ConfigError, added_field
 
 
 @dataclass
 class LossConfig:
     temperature: float = 0.2
+    # Label smoothing of the origin-to-origin targets (global and local crops): the published code
+    # builds them with its mixer's default smoothing 0.1 (0.9 + 0.1/N on the positive key, 0.1/N
+    # elsewhere, N = gathered keys); the paper describes one-hot targets (0). Mix targets use mix.smoothing.
+    origin_smoothing: float = added_field(0.0)
     origin_weight: float = 1.0  # origin-to-origin (Table 7 "o2o")
     mix_to_origin_weight: float = 0.5  # "m2o"
     mix_to_mix_weight: float = 0.5  # "m2m"
@@ -29,6 +33,8 @@ class LossConfig:
     def check(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.origin_smoothing < 1.0:
+            raise ConfigError(f"origin_smoothing must be in [0, 1), got {self.origin_smoothing}")
         weights = (self.origin_weight, self.mix_to_origin_weight, self.mix_to_mix_weight)
         if min(weights) < 0 or max(weights) == 0:
             raise ConfigError("loss weights must be >= 0 with at least one of origin_weight, "

@@ -9,21 +9,29 @@ composition P: (B, B), where P[g, s] is the share of source image s in mixed ima
   the published target, (m - |g - h|) / m^2 (tests/pretrain/test_mixers.py checks it).
 Targets index the keys gathered from all ranks: `place_targets` offsets the columns by rank * B.
 
-Mixers (each as in its paper, within what a two-view contrastive setting allows):
+Mixers (each as in its paper or the code the paper's Table 5 cites; docs/fidelity.md lists the checks):
 - `patchmix`: pretrain/patchmix.py (Shen et al., this paper's method).
-- `mixup` (Zhang et al., ICLR 2018): x_g' = lam x_g + (1 - lam) x_pi(g), lam ~ Beta(a, a) per batch,
-  pi a random permutation; P[g, g] = lam, P[g, pi(g)] = 1 - lam.
+- `mixup` (Zhang et al., ICLR 2018): x_g' = lam x_g + (1 - lam) x_pi(g), lam ~ Beta(a, a) per batch;
+  P[g, g] = lam, P[g, pi(g)] = 1 - lam.
 - `cutmix` (Yun et al., ICCV 2019): a box of area (1 - lam) H W, lam ~ Beta(1, 1), centred uniformly
   and clipped to the image, filled from x_pi(g); lam is recomputed from the clipped area.
 - `cutmix_mixup`: CutMix or Mixup, switched per batch with probability 1/2 (timm's convention,
   used by DeiT and MAE finetuning).
-- `regionswap` (RegionCL, Xu et al., ECCV 2022): pairs (g, g + B/2) swap the same random region,
-  side fractions ~ U(0.3, 0.7), so both swapped images are kept; shares by area.
-- `resizemix` (Qin et al., 2020; the mix of SDMP): the partner image x_pi(g) resized by a scale
-  tau ~ U(0.1, 0.8) and pasted at a random position; shares 1 - tau^2 and tau^2 (by area).
+  Mixup and CutMix pair image g with pi(g) = B - 1 - g, timm's batch flip: pairs are mutual and an
+  image is never its own partner for an even B.
+- `regionswap` (RegionCL, Xu et al., ECCV 2022; its published configuration): one region per batch
+  whose width and height are k/7 of the image, k in {3, 4, 5} drawn independently (RegionCL: 3 to 5
+  cells of 32 px on 224 px images), snapped to the ViT's patch grid; its corner is a uniform grid
+  position clipped so that the region fits. Image g swaps the region with B - 1 - g (RegionCL's
+  reversed batch), so both swapped images are kept; shares by area.
+- `resizemix` (the mix of SDMP, Ren et al., CVPR 2022, as its published code draws it): per image, an
+  own share lam = 0.1 + 0.8 U; the partner x_{B-1-g} resized (bilinear, no antialias) into a box of
+  side sqrt(1 - lam) of the image's, centred uniformly and clipped at the border; shares by the
+  pasted area.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +56,9 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _permutation(batch: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.randperm(batch, generator=generator, device=generator.device).to(device)
+def _flipped(batch: int, device: torch.device) -> torch.Tensor:
+    """Partner of image g: B - 1 - g (timm's Mixup/CutMix batch flip; RegionCL and SDMP do the same)."""
+    return torch.arange(batch - 1, -1, -1, device=device)
 
 
 def _two_source_composition(batch: int, partner: torch.Tensor, own_share: torch.Tensor) -> torch.Tensor:
@@ -71,7 +80,7 @@ def _box_mask(height: int, width: int, top: int, left: int, box_height: int, box
 def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.8) -> MixResult:
     batch = images.shape[0]
     lam = float(_numpy_rng(generator).beta(alpha, alpha))
-    partner = _permutation(batch, generator, images.device)
+    partner = _flipped(batch, images.device)
     mixed = lam * images + (1.0 - lam) * images[partner]
     share = torch.full((batch,), lam, device=images.device)
     return MixResult(mixed, _two_source_composition(batch, partner, share), {"lam": lam, "partner": partner})
@@ -87,7 +96,7 @@ def cutmix(images: torch.Tensor, generator: torch.Generator, alpha: float = 1.0)
     top, bottom = np.clip(centre_y - cut_height // 2, 0, height), np.clip(centre_y + cut_height // 2, 0, height)
     left, right = np.clip(centre_x - cut_width // 2, 0, width), np.clip(centre_x + cut_width // 2, 0, width)
     mask = _box_mask(height, width, int(top), int(left), int(bottom - top), int(right - left), images.device)
-    partner = _permutation(batch, generator, images.device)
+    partner = _flipped(batch, images.device)
     mixed = torch.where(mask, images[partner], images)
     own = 1.0 - float((bottom - top) * (right - left)) / (height * width)  # from the clipped box, on the host
     share = torch.full((batch,), own, device=images.device)
@@ -103,41 +112,59 @@ def cutmix_mixup(images: torch.Tensor, generator: torch.Generator, mixup_alpha: 
     return result
 
 
-def regionswap(images: torch.Tensor, generator: torch.Generator, side_range: tuple[float, float] = (0.3, 0.7)
-               ) -> MixResult:
+# RegionCL's configuration: region sides of 3, 4 or 5 cells of a 7-cell grid (32 px on 224 px images).
+REGION_CELLS = (3, 4, 5)
+REGION_GRID = 7
+
+
+def regionswap(images: torch.Tensor, generator: torch.Generator, patch_size: int = 1) -> MixResult:
+    """RegionCL's region swapping, snapped to the patch grid of side `patch_size` (1 = pixels)."""
     batch, _, height, width = images.shape
+    rows, cols = height // patch_size, width // patch_size
     rng = _numpy_rng(generator)
-    box_height = max(1, int(round(height * rng.uniform(*side_range))))
-    box_width = max(1, int(round(width * rng.uniform(*side_range))))
-    top, left = int(rng.integers(0, height - box_height + 1)), int(rng.integers(0, width - box_width + 1))
+    # RegionCL draws the width first, then the height, then the left and the top position.
+    cells_wide, cells_high = (int(rng.integers(REGION_CELLS[0], REGION_CELLS[-1] + 1)) for _ in range(2))
+    box_cols = min(cols, max(1, round(cols * cells_wide / REGION_GRID)))
+    box_rows = min(rows, max(1, round(rows * cells_high / REGION_GRID)))
+    left = min(int(rng.integers(cols)), cols - box_cols) * patch_size
+    top = min(int(rng.integers(rows)), rows - box_rows) * patch_size
+    box_height, box_width = box_rows * patch_size, box_cols * patch_size
     mask = _box_mask(height, width, top, left, box_height, box_width, images.device)
-    # (g, g + B/2) are swapped with each other; an odd batch's last image keeps its own region.
-    half = batch // 2
-    partner = torch.arange(batch, device=images.device)
-    partner[:half] += half
-    partner[half: 2 * half] -= half
+    partner = _flipped(batch, images.device)  # mutual pairs; the middle image of an odd batch keeps its own
     mixed = torch.where(mask, images[partner], images)
     own = 1.0 - box_height * box_width / (height * width)  # host arithmetic: no device synchronisation
     share = torch.full((batch,), own, device=images.device)
-    return MixResult(mixed, _two_source_composition(batch, partner, share), {"partner": partner, "mask": mask})
+    return MixResult(mixed, _two_source_composition(batch, partner, share),
+                     {"partner": partner, "mask": mask, "box": (top, left, box_height, box_width)})
 
 
-def resizemix(images: torch.Tensor, generator: torch.Generator, scale_range: tuple[float, float] = (0.1, 0.8)
+def resizemix(images: torch.Tensor, generator: torch.Generator, own_share_range: tuple[float, float] = (0.1, 0.9)
               ) -> MixResult:
+    """SDMP's mixing: per image its own share lam ~ U(own_share_range), a box of side
+    sqrt(1 - lam) x (H, W) centred uniformly and clipped at the border, filled with the bilinearly
+    resized partner. The shares follow the clipped (pasted) area."""
     batch, _, height, width = images.shape
     rng = _numpy_rng(generator)
-    tau = float(rng.uniform(*scale_range))
-    paste_height, paste_width = max(1, int(round(height * tau))), max(1, int(round(width * tau)))
-    top, left = int(rng.integers(0, height - paste_height + 1)), int(rng.integers(0, width - paste_width + 1))
-    partner = _permutation(batch, generator, images.device)
-    resized = F.interpolate(images[partner], size=(paste_height, paste_width), mode="bilinear",
-                            align_corners=False, antialias=True)
+    low, high = own_share_range
+    lam = low + (high - low) * rng.uniform(size=batch)  # SDMP: 0.1 + 0.8 Beta(1, 1)
+    partner = _flipped(batch, images.device)
     mixed = images.clone()
-    mixed[:, :, top: top + paste_height, left: left + paste_width] = resized
-    own = 1.0 - paste_height * paste_width / (height * width)
-    share = torch.full((batch,), own, device=images.device)
+    own, boxes = [], []
+    for g in range(batch):  # one box per image, as SDMP (a baseline: a host loop of B small copies)
+        ratio = math.sqrt(1.0 - lam[g])
+        cut_height, cut_width = int(height * ratio), int(width * ratio)
+        centre_y, centre_x = int(rng.integers(height)), int(rng.integers(width))
+        top, bottom = max(centre_y - cut_height // 2, 0), min(centre_y + cut_height // 2, height)
+        left, right = max(centre_x - cut_width // 2, 0), min(centre_x + cut_width // 2, width)
+        if bottom > top and right > left:
+            mixed[g, :, top:bottom, left:right] = F.interpolate(
+                images[int(batch - 1 - g)].unsqueeze(0), size=(bottom - top, right - left), mode="bilinear",
+                align_corners=False)[0]
+        own.append(1.0 - (bottom - top) * (right - left) / (height * width))
+        boxes.append((top, left, bottom - top, right - left))
+    share = torch.tensor(own, dtype=torch.float32, device=images.device)
     return MixResult(mixed, _two_source_composition(batch, partner, share),
-                     {"tau": tau, "partner": partner, "box": (top, left, paste_height, paste_width)})
+                     {"lam": lam, "partner": partner, "boxes": boxes})
 
 
 def patchmix(images: torch.Tensor, generator: torch.Generator, num_mixed: int, patch_size: int) -> MixResult:
@@ -158,7 +185,7 @@ def apply_mixer(method: str, images: torch.Tensor, generator: torch.Generator, n
     if method == "cutmix_mixup":
         return cutmix_mixup(images, generator)
     if method == "regionswap":
-        return regionswap(images, generator)
+        return regionswap(images, generator, patch_size)
     if method == "resizemix":
         return resizemix(images, generator)
     raise ValueError(f"unknown mix method {method!r}; choose one of {', '.join(MIXERS)}")

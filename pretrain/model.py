@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from common.config import ConfigError
-from common.vit import VIT_SIZES, build_vit
+from common.config import ConfigError, added_field
+from common.vit import POS_EMBED_INTERPOLATIONS, VIT_SIZES, build_vit
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -32,6 +32,12 @@ class ModelConfig:
     predictor_hidden_dim: int = 4096
     output_dim: int = 256
     momentum_encoder: bool = True
+    # Position embeddings for inputs of another size (96 px local crops): timm (exact size,
+    # antialiased) or dino (bicubic, scale (size + 0.1) / grid, no antialias: the published ViT).
+    pos_embed_interpolation: str = added_field("timm")
+    # Multi-crop: all local crops pass the projector/predictor as one batch (BatchNorm statistics over
+    # n x B samples), and all mixed local crops as another, as published; off = each view alone.
+    batch_local_heads: bool = added_field(False)
     # Speed switches (make bench measures them). batch_views: one encoder call per group of
     # same-size views (the heads still see each view alone: BatchNorm keeps per-view statistics).
     # compile: torch.compile the encoders (on in the ImageNet and CIFAR presets; same loss and
@@ -49,6 +55,9 @@ class ModelConfig:
             raise ConfigError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ConfigError(f"pos_embed_interpolation {self.pos_embed_interpolation!r} is not one of "
+                              f"{', '.join(POS_EMBED_INTERPOLATIONS)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
 
@@ -67,8 +76,9 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.
 
 
 class PatchMixModel(nn.Module):
-    """`forward(views)` returns the queries of a list of image batches (each (B, 3, H, W) -> (B, d)),
-    every batch through the heads separately so BatchNorm keeps per-view statistics. One forward
+    """`forward(views, head_groups)` returns the queries of a list of image batches (each
+    (B, 3, H, W) -> (B, d)). Each group of consecutive views in `head_groups` passes the heads as one
+    batch (BatchNorm statistics over the group); by default every view is its own group. One forward
     call per step keeps DistributedDataParallel's gradient hooks simple. `keys(views)` is the
     gradient-free key path.
     """
@@ -77,7 +87,7 @@ class PatchMixModel(nn.Module):
         super().__init__()
         self.config = config
         self.base_encoder = build_vit(config.arch, config.patch_size, config.image_size,
-                                      config.num_heads, config.drop_path_rate)
+                                      config.num_heads, config.drop_path_rate, config.pos_embed_interpolation)
         width = self.base_encoder.embed_dim
         self.projector = mlp_head(width, config.projector_hidden_dim, config.output_dim, 3)
         self.predictor = mlp_head(config.output_dim, config.predictor_hidden_dim, config.output_dim, 2)
@@ -86,7 +96,7 @@ class PatchMixModel(nn.Module):
         if config.momentum_encoder:
             # Same weights, no drop path: stochastic depth regularises the base encoder only.
             self.momentum_encoder = build_vit(config.arch, config.patch_size, config.image_size,
-                                              config.num_heads, 0.0)
+                                              config.num_heads, 0.0, config.pos_embed_interpolation)
             self.momentum_encoder.load_state_dict(self.base_encoder.state_dict())
             self.momentum_projector = copy.deepcopy(self.projector)
             for parameter in self.momentum_parameters():
@@ -127,8 +137,20 @@ class PatchMixModel(nn.Module):
                 features[index] = output
         return features
 
-    def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.predictor(self.projector(f)) for f in self.encode(self.base_encoder, views)]
+    def forward(self, views: Sequence[torch.Tensor], head_groups: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Queries of each view. head_groups: sizes of consecutive groups of views that share one
+        head call (sum = len(views)); None = one group per view."""
+        features = self.encode(self.base_encoder, views)
+        queries: list[torch.Tensor] = []
+        start = 0
+        for size in head_groups or [1] * len(views):
+            group = features[start: start + size]
+            start += size
+            outputs = self.predictor(self.projector(torch.cat(group) if size > 1 else group[0]))
+            queries.extend(outputs.split([f.shape[0] for f in group]) if size > 1 else [outputs])
+        if start != len(views):
+            raise ValueError(f"head_groups {list(head_groups)} do not cover the {len(views)} views")
+        return queries
 
     @torch.no_grad()
     def keys(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:

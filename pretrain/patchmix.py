@@ -124,10 +124,11 @@ def _scatter_targets(batch_size: int, shifts: torch.Tensor, weights: torch.Tenso
 
 
 def origin_targets(batch_size: int, rank: int = 0, world_size: int = 1,
-                   device: torch.device | None = None) -> torch.Tensor:
-    """One-hot (B, world*B): image g of this rank matches key rank*B + g (plain contrast)."""
+                   device: torch.device | None = None, smoothing: float = 0.0) -> torch.Tensor:
+    """(B, world*B): image g of this rank matches key rank*B + g (plain contrast); one-hot, or
+    1 - s + s/N on the positive and s/N elsewhere with smoothing s (N = world*B, loss.origin_smoothing)."""
     return _scatter_targets(batch_size, torch.zeros(1, dtype=torch.long, device=device),
-                            torch.ones(1, device=device), rank, world_size, 0.0)
+                            torch.ones(1, device=device), rank, world_size, smoothing)
 
 
 def mix_to_origin_targets(batch_size: int, num_mixed: int, rank: int = 0, world_size: int = 1,

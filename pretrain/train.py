@@ -96,7 +96,7 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     mixed1, mixed2 = mixed(view1), mixed(view2)
     gather = dist.all_gather_no_grad
     tau = weights.temperature
-    one_hot = origin_targets(batch, rank, world_size, device)
+    to_origin_self = origin_targets(batch, rank, world_size, device, weights.origin_smoothing)
 
     need_mixed_query = weights.mix_to_origin_weight > 0 or weights.mix_to_mix_weight > 0
     # m = 1 (the MoCo v3 baseline) leaves the views unmixed: reuse the view-1 keys instead of recomputing them.
@@ -104,10 +104,14 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     key1, key2, *key_mixed = (gather(k) for k in keys_model.keys([view1, view2] + ([mixed1.images] if need_mixed_key else [])))
     query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2.images] if need_mixed_query else [])
     local_mixed = [mixed(v) for v in local_views]
-    queries = model(query_inputs + local_views + [m.images for m in local_mixed])
+    count = len(local_views)
+    # Published multi-crop: the local crops pass the heads as one batch, the mixed local crops as another.
+    local_groups = [count, count] if count and config.model.batch_local_heads else [1] * (2 * count)
+    queries = model(query_inputs + local_views + [m.images for m in local_mixed],
+                    [1] * len(query_inputs) + local_groups)
     terms: dict[str, torch.Tensor] = {}
     if weights.origin_weight > 0:
-        terms["origin"] = soft_target_cross_entropy(queries.pop(0), key2, one_hot, tau)
+        terms["origin"] = soft_target_cross_entropy(queries.pop(0), key2, to_origin_self, tau)
     if need_mixed_query:
         query_mixed2 = queries.pop(0)
         if weights.mix_to_origin_weight > 0:
@@ -119,10 +123,9 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
                                    rank, world_size, mix.smoothing)
             terms["mix_to_mix"] = soft_target_cross_entropy(query_mixed2, key_mixed1, to_mix, tau)
     if local_views:
-        count = len(local_views)
         local_queries, local_mixed_queries = queries[:count], queries[count:]
-        terms["local_origin"] = sum(soft_target_cross_entropy(q, key1, one_hot, tau)
-                                    + soft_target_cross_entropy(q, key2, one_hot, tau)
+        terms["local_origin"] = sum(soft_target_cross_entropy(q, key1, to_origin_self, tau)
+                                    + soft_target_cross_entropy(q, key2, to_origin_self, tau)
                                     for q in local_queries) / count
         local_to_origin = [place_targets(m.composition, rank, world_size, mix.smoothing) for m in local_mixed]
         terms["local_mix_to_origin"] = sum(soft_target_cross_entropy(q, key1, t, tau)

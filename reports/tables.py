@@ -107,17 +107,27 @@ def _ours(result: RowResult) -> str:
     return _number(result.mean)
 
 
+def preset_flavour(preset: str) -> str:
+    """`official` (the published code), `paper` (the paper's text) or `other`, from the pretraining
+    preset's name (the first part of a row's preset); docs/fidelity.md lists what each departs from."""
+    pretraining = preset.split(" / ")[0]
+    return next((flavour for flavour in ("official", "paper") if pretraining.endswith(f"_{flavour}")), "other")
+
+
 def markdown_table(results: list[RowResult]) -> str:
-    lines = ["| Method | Backbone | Epochs | Dataset | Protocol | Paper | Ours | Δ | Seeds | Preset | Config | Commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| Method | Backbone | Epochs | Dataset | Protocol | Paper | Ours | Δ | Seeds | Preset | Flavour | Config "
+             "| Commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         protocol = f"{r.row.protocol} ({METRIC_NOTE[r.row.protocol]})" if r.row.protocol in METRIC_NOTE else r.row.protocol
         lines.append(f"| {r.row.method} | {r.row.backbone} | {r.row.epochs or '—'} | {r.row.dataset} | {protocol} | "
                      f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True, scale=r.mean)} | "
-                     f"{','.join(map(str, r.seeds)) or '—'} | {r.preset} | {r.experiment_hash or '—'} | {r.commit or '—'} |")
+                     f"{','.join(map(str, r.seeds)) or '—'} | {r.preset} | {preset_flavour(r.preset)} | "
+                     f"{r.experiment_hash or '—'} | {r.commit or '—'} |")
     return "\n".join(lines)
 
 
+FIDELITY_DOC = "docs/fidelity.md"
 MAIN_TABLES = ("table2", "table3", "table4")  # where the paper compares with MoCo v3, DINO, iBOT, SDMP, ...
 
 
@@ -147,7 +157,8 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flav
     parts = [f"# {plan.name}: {plan.description}", "",
              f"Presets: `{flavour}` flavour. {done} of {len(rows)} rows have results. "
              "Ours: mean ± std over seeds (sample std); Δ = ours − paper. kNN: top-1 at k = 20 "
-             "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json).", "",
+             "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json). "
+             f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",
              markdown_table(rows)]
     for figure in figures:
         parts += ["", f"![{figure}]({figure})"]

@@ -69,17 +69,75 @@ def test_regionswap_keeps_both_swapped_images():
         assert torch.all(result.images[g, 0][~mask] == g + 1)
 
 
-def test_resizemix_pastes_the_resized_partner():
-    images = torch.randn(4, 3, 32, 32)
+def test_resizemix_pastes_the_resized_flipped_partner_as_sdmp():
+    images = torch.randn(6, 3, 32, 32)
     result = mixers.resizemix(images, torch.Generator().manual_seed(2))
-    top, left, height, width = result.info["box"]
-    partner = result.info["partner"]
-    expected = F.interpolate(images[partner], size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    torch.testing.assert_close(result.images[:, :, top:top + height, left:left + width], expected)
-    outside = torch.ones(32, 32, dtype=torch.bool)
-    outside[top:top + height, left:left + width] = False
-    torch.testing.assert_close(result.images[:, :, outside], images[:, :, outside])
-    assert result.composition[0, partner[0]] == pytest.approx(height * width / 32**2)
+    assert torch.equal(result.info["partner"], torch.arange(5, -1, -1))  # SDMP pairs g with B - 1 - g
+    for g, (top, left, height, width) in enumerate(result.info["boxes"]):
+        # SDMP's box: side int(32 * sqrt(1 - lam)), half of it each side of a uniform centre, clipped.
+        cut = int(32 * np.sqrt(1 - result.info["lam"][g]))
+        assert height <= 2 * (cut // 2) and width <= 2 * (cut // 2)
+        if 0 < top and top + height < 32:
+            assert height == 2 * (cut // 2)
+        expected = F.interpolate(images[5 - g: 6 - g], size=(height, width), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(result.images[g, :, top:top + height, left:left + width], expected[0])
+        outside = torch.ones(32, 32, dtype=torch.bool)
+        outside[top:top + height, left:left + width] = False
+        torch.testing.assert_close(result.images[g][:, outside], images[g][:, outside])
+        assert result.composition[g, 5 - g] == pytest.approx(height * width / 32**2)
+
+
+def test_resizemix_partner_share_follows_sdmp():
+    """Mean partner share against SDMP's draw written out here: lam = 0.1 + 0.8 U per image, a box of
+    side int(H sqrt(1 - lam)) around a uniform centre, clipped at the border."""
+    rng = np.random.default_rng(0)
+    size, shares = 32, []
+    for _ in range(20000):
+        cut = int(size * np.sqrt(1 - (0.1 + 0.8 * rng.uniform())))
+        centre_y, centre_x = rng.integers(size), rng.integers(size)
+        height = min(centre_y + cut // 2, size) - max(centre_y - cut // 2, 0)
+        width = min(centre_x + cut // 2, size) - max(centre_x - cut // 2, 0)
+        shares.append(height * width / size**2)
+    expected = float(np.mean(shares))
+    assert 0.28 < expected < 0.36  # the issue's 0.31: clipping takes a third off the mean area 0.5
+    ours = [1 - mixers.resizemix(torch.zeros(8, 1, size, size), torch.Generator().manual_seed(i)).composition.diag()
+            for i in range(600)]
+    assert float(torch.cat(ours).mean()) == pytest.approx(expected, abs=0.01)
+    lam = np.concatenate([mixers.resizemix(torch.zeros(8, 1, 8, 8), torch.Generator().manual_seed(i)).info["lam"]
+                          for i in range(400)])
+    assert _uniform_ks(lam, 0.1, 0.9) < 1.63 / np.sqrt(len(lam))  # KS at 1 %
+
+
+@pytest.mark.parametrize("batch", [6, 7])
+def test_regionswap_follows_regionCL_on_the_patch_grid(batch):
+    patch, size = 16, 224
+    draws = [mixers.regionswap(identity_images(batch, size), torch.Generator().manual_seed(i), patch)
+             for i in range(300)]
+    assert torch.equal(draws[0].info["partner"], torch.arange(batch - 1, -1, -1))  # RegionCL's reversed batch
+    sides = set()
+    for result in draws:
+        top, left, height, width = result.info["box"]
+        assert top % patch == left % patch == height % patch == width % patch == 0  # whole tokens
+        assert top + height <= size and left + width <= size
+        sides |= {height, width}
+        for g in range(batch):
+            source = result.images[g, 0].long() - 1
+            assert torch.all(source[top:top + height, left:left + width] == batch - 1 - g)
+    # RegionCL on 224 px: sides of 3, 4 or 5 cells of 32 px = 96, 128, 160 px (6, 8, 10 tokens).
+    assert sides == {96, 128, 160}
+    # Mean area: the sides are drawn independently and uniformly from {3, 4, 5} / 7.
+    expected = np.mean([a * b / 49 for a in (3, 4, 5) for b in (3, 4, 5)])
+    area = np.mean([r.info["box"][2] * r.info["box"][3] / size**2 for r in draws])
+    assert area == pytest.approx(expected, abs=0.02)
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_mixup_and_cutmix_pair_with_the_flipped_batch_as_timm(method):
+    for batch in (6, 7):
+        result = mixers.apply_mixer(method, torch.randn(batch, 3, 16, 16), torch.Generator().manual_seed(0), 2, 4)
+        partner = result.info["partner"]
+        assert partner.tolist() == [batch - 1 - g for g in range(batch)]
+        assert (partner != torch.arange(batch)).sum() == batch - batch % 2  # only an odd batch's middle is its own
 
 
 def _draws(function, key, count=3000):
@@ -102,10 +160,8 @@ def test_mixup_lambda_follows_beta():
     assert abs(lam.var() - variance) < 0.1 * variance
 
 
-def test_cutmix_lambda_is_uniform_and_resizemix_scale_in_range():
+def test_cutmix_lambda_is_uniform():
     assert _uniform_ks(_draws(mixers.cutmix, "lam"), 0.0, 1.0) < 1.63 / np.sqrt(3000)  # KS at 1 %
-    tau = _draws(mixers.resizemix, "tau")
-    assert _uniform_ks(tau, 0.1, 0.8) < 1.63 / np.sqrt(3000)
 
 
 def test_cutmix_mixup_switches_half_the_time():
