@@ -6,19 +6,22 @@ Images reach the transform as RGB PIL images whatever the source (Fashion-MNIST 
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 from common.config import ConfigError
-from common.encoded_images import read_encoded
+from common.encoded_images import read_encoded, to_rgb
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder", "fashion_mnist", "synthetic")
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -138,8 +141,67 @@ class FolderSummary:
     num_images: int
 
 
+@dataclass(frozen=True)
+class FolderScan:
+    """An ImageFolder tree as the dataset reads it: classes (sorted), samples (path, class index) in
+    torchvision's ImageFolder order, and the image files' total size in bytes."""
+
+    classes: tuple[str, ...]
+    samples: tuple[tuple[str, int], ...]
+    total_bytes: int
+
+    def count(self, class_index: int) -> int:
+        return sum(1 for _, label in self.samples if label == class_index)
+
+
+def _walk_images(directory: str, ancestors: frozenset = frozenset()) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """(folder, [(image file name, bytes)]) for `directory` and every folder below it, following
+    symbolic links as the dataset does, and refusing a link that leads back to a folder above it
+    (a loop would count its images forever)."""
+    real = os.path.realpath(directory)
+    if real in ancestors:
+        raise ValueError(f"symbolic link loop: {directory} leads back to {real}, a folder that contains it; "
+                         "remove or fix that link")
+    ancestors = ancestors | {real}
+    files, folders = [], []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                folders.append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                files.append((entry.name, entry.stat().st_size))
+    yield directory, files
+    for folder in folders:
+        yield from _walk_images(folder, ancestors)
+
+
+def _folder_state(root: Path) -> tuple:
+    """What invalidates a cached scan: the root's and its class folders' modification times."""
+    return tuple((entry.name, entry.stat().st_mtime_ns) for entry in os.scandir(root) if entry.is_dir()) + (
+        root.stat().st_mtime_ns,)
+
+
+@functools.lru_cache(maxsize=16)
+def _scan(root: str, state: tuple) -> FolderScan:
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    samples, total = [], 0
+    for index, name in enumerate(classes):
+        for folder, files in sorted(_walk_images(os.path.join(root, name))):
+            for file_name, size in sorted(files):
+                samples.append((os.path.join(folder, file_name), index))
+                total += size
+    return FolderScan(tuple(classes), tuple(samples), total)
+
+
+def scan_image_folder(root: Path) -> FolderScan:
+    """One walk of an ImageFolder tree, shared by the preflight, the dataset and the fingerprint
+    (cached per process until a class folder changes)."""
+    root = Path(root)
+    return _scan(os.path.realpath(root), _folder_state(root))
+
+
 def _count_images(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sum(len(files) for _, files in _walk_images(str(folder)))
 
 
 def preflight_image_folder(root: Path, expected_classes: int | None = None,
@@ -163,7 +225,9 @@ def preflight_image_folder(root: Path, expected_classes: int | None = None,
     if split_like and all(any(q.is_dir() for q in (root / s).iterdir()) for s in split_like):
         raise ValueError(f"{root} contains split folders {split_like}: it looks like the parent "
                          f"folder; point to {root / split_like[0]} (expected ROOT/CLASS/IMAGE)")
-    counts = {p.name: _count_images(p) for p in subfolders}  # one pass: ImageNet has 1.28M files
+    scan = scan_image_folder(root)  # one pass: ImageNet has 1.28M files
+    counts = Counter(scan.classes[label] for _, label in scan.samples)
+    counts = {name: counts.get(name, 0) for name in scan.classes}
     empty = [name for name, count in counts.items() if count == 0]
     if empty:
         raise ValueError(f"{len(empty)} class folder(s) in {root} hold no images: {', '.join(empty[:5])}")
@@ -194,10 +258,8 @@ class RobustImageFolder(Dataset):
 
     def __init__(self, root: str, transform: Callable | None, bad_image_log: Path | None = None,
                  decode: bool = True):
-        from torchvision.datasets import ImageFolder
-
-        folder = ImageFolder(root)
-        self.samples, self.classes = folder.samples, folder.classes
+        scan = scan_image_folder(Path(root))  # the files the preflight counted, in ImageFolder's order
+        self.samples, self.classes = list(scan.samples), list(scan.classes)
         self.transform, self.bad_image_log, self.decode = transform, bad_image_log, decode
 
     def __len__(self) -> int:
@@ -217,7 +279,7 @@ class RobustImageFolder(Dataset):
             try:
                 if self.decode:
                     with Image.open(path) as opened:
-                        image = opened.convert("RGB")  # forces the full decode: truncation fails here
+                        image = to_rgb(opened)  # forces the full decode: truncation fails here
                 else:
                     image = read_encoded(Path(path).read_bytes())
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -255,6 +317,23 @@ def check_split_root(root: Path) -> None:
                          f"set data.root to its parent, which must hold train/ and val/")
     found = ", ".join(p.name for p in list(root.iterdir())[:8]) or "nothing"
     raise FileNotFoundError(f"expected {root}/train and {root}/val (one folder of images per class); found: {found}")
+
+
+def dataset_fingerprint(config: DataConfig) -> str:
+    """What a run reads beyond its config, for its identity: for folder datasets (ImageNet, ImageFolder)
+    a digest of each split's class names, image count and total bytes, so that another root with other
+    images is another run while the same images mounted elsewhere (another cluster) keep the run's
+    identity. "" for datasets whose content the config fixes (CIFAR, Fashion-MNIST, synthetic)."""
+    if config.dataset not in ("imagenet", "imagefolder"):
+        return ""
+    root = Path(config.root)
+    check_split_root(root)
+    splits = {}
+    for split in ("train", "val"):
+        if (root / split).is_dir():
+            scan = scan_image_folder(root / split)
+            splits[split] = [list(scan.classes), len(scan.samples), scan.total_bytes]
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _subset(dataset: Dataset, count: int) -> Dataset:

@@ -35,9 +35,22 @@ def _complete_jpeg(data: bytes) -> bool:
     return data.rstrip(b"\x00\r\n ").endswith(JPEG_END_OF_IMAGE)
 
 
+# PIL's 16-bit grayscale modes ("I" is how some Pillow versions open 16-bit PNGs).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB. 16-bit grayscale is scaled (v * 255 / 65535, rounded): PIL's own
+    convert clips it at 255, which turns almost every pixel of a 16-bit PNG white."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def pixels_of(image: Image.Image) -> EncodedImage:
     """A decoded PIL image as an RGB pixel payload."""
-    pixels = torch.from_numpy(np.array(image.convert("RGB")))  # np.array copies into a writable array
+    pixels = torch.from_numpy(np.array(to_rgb(image)))  # np.array copies into a writable array
     return EncodedImage(pixels.permute(2, 0, 1).contiguous(), image.height, image.width)
 
 

@@ -3,27 +3,56 @@
 <output_root>/<name>-<config hash>/
     config.yaml       resolved config
     provenance.json   git commit and dirty flag, package versions, host, devices, world size
-    metrics.jsonl     one JSON object per logged step
+    metrics.jsonl     one JSON object per logged step (line-atomic appends; a damaged line is skipped)
     checkpoints/      checkpoint_<step>.pt
     result.json       final metrics + config hash, written last and atomically
-A directory without result.json is incomplete and is never reported.
+    .lock             held (flock) by the one process that owns the run; released by the OS when it dies
+A directory without result.json is incomplete and is never reported. provenance.json keeps the first
+start's record and appends one record per restart under "restarts".
 """
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
 import json
+import os
 import platform
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from common.checkpoint import atomic_write_text
+from common.checkpoint import atomic_write_text, remove_stale_temporaries
 from common.config import config_hash, load_yaml, save_yaml
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another live process owns the run directory."""
+
+
+# Lock files held by this process: resolved run path -> open handle (the flock lives as long as it).
+_HELD_LOCKS: dict[Path, Any] = {}
+
+
+def releases_run_locks(function: Callable) -> Callable:
+    """Release, when `function` returns or raises, the run-directory locks it took (a stage's main;
+    in-process launchers run several stages one after another)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        before = set(_HELD_LOCKS)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            for path in set(_HELD_LOCKS) - before:
+                _HELD_LOCKS.pop(path).close()
+    return wrapper
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "omegaconf", "faiss-cpu", "faiss-gpu")
@@ -64,6 +93,10 @@ def experiment_hash(config: Any, exclude: tuple[str, ...] = ()) -> str:
     return config_hash(config, (*exclude, "run.seed"))
 
 
+def _combine(digest: str, data_fingerprint: str) -> str:
+    return hashlib.sha256(f"{digest}:{data_fingerprint}".encode()).hexdigest()[:len(digest)]
+
+
 class RunDirectory:
     """One stage run's folder. Create with `RunDirectory.for_config` (named by name + config hash)."""
 
@@ -75,10 +108,14 @@ class RunDirectory:
         self.experiment_digest = experiment_digest
 
     @classmethod
-    def for_config(cls, output_root: Path, name: str, config: Any,
-                   exclude: tuple[str, ...] = ()) -> "RunDirectory":
-        digest = config_hash(config, exclude)
-        return cls(Path(output_root) / f"{name}-{digest}", digest, experiment_hash(config, exclude))
+    def for_config(cls, output_root: Path, name: str, config: Any, exclude: tuple[str, ...] = (),
+                   data_fingerprint: str = "") -> "RunDirectory":
+        """Named by `name` and the hash of the config without `exclude`, and of the data's
+        fingerprint when it has one (common.datasets.dataset_fingerprint)."""
+        digest, experiment = config_hash(config, exclude), experiment_hash(config, exclude)
+        if data_fingerprint:
+            digest, experiment = (_combine(part, data_fingerprint) for part in (digest, experiment))
+        return cls(Path(output_root) / f"{name}-{digest}", digest, experiment)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -91,24 +128,98 @@ class RunDirectory:
     def is_complete(self) -> bool:
         return self.result_path.is_file()
 
+    def acquire(self, wait: bool = False) -> None:
+        """Take the run directory for this process (an exclusive flock on `.lock`, released by the OS
+        when the process dies, so a killed run never blocks its own resume). If another live process
+        holds it: wait for it (`wait`), or raise RunDirectoryBusy saying who holds it."""
+        key = self.path.resolve()
+        if key in _HELD_LOCKS:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunDirectoryBusy(
+                f"{self.path} is in use by {holder}: the same run is already going. Wait for it to finish "
+                "(or stop it), or add --wait to start once it is released.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        _HELD_LOCKS[key] = handle
+
     def prepare(self, config: Any, world_size: int = 1) -> None:
-        """Create the folder and write config + provenance (called on the main process only)."""
+        """Create the folder, remove what failed writes left, write config and provenance (the first
+        start's record is kept; each restart appends one). Main process only, lock held."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.checkpoint_dir):
+            remove_stale_temporaries(folder)
         save_yaml(config, self.path / "config.yaml")
-        atomic_write_text(json.dumps(provenance(world_size), indent=2), self.path / "provenance.json")
+        record = provenance(world_size)
+        path = self.path / "provenance.json"
+        try:
+            first = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            first = None
+        if isinstance(first, dict):
+            first.setdefault("restarts", []).append(record)
+            record = first
+        atomic_write_text(json.dumps(record, indent=2), path)
 
     def load_config(self, config_class: type) -> Any:
         return load_yaml(self.path / "config.yaml", config_class)
 
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        """Append one line in a single write; after a cut line (a kill or a full disk mid-append)
+        start on a fresh line so that the damage stays confined to that line."""
+        line = (json.dumps(record) + "\n").encode()
+        descriptor = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(descriptor).st_size
+            if size:
+                with open(self.metrics_path, "rb") as handle:
+                    handle.seek(size - 1)
+                    if handle.read(1) != b"\n":
+                        line = b"\n" + line
+            os.write(descriptor, line)
+        finally:
+            os.close(descriptor)
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
+        """Every readable record; damaged lines are skipped with one warning naming them."""
+        if not self.metrics_path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records, damaged = [], []
+        for number, line in enumerate(self.metrics_path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                damaged.append(number)
+        if damaged:
+            warnings.warn(f"{self.metrics_path}: skipped {len(damaged)} damaged line(s) "
+                          f"({', '.join(map(str, damaged[:5]))}), left by a kill or a full disk")
+        return records
+
+    def truncate_metrics(self, key: str, last: float) -> None:
+        """Keep only the readable records with record[key] <= last: a resumed run logs each step once."""
+        if not self.metrics_path.is_file():
+            return
+        kept = [r for r in self.read_metrics() if r.get(key, 0) <= last]
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.metrics_path)
 
     def write_result(self, result: dict[str, Any]) -> None:
         record = {**result, "config_hash": self.config_digest, "experiment_hash": self.experiment_digest}

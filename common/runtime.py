@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from common.config import ConfigError
+from common.config import ConfigError, added_field
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,6 +59,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
 @dataclass
 class RunConfig:
     """Where and how a stage runs; most of it does not change results (see NON_RESULT_FIELDS)."""
@@ -75,8 +79,15 @@ class RunConfig:
     max_skipped_steps: int = 100  # fp16 steps skipped for non-finite gradients before aborting
     collapse_warning: float = 0.1  # warn when std(normalised keys) x sqrt(dim) falls below this
     progress: bool = True
+    wait_for_lock: bool = added_field(False)  # another process owns the run directory: wait for it instead of exiting
+    # Start this new run from the newest readable checkpoint of another run (its weights, optimizer
+    # and step), e.g. after a NaN stop with a lower learning rate; recorded in provenance and result.
+    resume_from: str = added_field("")
 
     def check(self) -> None:
+        if not RUN_NAME.fullmatch(self.name) or ".." in self.name:
+            raise ConfigError(f"run.name {self.name!r} must be a plain folder name: letters, digits and "
+                              "._+=- (no '/', no '..', not empty), e.g. run.name=my-ablation")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -90,6 +101,6 @@ class RunConfig:
 NON_RESULT_FIELDS = (
     "run.name", "run.output_root", "run.experiment", "run.device", "run.checkpoint_every_steps",
     "run.keep_last_checkpoints", "run.milestone_every_epochs", "run.log_every_steps", "run.progress",
-    "run.max_skipped_steps", "run.collapse_warning", "data.max_bad_images",
+    "run.max_skipped_steps", "run.collapse_warning", "run.wait_for_lock", "data.max_bad_images",
     "data.root", "data.num_workers", "data.download",
 )

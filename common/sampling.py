@@ -6,8 +6,10 @@ makes a killed-and-resumed run, or a run on a different number of loader workers
 """
 from __future__ import annotations
 
+import random
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -18,7 +20,7 @@ class SeededViews(Dataset):
     """Wrap a dataset of (PIL image, label) into one of ([view_1, ..., view_n], label).
 
     Indexed by (index, epoch) pairs, as yielded by `EpochSampler`; each view transform runs under
-    torch's global generator seeded from (seed, epoch, index), so loader workers cannot change it.
+    the global generators seeded from (seed, epoch, index), so loader workers cannot change it.
     """
 
     def __init__(self, base: Dataset, view_transforms: Sequence[Callable], seed: int):
@@ -28,11 +30,21 @@ class SeededViews(Dataset):
         return len(self.base)
 
     def draw_views(self, image, key: tuple[int, int]) -> list:
-        """Each view transform applied to `image` under the generator seeded from (seed, epoch, index)."""
+        """Each view transform applied to `image` with torch's, Python's and numpy's global generators
+        seeded from (seed, epoch, index) (timm's RandAugment and RandomErasing draw from the latter
+        two), and restored afterwards."""
         index, epoch = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, epoch, index))
-            return [transform(image) for transform in self.view_transforms]
+        seed = derive_seed(self.seed, epoch, index)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)
+                return [transform(image) for transform in self.view_transforms]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
     def __getitem__(self, key: tuple[int, int]):
         image, label = self.base[key[0]]
@@ -46,11 +58,11 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, dataset_size: int, batch_per_rank: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, batch_field: str = "optim.batch_size"):
         global_batch = batch_per_rank * world_size
         if dataset_size < global_batch:
-            raise ValueError(f"dataset has {dataset_size} images, fewer than one global batch of "
-                             f"{global_batch}; lower optim.batch_size or use more data")
+            raise ValueError(f"the dataset has {dataset_size} images, fewer than one global batch of "
+                             f"{global_batch}; lower {batch_field} or use more data")
         self.dataset_size, self.batch_per_rank, self.seed = dataset_size, batch_per_rank, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start_batch = 0, 0

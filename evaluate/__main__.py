@@ -10,6 +10,7 @@ import sys
 
 from omegaconf import OmegaConf
 
+from common.cli import EXIT_BAD_INPUT, add_run_flags, run_flag_overrides, run_stage
 from common.config import ConfigError
 from evaluate.configs import PRESETS, resolve_eval_config
 
@@ -20,20 +21,27 @@ def run_protocol(protocol: str, argv: list[str]) -> None:
     parser.add_argument("--encoder-file", help="encoder file written by `python -m evaluate convert/export`")
     parser.add_argument("--preset", default="", help=f"one of {', '.join(PRESETS[protocol])}")
     parser.add_argument("--print-config", action="store_true")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="evaluate an unfinished pretraining run's newest checkpoint without the warning")
+    add_run_flags(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     arguments = parser.parse_args(argv)
+    overrides = [*arguments.overrides, *run_flag_overrides(arguments)]
+    if arguments.allow_incomplete:
+        overrides.append("source.allow_incomplete=true")
     try:
         config = resolve_eval_config(protocol, arguments.preset, arguments.run_dir, arguments.encoder_file,
-                                     arguments.overrides)
-    except (ConfigError, FileNotFoundError) as error:
+                                     overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None
     if arguments.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(config)))
         return
     from evaluate import finetune, knn, linear, similarity
 
-    {"knn": knn.main, "linear": linear.main, "finetune": finetune.main, "similarity": similarity.main}[protocol](config)
+    main = {"knn": knn.main, "linear": linear.main, "finetune": finetune.main, "similarity": similarity.main}[protocol]
+    run_stage(main, config)
 
 
 def cli(argv: list[str] | None = None) -> None:

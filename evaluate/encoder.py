@@ -7,6 +7,8 @@ writes them from our runs and from published PatchMix, MoCo v3, DINO and timm ch
 from __future__ import annotations
 
 import hashlib
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from common.checkpoint import list_checkpoints, load_torch
-from common.config import ConfigError
+from common.checkpoint import latest_readable_checkpoint, list_checkpoints
+from common.config import ConfigError, added_field
 from common.vit import VIT_SIZES, build_vit
 
 
@@ -28,6 +30,9 @@ class SourceConfig:
     # auto (momentum if the run has one, else base) | momentum | base | random (the run's architecture,
     # freshly initialised with the run's seed: the reference row showing what pretraining added)
     encoder: str = "auto"
+    # Evaluating a pretraining run without result.json (the newest checkpoint of an unfinished run) is
+    # allowed but warned about loudly, and recorded; true: quietly (--allow-incomplete).
+    allow_incomplete: bool = added_field(False)
 
     def check(self) -> None:
         if bool(self.run_dir) == bool(self.encoder_file):
@@ -84,6 +89,19 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:16]
 
 
+def encoder_digest(state_dict: dict[str, torch.Tensor], spec: EncoderSpec) -> str:
+    """The identity of an encoder: its weights and its architecture. The weights' shapes fix the
+    width, depth, patch and input size, but not the head count (the same ViT-S weights read as 6 or 12
+    heads compute different features): a count other than the arch's default is folded in, and the
+    default keeps the weights' digest alone (the digest of every encoder evaluated before)."""
+    weights = state_digest(state_dict)
+    default = VIT_SIZES[spec.arch].default_heads
+    heads = spec.num_heads or default
+    if heads == default:
+        return weights
+    return hashlib.sha256(f"{weights}:heads={heads}".encode()).hexdigest()[:16]
+
+
 def infer_spec(state_dict: dict[str, torch.Tensor], num_heads: int = 0) -> EncoderSpec:
     """Architecture from weight shapes (heads cannot be inferred: pass num_heads, 0 = arch default)."""
     if "patch_embed.proj.weight" not in state_dict or "pos_embed" not in state_dict:
@@ -112,19 +130,39 @@ def load_encoder_file(path: Path) -> LoadedEncoder:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"encoder file {path} does not exist")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    state = load_file(str(path))
-    return LoadedEncoder(state, EncoderSpec.from_metadata(metadata), state_digest(state),
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types on a file of another format
+        raise ValueError(f"{path} is not a safetensors encoder file ({str(error).splitlines()[0]}). A .pt/.pth "
+                         "checkpoint must be converted first: python -m evaluate convert --format "
+                         "patchmix|mocov3|dino|timm IN OUT.safetensors") from None
+    spec = EncoderSpec.from_metadata(metadata)
+    check_fits(state, spec, str(path))
+    return LoadedEncoder(state, spec, encoder_digest(state, spec),
                          metadata.get("description", str(path)))
 
 
-def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
-    """The evaluation encoder of a pretraining run's newest checkpoint.
+def check_fits(state_dict: dict[str, torch.Tensor], spec: EncoderSpec, where: str) -> None:
+    """Refuse, in one line, weights that do not load into the architecture `spec` names."""
+    try:
+        spec.build().load_state_dict(state_dict)
+    except (RuntimeError, ConfigError) as error:
+        details = " ".join(str(error).split())
+        raise ValueError(f"{where}: the weights do not fit the architecture {spec.arch}/{spec.patch_size} at "
+                         f"{spec.image_size} px with {spec.num_heads or 'default'} heads ({details[:300]}); "
+                         "re-export the file, or convert it again with the right --encoder/--num-heads") from None
+
+
+def encoder_state_from_run(run_dir: Path, which: str = "auto", allow_incomplete: bool = False) -> LoadedEncoder:
+    """The evaluation encoder of a pretraining run's newest readable checkpoint.
 
     `which='auto'` takes the momentum encoder when the run has one (as all published protocols do)
     and the base encoder otherwise (the published ViT-T preset has no momentum encoder);
     `which='random'` builds the run's architecture with fresh weights (no checkpoint needed).
+    A run without result.json has not finished: its checkpoint is used with a loud warning (none
+    with `allow_incomplete`), and `pretrain_complete: false` and the step go into the origin record.
     """
     from common.config import load_yaml
     from common.rundir import experiment_hash
@@ -142,22 +180,34 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto") -> LoadedEncoder:
     if which == "random":
         torch.manual_seed(config.run.seed)
         state = spec.build().state_dict()
-        return LoadedEncoder(state, spec, state_digest(state), f"{run_dir}:random-init", origin)
-    checkpoints = list_checkpoints(run_dir / "checkpoints")
-    if not checkpoints:
+        return LoadedEncoder(state, spec, encoder_digest(state, spec), f"{run_dir}:random-init", origin)
+    if not list_checkpoints(run_dir / "checkpoints"):
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
-    step, path = checkpoints[-1]
-    model_state = load_torch(path)["model"]
+    found = latest_readable_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise ValueError(f"none of the checkpoints in {run_dir / 'checkpoints'} is readable (truncated, or "
+                         "refused by the safe loader); resume the pretraining run to write a new one")
+    step, checkpoint = found
+    model_state = checkpoint["model"]
+    complete = (run_dir / "result.json").is_file()
+    origin["pretrain_complete"] = complete
+    if not complete and not allow_incomplete:
+        message = (f"{run_dir} has not finished pretraining (no result.json): evaluating its checkpoint of "
+                   f"step {step}, recorded as such in result.json and in the reports. Pass --allow-incomplete "
+                   "to do this without the warning.")
+        print(f"\n{'!' * 80}\nWARNING: {message}\n{'!' * 80}\n", file=sys.stderr)
+        warnings.warn(message)
     has_momentum = config.model.momentum_encoder
     if which == "momentum" and not has_momentum:
         raise ValueError(f"{run_dir} was trained without a momentum encoder; use source.encoder=base")
     prefix = "momentum_encoder." if (which == "momentum" or (which == "auto" and has_momentum)) else "base_encoder."
     state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     origin.update(encoder=prefix.rstrip("."), checkpoint_step=step)
-    return LoadedEncoder(state, spec, state_digest(state), f"{run_dir}:{prefix.rstrip('.')}@step{step}", origin)
+    return LoadedEncoder(state, spec, encoder_digest(state, spec), f"{run_dir}:{prefix.rstrip('.')}@step{step}",
+                         origin)
 
 
 def load_source(source: SourceConfig) -> LoadedEncoder:
     if source.run_dir:
-        return encoder_state_from_run(Path(source.run_dir), source.encoder)
+        return encoder_state_from_run(Path(source.run_dir), source.encoder, source.allow_incomplete)
     return load_encoder_file(Path(source.encoder_file))

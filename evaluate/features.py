@@ -2,7 +2,8 @@
 
 Under data parallelism each rank encodes one contiguous shard and the shards are gathered, so the
 result is the same tensor whatever the number of processes. The cache key covers the encoder
-weights' digest, the feature kind, the transform and the dataset, so the kNN and linear protocols
+weights' digest, the feature kind, the transform and the dataset (with the fingerprint of its images
+for folder datasets), so the kNN and linear protocols
 of one checkpoint share one extraction.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from common import dist
-from common.checkpoint import atomic_torch_save, load_torch
+from common.checkpoint import atomic_torch_save, load_torch, remove_stale_temporaries
 from common.config import ConfigError
-from common.datasets import DataConfig, build_dataset
+from common.datasets import DataConfig, build_dataset, dataset_fingerprint
 from common.transforms import eval_transform
 
 FEATURE_KINDS = ("cls", "mean_patch", "cls_last_n")
@@ -96,6 +98,9 @@ def cache_key(encoder_digest: str, config: FeatureConfig, data: DataConfig, spli
                 "subset": data.train_subset if split == "train" else data.test_subset,
                 "synthetic": [data.synthetic_train_size, data.synthetic_test_size, data.synthetic_classes,
                               data.synthetic_image_size] if data.dataset == "synthetic" else None}
+    fingerprint = dataset_fingerprint(data)
+    if fingerprint:  # folder datasets: which images, wherever they are mounted
+        relevant["images"] = fingerprint
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -107,8 +112,12 @@ def features_for(encoder: nn.Module, encoder_digest: str, data: DataConfig, spli
     if cache_dir is not None and config.cache:
         path = Path(cache_dir) / f"{split}-{cache_key(encoder_digest, config, data, split, image_size)}.pt"
         if path.is_file():
-            cached = load_torch(path)
-            return cached["features"], cached["labels"]
+            try:
+                cached = load_torch(path)
+                return cached["features"], cached["labels"]
+            except Exception as error:  # a damaged cache is only a cache: compute it again
+                warnings.warn(f"feature cache {path} is unreadable ({type(error).__name__}); recomputing it")
+        remove_stale_temporaries(Path(cache_dir))
     dataset = build_dataset(data, split, eval_transform(image_size))
     features, labels = extract(encoder, dataset, config, device, data.num_workers, f"{split} features")
     if path is not None and dist.is_main_process():

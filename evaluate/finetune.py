@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import Mixup, create_transform
+from timm.data.auto_augment import posterize as timm_posterize
 from timm.data.auto_augment import rand_augment_transform
 from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
@@ -24,31 +25,51 @@ from tqdm import tqdm
 from common import dist
 from common.checkpoint import atomic_torch_save, checkpoint_path, load_latest_checkpoint, prune_checkpoints
 from common.datasets import build_dataset
+from common.health import StepHealth
+from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
 from common.transforms import NORMALIZE, eval_transform
 from evaluate.configs import FinetuneConfig
-from evaluate.linear import accuracy
+from evaluate.linear import accuracy, stop_if_diverged
 from evaluate.session import open_session
+
+
+def posterize_to_zero_bits(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize, with 0 bits meaning what it meant in the Pillow the recipe ran on: every bit
+    cleared (a black image). timm's PosterizeIncreasing asks for 0 bits at magnitude 10, which
+    rand-m9-mstd0.5 reaches (clipped) for ~0.1 % of images; Pillow >= 12 refuses 0 bits."""
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return timm_posterize(image, bits_to_keep, **kwargs)
+
+
+def with_valid_posterize(transform):
+    """The transform with every RandAugment posterize op using `posterize_to_zero_bits` (in place)."""
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = posterize_to_zero_bits
+    return transform
 
 
 def finetune_transform(config: FinetuneConfig, image_size: int):
     """Training transform: timm's RandAugment pipeline, or the CIFAR variant with RandomCrop."""
     if not config.small_image_crop:
-        return create_transform(image_size, is_training=True, auto_augment=config.auto_augment,
-                                interpolation="bicubic", re_prob=config.random_erasing, re_mode="pixel",
-                                re_count=1)
+        return with_valid_posterize(create_transform(
+            image_size, is_training=True, auto_augment=config.auto_augment, interpolation="bicubic",
+            re_prob=config.random_erasing, re_mode="pixel", re_count=1))
     # Bicubic like the published code (timm's RandAugment otherwise picks bilinear or bicubic per op).
     augment_params = {"translate_const": int(image_size * 0.45), "img_mean": (124, 116, 104),
                       "interpolation": Image.BICUBIC}
-    return transforms.Compose([
+    return with_valid_posterize(transforms.Compose([
         transforms.RandomCrop(image_size, padding=4),
         transforms.RandomHorizontalFlip(),
         rand_augment_transform(config.auto_augment, augment_params),
         transforms.ToTensor(),
         NORMALIZE,
         RandomErasing(config.random_erasing, mode="pixel", device="cpu"),
-    ])
+    ]))
 
 
 def evaluation_transform(config: FinetuneConfig, image_size: int):
@@ -131,6 +152,7 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, p
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
+@releases_run_locks
 def main(config) -> dict:
     session = open_session(config)
     if isinstance(session, dict):
@@ -151,7 +173,7 @@ def main(config) -> dict:
 
     train_set = SeededViews(build_dataset(config.data, "train", None),
                             [finetune_transform(finetune, session.image_size)], seed)
-    sampler = EpochSampler(len(train_set), batch_per_rank, seed, dist.rank(), world)
+    sampler = EpochSampler(len(train_set), batch_per_rank, seed, dist.rank(), world, "finetune.batch_size")
     steps_per_epoch = sampler.batches_per_epoch
     scheduler = build_scheduler(optimizer, finetune, steps_per_epoch)
     mixup = Mixup(mixup_alpha=finetune.mixup, cutmix_alpha=finetune.cutmix,
@@ -170,7 +192,10 @@ def main(config) -> dict:
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start_epoch, history = state["epoch"], state["history"]
+    if dist.is_main_process():
+        session.run_dir.truncate_metrics("epoch", start_epoch)  # epochs logged after the checkpoint
     trained: nn.Module = model
+    health = StepHealth(device)
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -189,11 +214,13 @@ def main(config) -> dict:
             images, targets = mixup(images.to(device, non_blocking=True), labels.to(device))
             with autocast(device, precision):
                 loss = criterion(trained(images).float(), targets)
+            health.observe(loss, step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update(model, step=step)
+        stop_if_diverged(health, epoch, steps_per_epoch, "finetune")
         top1, top5 = evaluate_model(model, test_loader, device, precision)
         record = {"epoch": epoch + 1, "top1": top1, "top5": top5, "train_loss": loss.item()}
         if ema is not None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import ConfigError
+from common.rundir import releases_run_locks
 
 BACKENDS = ("auto", "faiss", "torch")
 
@@ -156,6 +157,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return results
 
 
+@releases_run_locks
 def main(config) -> dict:
     """The kNN protocol on an EvalConfig: features of train and test sets, then one search."""
     from evaluate.session import open_session

@@ -21,6 +21,8 @@ from torchvision import transforms
 from common import dist
 from common.checkpoint import atomic_torch_save, checkpoint_path, load_latest_checkpoint, prune_checkpoints
 from common.datasets import build_dataset
+from common.health import NonFiniteLossError, StepHealth
+from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
 from common.transforms import NORMALIZE
@@ -77,7 +79,8 @@ def _feature_batches(session: EvalSession, encoder: nn.Module, batch_per_rank: i
     config, device = session.config, session.device
     if not config.linear.augment:
         features, labels = session.features(encoder, "train")
-        sampler = EpochSampler(len(features), batch_per_rank, seed, dist.rank(), dist.world_size())
+        sampler = EpochSampler(len(features), batch_per_rank, seed, dist.rank(), dist.world_size(),
+                               "linear.batch_size")
 
         def epoch_batches(epoch: int):
             sampler.set_epoch(epoch)
@@ -88,7 +91,7 @@ def _feature_batches(session: EvalSession, encoder: nn.Module, batch_per_rank: i
 
     dataset = SeededViews(build_dataset(config.data, "train", None),
                           [train_transform(session.image_size, config.linear.crop_scale_min)], seed)
-    sampler = EpochSampler(len(dataset), batch_per_rank, seed, dist.rank(), dist.world_size())
+    sampler = EpochSampler(len(dataset), batch_per_rank, seed, dist.rank(), dist.world_size(), "linear.batch_size")
     precision = resolve_precision(config.run.precision, device)
 
     def epoch_batches(epoch: int):
@@ -101,6 +104,18 @@ def _feature_batches(session: EvalSession, encoder: nn.Module, batch_per_rank: i
                                config.features.last_n)
             yield feats.float(), labels.to(device)
     return epoch_batches, sampler.batches_per_epoch
+
+
+def stop_if_diverged(health: StepHealth, epoch: int, steps_per_epoch: int, what: str) -> None:
+    """After an epoch, before its checkpoint: the pretraining health rule (stop at the first
+    non-finite loss on every rank, keep the last good checkpoint, exit non-zero)."""
+    first = health.agreed_first_bad_step()
+    if first >= 0:
+        raise NonFiniteLossError(
+            f"{what}: non-finite loss at step {first} (epoch {(first - 1) // steps_per_epoch + 1}); stopped "
+            f"before saving epoch {epoch + 1}. The checkpoint of epoch {epoch} is the last good one"
+            f"{'' if epoch else ' (none: it diverged in the first epoch)'}; lower the learning rate "
+            "(base_lr) for a new run, or check the features and labels.")
 
 
 def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Optimizer, epoch_batches,
@@ -117,6 +132,7 @@ def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Op
     total_steps, warmup_steps = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="linear probe",
                unit="epoch", disable=not progress, dynamic_ncols=True)
+    health = StepHealth(test_features.device)
     for epoch in bar:
         head.train()
         for batch_index, (features, labels) in enumerate(epoch_batches(epoch)):
@@ -124,9 +140,11 @@ def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Op
                 group["lr"] = learning_rate(epoch * steps_per_epoch + batch_index, total_steps, warmup_steps,
                                             peak_lr, 0.0)
             loss = F.cross_entropy(trained_head(features), labels)
+            health.observe(loss, epoch * steps_per_epoch + batch_index + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        stop_if_diverged(health, epoch, steps_per_epoch, "linear probe")
         head.eval()
         with torch.no_grad():
             top1, top5 = accuracy(head(test_features), test_labels)
@@ -138,6 +156,7 @@ def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Op
     return history
 
 
+@releases_run_locks
 def main(config) -> dict:
     session = open_session(config)
     if isinstance(session, dict):
@@ -168,6 +187,8 @@ def main(config) -> dict:
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
+    if dist.is_main_process():
+        session.run_dir.truncate_metrics("epoch", start_epoch)  # epochs logged after the checkpoint
 
     def save_epoch(record: dict) -> None:
         if dist.is_main_process():

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from common import dist
-from common.datasets import num_classes
+from common.datasets import dataset_fingerprint, num_classes
 from common.rundir import RunDirectory
 from common.runtime import NON_RESULT_FIELDS, resolve_device, seed_everything
 from evaluate.configs import EvalConfig
@@ -69,7 +69,9 @@ def eval_run_directory(config: EvalConfig, encoder: LoadedEncoder) -> RunDirecto
     """Named by protocol, preset and weights digest, hashed over the protocol's own settings."""
     return RunDirectory.for_config(output_root(config), f"{config.run.name}-{encoder.digest[:8]}", config,
                                    NON_RESULT_FIELDS + config.unused_sections() + ("source.run_dir",
-                                                                                   "source.encoder_file"))
+                                                                                   "source.encoder_file",
+                                                                                   "source.allow_incomplete"),
+                                   dataset_fingerprint(config.data))
 
 
 def open_session(config: EvalConfig) -> EvalSession | dict:
@@ -82,6 +84,11 @@ def open_session(config: EvalConfig) -> EvalSession | dict:
     if run_dir.is_complete():
         if dist.is_main_process():
             print(f"[evaluate {config.protocol}] {run_dir.path} is complete; nothing to do")
+        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
+    if dist.is_main_process():
+        run_dir.acquire(config.run.wait_for_lock)
+    dist.barrier()
+    if run_dir.is_complete():  # finished by the process we waited for
         return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
     if dist.is_main_process():
         run_dir.prepare(config, dist.world_size())

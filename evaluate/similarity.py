@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import ConfigError
+from common.rundir import releases_run_locks
 
 HISTOGRAM_BINS = 40
 
@@ -68,6 +69,7 @@ def similarity_distribution(train_features: torch.Tensor, train_labels: torch.Te
     }
 
 
+@releases_run_locks
 def main(config) -> dict:
     """The similarity protocol on an EvalConfig (features shared with kNN through the cache)."""
     from evaluate.session import open_session

@@ -1,11 +1,9 @@
 """`python -m pretrain --preset NAME key=value ...` (under torchrun for several GPUs)."""
 from __future__ import annotations
 
-import sys
-
-from common.cli import preset_parser, resolve_config
+from common.cli import preset_parser, resolve_config, run_stage
 from pretrain.configs import PRESETS, preset
-from pretrain.train import NonFiniteLossError, TrainingAborted, main
+from pretrain.train import main
 
 
 def cli() -> None:
@@ -13,11 +11,7 @@ def cli() -> None:
     config = resolve_config(parser.parse_args(), PRESETS, preset, default_preset="debug_cpu")
     if config is None:
         return
-    try:
-        main(config)
-    except (NonFiniteLossError, TrainingAborted, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(3) from None
+    run_stage(main, config)
 
 
 if __name__ == "__main__":

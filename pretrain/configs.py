@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from common.config import ConfigError
-from common.datasets import DataConfig
-from common.runtime import RunConfig
+from common.datasets import DataConfig, dataset_fingerprint
+from common.rundir import RunDirectory
+from common.runtime import NON_RESULT_FIELDS, RunConfig
 from pretrain.augment import AugmentConfig
 from pretrain.loss import LossConfig
 from pretrain.model import ModelConfig
@@ -218,6 +219,13 @@ def _build_registry() -> dict[str, Callable[[], PretrainConfig]]:
 
 
 PRESETS = _build_registry()
+
+
+def run_directory(config: PretrainConfig, data_fingerprint: str | None = None) -> RunDirectory:
+    """The run directory of a pretraining config: its name, its config hash (fields that do not change
+    the result left out) and the fingerprint of the images it reads (computed unless given)."""
+    fingerprint = dataset_fingerprint(config.data) if data_fingerprint is None else data_fingerprint
+    return RunDirectory.for_config(config.run.output_root, config.run.name, config, NON_RESULT_FIELDS, fingerprint)
 
 
 def preset(name: str) -> PretrainConfig:

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -21,18 +22,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import dist, preemption
+from common.health import NonFiniteLossError, StepHealth, TrainingAborted
 from common.checkpoint import (atomic_torch_save, atomic_write_text, checkpoint_path,
                                load_latest_checkpoint, prune_checkpoints)
 from common.datasets import build_dataset, count_bad_images
-from common.rundir import RunDirectory
-from common.runtime import (NON_RESULT_FIELDS, autocast, derive_seed, resolve_device,
-                            resolve_precision, seed_everything)
+from common.rundir import releases_run_locks
+from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything
 from common.sampling import EpochSampler, SeededViews
 from pretrain import schedules
 from pretrain.augment import pretraining_views, view_probabilities, view_sizes
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
 from pretrain.gpu_augment import augment_views
-from pretrain.configs import OptimConfig, PretrainConfig
+from pretrain.configs import OptimConfig, PretrainConfig, run_directory
 from pretrain.loss import soft_target_cross_entropy
 from pretrain.model import PatchMixModel
 from pretrain.mixers import MixResult, apply_mixer, mix_to_mix_from_compositions, place_targets
@@ -173,26 +174,6 @@ def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch
     return loss, metrics, lr, wd, skipped
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A rank saw a NaN or infinite loss; every rank stops at the same step."""
-
-
-class TrainingAborted(RuntimeError):
-    """A budget was exceeded (unreadable images, skipped fp16 steps)."""
-
-
-class StepHealth:
-    """First step with a non-finite loss, tracked on the device: no host synchronisation per step."""
-
-    def __init__(self, device: torch.device):
-        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
-
-    def observe(self, loss: torch.Tensor, step: int) -> None:
-        newly_bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss.detach())
-        self.first_nonfinite = torch.where(newly_bad, torch.full_like(self.first_nonfinite, step),
-                                           self.first_nonfinite)
-
-
 def agree(health: StepHealth, over_budget: bool) -> tuple[int, bool, bool]:
     """The periodic cross-rank check. Returns (earliest non-finite step or -1, any rank over a
     budget, any rank asked to checkpoint for preemption) -- identical on every rank."""
@@ -228,6 +209,7 @@ def _convert_heads_to_sync_batchnorm(model: PatchMixModel) -> None:
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
 
 
+@releases_run_locks
 def main(config: PretrainConfig) -> dict:
     """Pretrain as configured, resuming from the run directory's newest checkpoint if there is one.
 
@@ -242,7 +224,7 @@ def main(config: PretrainConfig) -> dict:
         raise ValueError(f"optim.batch_size {config.optim.batch_size} is not divisible by the "
                          f"{world_size} processes")
     batch_per_rank = config.optim.batch_size // world_size
-    run_dir = RunDirectory.for_config(config.run.output_root, config.run.name, config, NON_RESULT_FIELDS)
+    run_dir = run_directory(config)  # reads the dataset folder's listing: a wrong root fails here
     if run_dir.is_complete():
         if dist.is_main_process():
             print(f"[pretrain] {run_dir.path} is complete; nothing to do")
@@ -251,6 +233,11 @@ def main(config: PretrainConfig) -> dict:
     bad_image_dir = run_dir.path / "bad_images"
     base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir,
                                  decode=not config.augment.gpu_decode)
+    if dist.is_main_process():
+        run_dir.acquire(config.run.wait_for_lock)
+    dist.barrier()
+    if run_dir.is_complete():  # finished by the process we waited for
+        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
     if dist.is_main_process():
         run_dir.prepare(config, world_size)
     dist.barrier()
@@ -274,20 +261,30 @@ def main(config: PretrainConfig) -> dict:
 
     step, skipped_steps = 0, 0
     state = load_latest_checkpoint(run_dir.checkpoint_dir)
+    resumed_from = None
+    if state is None and config.run.resume_from and not any(run_dir.checkpoint_dir.glob("checkpoint_*.pt")):
+        state = load_latest_checkpoint(Path(config.run.resume_from) / "checkpoints")
+        if state is None:
+            raise FileNotFoundError(f"run.resume_from={config.run.resume_from} holds no readable checkpoint")
+        resumed_from = {"run_dir": config.run.resume_from, "step": state["step"]}
+        if dist.is_main_process():
+            print(f"[pretrain] new run {run_dir.path} starts from {config.run.resume_from} at step {state['step']}")
     if state is not None:
         if state["world_size"] != world_size:
-            raise RuntimeError(f"{run_dir.path} was checkpointed with {state['world_size']} processes; "
-                               f"resuming with {world_size} would change the per-device mixing. Resume "
-                               "with the same number of processes or start a new run directory.")
+            raise ValueError(f"{run_dir.path} was checkpointed with {state['world_size']} processes; "
+                             f"resuming with {world_size} would change the per-device mixing. Resume "
+                             "with the same number of processes or start a new run directory.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, skipped_steps = state["step"], state.get("skipped_steps", 0)
-        if dist.is_main_process():
+        if dist.is_main_process() and resumed_from is None:
             print(f"[pretrain] resuming {run_dir.path} from step {step}")
     elif any(run_dir.checkpoint_dir.glob("checkpoint_*.pt")):
-        raise RuntimeError(f"{run_dir.checkpoint_dir} holds checkpoints but none is readable; refusing "
-                           "to restart from scratch silently. Move them away to start over.")
+        raise ValueError(f"{run_dir.checkpoint_dir} holds checkpoints but none is readable; refusing "
+                         "to restart from scratch silently. Move them away to start over.")
+    if dist.is_main_process():
+        run_dir.truncate_metrics("step", step)  # a killed run logged past its checkpoint: log each step once
 
     query_model: nn.Module = model
     if world_size > 1:
@@ -343,8 +340,10 @@ def main(config: PretrainConfig) -> dict:
             if first_nonfinite >= 0:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {first_nonfinite}; all {world_size} process(es) stopped at "
-                    f"step {step}. The last good checkpoint is kept in {run_dir.checkpoint_dir}; lower "
-                    "the learning rate or check the data before resuming.")
+                    f"step {step}. The last good checkpoint is kept in {run_dir.checkpoint_dir}. Check the "
+                    "data, or continue from that checkpoint with another setting as a new run: "
+                    f"python -m pretrain --preset {config.preset or '...'} --resume-from {run_dir.path} "
+                    f"optim.base_lr={config.optim.base_lr / 2:g} (plus this run's other overrides)")
             if abort:
                 raise TrainingAborted(
                     f"stopped at step {step}: {skipped_steps} skipped fp16 steps (limit "
@@ -383,6 +382,8 @@ def main(config: PretrainConfig) -> dict:
               "skipped_steps": skipped_steps, "bad_images": len(count_bad_images(bad_image_dir)),
               "loss_curve": loss_curve(run_dir.read_metrics()),
               "seconds_this_session": round(time.time() - started, 1)}
+    if config.run.resume_from:
+        result["resumed_from"] = resumed_from or {"run_dir": config.run.resume_from}
     if dist.is_main_process():
         run_dir.write_result(result)
         print(f"[pretrain] done: {run_dir.path}")

@@ -46,14 +46,20 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
 
 def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
                   seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ()) -> list[Path]:
-    results, superseded = split_superseded(collect(output_root))
+    collected = collect(output_root)
+    damaged = collected.attrs.get("damaged", [])
+    for path, reason in damaged:
+        print(f"warning: unreadable result {path} ({reason}); listed in the reports, averaged nowhere",
+              file=sys.stderr)
+    results, superseded = split_superseded(collected)
     reference = load_reference()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
         plan = build_plan(name, flavour, seeds, datasets if name not in ("table2", "table4", "demo", "smoke") else ())
         rows = row_results(plan, results, reference)
-        text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out), superseded)
+        text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out), superseded,
+                           damaged)
         path = out / f"{plan.name}.md"
         path.write_text(text)
         written.append(path)

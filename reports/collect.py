@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,9 @@ def load_reference() -> pd.DataFrame:
 def _flatten(record: dict, path: Path) -> dict:
     provenance = record.get("provenance", {})
     row = {key: value for key, value in record.items() if not isinstance(value, (dict, list))}
-    row.update({f"metric.{k}": v for k, v in record.get("metrics", {}).items()})
+    # A non-finite metric stays visible as text ("nan", "inf"), never as pandas' missing value.
+    row.update({f"metric.{k}": (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in record.get("metrics", {}).items()})
     row.update({"git_commit": provenance.get("git_commit", "unknown"), "git_dirty": provenance.get("git_dirty", False),
                 "result_path": str(path), "run_dir": str(path.parent), "completed": path.stat().st_mtime})
     for key, value in record.items():  # curves and histograms for the plots
@@ -28,14 +31,21 @@ def _flatten(record: dict, path: Path) -> dict:
 
 
 def collect(output_root: Path) -> pd.DataFrame:
-    """One row per completed run under `output_root` (any depth)."""
-    rows = []
+    """One row per completed run under `output_root` (any depth). result.json files that cannot be
+    read are not rows: they are listed, with the reason, in `frame.attrs["damaged"]` (path, reason)
+    so that reports name them instead of absorbing them silently."""
+    rows, damaged = [], []
     for path in sorted(Path(output_root).glob("**/result.json")):
         try:
-            rows.append(_flatten(json.loads(path.read_text()), path))
-        except json.JSONDecodeError:
-            continue  # result.json is written atomically; a broken one is not ours to report
-    return pd.DataFrame(rows)
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            rows.append(_flatten(record, path))
+        except (OSError, ValueError) as error:  # written atomically, so damaged after the fact
+            damaged.append((str(path), f"{type(error).__name__}: {error}"))
+    frame = pd.DataFrame(rows)
+    frame.attrs["damaged"] = damaged
+    return frame
 
 
 def split_superseded(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

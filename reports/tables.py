@@ -5,7 +5,7 @@ DINO, SDMP, iBOT, ...) for the same setting as reference rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -32,6 +32,7 @@ class RowResult:
     preset: str
     experiment_hash: str
     commit: str
+    notes: list[str] = field(default_factory=list)  # results left out of the mean, unfinished pretraining
 
     @property
     def delta(self) -> float | None:
@@ -67,7 +68,22 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
     output = []
     for row, records in grouped.items():
         metric = f"metric.{HEADLINE_METRIC[row.protocol]}"
-        values = [float(r[metric]) for _, r in records if metric in r and not pd.isna(r[metric])]
+        averaged, notes = [], []
+        for seed, record in records:
+            value = record.get(metric)
+            missing = value is None or (not isinstance(value, str) and pd.isna(value))
+            if missing or not math.isfinite(float(value)):
+                notes.append(f"seed {seed} left out: {metric[len('metric.'):]} is "
+                             f"{'missing' if missing else value} in {record['result_path']}")
+                continue
+            averaged.append((seed, float(value)))
+            complete = record.get("pretrain_complete")
+            if complete is not None and not pd.isna(complete) and not bool(complete):
+                step = record.get("checkpoint_step")
+                step = "?" if step is None or pd.isna(step) else int(step)  # pandas holds it as a float
+                notes.append(f"seed {seed} evaluated an unfinished pretraining run (checkpoint step {step}): "
+                             f"{record['run_dir']}")
+        values = [value for _, value in averaged]
         identities = {(_identity(r), str(r.get("git_commit", "unknown"))) for _, r in records}
         if len(identities) > 1:
             listing = "\n".join(f"  seed {seed}: experiment {_identity(r)} commit {r.get('git_commit')} ({r['run_dir']})"
@@ -77,8 +93,8 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
         identity, commit = next(iter(identities)) if identities else ("", "")
         mean = sum(values) / len(values) if values else None
         std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0) if values else None
-        output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in records),
-                                presets[row], identity, commit[:10]))
+        output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in averaged),
+                                presets[row], identity, commit[:10], notes))
     return output
 
 
@@ -100,11 +116,12 @@ def _number(value: float | None, signed: bool = False, scale: float | None = Non
 
 
 def _ours(result: RowResult) -> str:
+    marker = " *" if result.notes else ""  # see the notes under the table
     if result.mean is None:
-        return "not run"
+        return "not run" + marker
     if len(result.seeds) > 1:
-        return f"{_number(result.mean)} ± {_number(result.std, scale=result.mean)}"
-    return _number(result.mean)
+        return f"{_number(result.mean)} ± {_number(result.std, scale=result.mean)}{marker}"
+    return _number(result.mean) + marker
 
 
 def preset_flavour(preset: str) -> str:
@@ -151,7 +168,8 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
 
 
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flavour: str,
-                figures: list[str] = (), superseded: pd.DataFrame | None = None) -> str:
+                figures: list[str] = (), superseded: pd.DataFrame | None = None,
+                damaged: list[tuple[str, str]] = ()) -> str:
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
@@ -160,6 +178,12 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flav
              "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json). "
              f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",
              markdown_table(rows)]
+    notes = [f"- {r.row.method} {r.row.dataset} {r.row.protocol}: {note}" for r in rows for note in r.notes]
+    if notes:
+        parts += ["", "\\* Seeds lists the seeds averaged. Notes:", "", *notes]
+    if damaged:
+        parts += ["", f"Unreadable result files, reported nowhere ({len(damaged)}):", "",
+                  *[f"- {path}: {reason}" for path, reason in damaged]]
     for figure in figures:
         parts += ["", f"![{figure}]({figure})"]
     keys = {stage.key for stage in plan.stages}

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     from slurm.executors import load_cluster_config, resolve_executor
+    from common.cli import RUN_FAILURES
     from slurm.graph import launch
     from slurm.plans import build_plan
 
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RUN_FAILURES as error:  # a stage run inline failed, or another launcher holds the plan
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(3) from None
     counts: dict[str, int] = {}
     for what in outcome.values():
         category = what if what in ("complete", "ran", "would submit") else " ".join(what.split()[:2 if what.startswith(("queued", "not")) else 1])

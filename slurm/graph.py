@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common.config import apply_overrides
-from common.rundir import RunDirectory
-from common.runtime import NON_RESULT_FIELDS
+from common.rundir import RunDirectory, releases_run_locks
 from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
 from slurm.plans import PRETRAIN, Plan, Stage
 
@@ -32,6 +31,7 @@ class ResolvedStage:
     stage: Stage
     config: Any  # PretrainConfig or EvalConfig
     run_dir: Path | None  # None for an evaluation whose weights do not exist yet
+    data_problem: str = ""  # why the pretraining dataset cannot be read from here (then run_dir is a guess)
 
     def is_complete(self) -> bool:
         return self.run_dir is not None and (self.run_dir / "result.json").is_file()
@@ -41,7 +41,7 @@ def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = 
                  eval_overrides: list[str] = ()) -> list[ResolvedStage]:
     """Every stage's config and (where knowable) run directory, in plan order."""
     from evaluate.configs import resolve_eval_config
-    from pretrain.configs import preset
+    from pretrain.configs import preset, run_directory
 
     resolved: dict[str, ResolvedStage] = {}
     for stage in plan.stages:
@@ -49,8 +49,11 @@ def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = 
         if stage.kind == PRETRAIN:
             config = apply_overrides(preset(stage.preset), [*stage.overrides, f"run.output_root={output_root}", tag,
                                                             *pretrain_overrides])
-            run_dir = RunDirectory.for_config(output_root, config.run.name, config, NON_RESULT_FIELDS).path
-            resolved[stage.key] = ResolvedStage(stage, config, run_dir)
+            try:
+                run_dir, data_problem = run_directory(config).path, ""
+            except (FileNotFoundError, ValueError) as error:  # the dataset cannot be read from here
+                run_dir, data_problem = run_directory(config, data_fingerprint="unread").path, str(error)
+            resolved[stage.key] = ResolvedStage(stage, config, run_dir, data_problem)
             continue
         source = resolved[stage.after]
         if stage.kind == "transfer":
@@ -117,12 +120,22 @@ class JobRegistry:
         return entry["job_id"] if state.split()[0] in ACTIVE_STATES else None
 
 
+@releases_run_locks
 def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
            pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
            echo: Callable[[str], None] = print) -> dict[str, str]:
     """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}."""
     stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
+    unreadable = [f"{item.stage.key}: {item.data_problem}" for item in stages
+                  if item.data_problem and not item.is_complete()]
+    if unreadable and not dry_run:
+        raise ValueError("the dataset of these stages cannot be read from here, so their jobs would fail:\n  "
+                         + "\n  ".join(unreadable))
+    for line in unreadable:
+        echo(f"[warning] {line} (a real launch refuses this)")
     registry = JobRegistry(output_root, plan.name)
+    if not dry_run:  # two launchers of one plan at once would both submit every stage
+        RunDirectory(registry.folder).acquire()
     log_folder = Path(output_root) / ".submitit" / plan.name
     job_ids: dict[str, str] = {}
     outcome: dict[str, str] = {}

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from common.config import apply_overrides
 from pretrain.configs import PretrainConfig, preset
 
 
@@ -36,3 +38,14 @@ def _restore_signal_handlers():
         signal.signal(signum, handler)
     preemption.reset()
     preemption._previous.clear()
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory) -> Path:
+    """A finished debug_cpu pretraining run (2 epochs, 16 steps) that evaluation tests read."""
+    from pretrain.train import main
+
+    root = tmp_path_factory.mktemp("pretrained")
+    config = apply_overrides(preset("debug_cpu"), [f"run.output_root={root}", "run.progress=false",
+                                                   "optim.epochs=2"])
+    return Path(main(config)["run_dir"])

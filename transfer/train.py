@@ -17,6 +17,7 @@ import torch
 from common import dist, preemption
 from common.config import ConfigError
 from common.rundir import RunDirectory
+from common.rundir import releases_run_locks
 from common.runtime import NON_RESULT_FIELDS, RunConfig
 from evaluate.encoder import SourceConfig
 from transfer import require_detectron2
@@ -144,6 +145,7 @@ def preemption_hook(checkpointer, device: str, period: int = 20):
     return PreemptionHook()
 
 
+@releases_run_locks
 def main(config: TransferConfig) -> dict:
     require_detectron2()
     from detectron2.checkpoint import DetectionCheckpointer
@@ -165,6 +167,7 @@ def main(config: TransferConfig) -> dict:
     cfg = build_lazy_config(config, loaded, run_dir.path)
     prefix = backbone_prefix(cfg)
     if dist.is_main_process():
+        run_dir.acquire(config.run.wait_for_lock)
         run_dir.prepare(config, dist.world_size())
         write_detectron2_checkpoint(loaded, run_dir.path / "backbone_init.pth", prefix)
     dist.barrier()

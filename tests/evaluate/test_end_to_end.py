@@ -6,20 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import apply_overrides
 from evaluate.configs import resolve_eval_config
 from evaluate import finetune, knn, linear
-from pretrain.train import main as pretrain
-
-
-@pytest.fixture(scope="module")
-def pretrained_run(tmp_path_factory):
-    from pretrain.configs import preset
-
-    root = tmp_path_factory.mktemp("runs")
-    config = apply_overrides(preset("debug_cpu"), [f"run.output_root={root}", "run.progress=false",
-                                                   "optim.epochs=2"])
-    return Path(pretrain(config)["run_dir"])
 
 
 @pytest.mark.slow

@@ -62,8 +62,10 @@ def test_sigkill_and_resume_repeats_every_loss_bitwise(tmp_path):
     assert final.wait() == 0, final.stderr.read().decode()[-2000:]
     assert "resuming" in final.stdout.read().decode()
     killed_dir = next(killed.iterdir())
-    recorded = _steps(killed_dir)  # steps between a checkpoint and a kill are recorded twice
-    assert {step for step, _ in recorded} == set(expected)
+    recorded = _steps(killed_dir)  # a resume truncates what was logged after its checkpoint: once each
+    assert [step for step, _ in recorded] == sorted(expected)
+    curve = json.loads((killed_dir / "result.json").read_text())["loss_curve"]
+    assert [step for step, _ in curve] == sorted(expected)
     for step, loss in recorded:
         assert loss == expected[step], step  # bitwise
     a = torch.load(reference_dir / "checkpoints" / "checkpoint_00000032.pt")["model"]
@@ -130,7 +132,7 @@ def test_unreadable_checkpoints_never_restart_silently(debug_config):
     (run_dir / "result.json").unlink()
     for _, path in list_checkpoints(run_dir / "checkpoints"):
         path.write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="refusing to restart from scratch"):
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="refusing to restart from scratch"):
         train.main(config)
 
 
@@ -247,3 +249,38 @@ def test_preemption_saves_at_the_next_step_boundary_then_hands_over(debug_config
     assert finished["steps"] == 16
     reference = dict(_steps(Path(uninterrupted["run_dir"])))
     assert all(loss == reference[step] for step, loss in _steps(run_dir))
+
+
+@pytest.mark.slow
+def test_resume_from_starts_a_new_run_at_the_parents_last_good_checkpoint(debug_config):
+    """After a NaN stop the advice is a real path: a new run (its own identity: another lr) that starts
+    from the old run's newest readable checkpoint and records its parent."""
+    parent = Path(train.main(apply_overrides(debug_config, ["optim.max_steps=8"]))["run_dir"])
+    child_config = apply_overrides(debug_config, [f"run.resume_from={parent}", "optim.base_lr=1e-3",
+                                                  "run.log_every_steps=1"])
+    child = train.main(child_config)
+    assert Path(child["run_dir"]) != parent and child["steps"] == 32
+    assert child["resumed_from"] == {"run_dir": str(parent), "step": 8}
+    assert [r["step"] for r in map(json.loads, (Path(child["run_dir"]) / "metrics.jsonl").read_text().splitlines())
+            ][0] == 9  # continues at the parent's step
+
+
+def test_cli_refuses_a_busy_run_directory_in_one_line(tmp_path):
+    """Two copies of the same command: the second says who holds the run and exits non-zero."""
+    from pretrain.configs import preset, run_directory
+
+    root = tmp_path / "runs"
+    run_dir = run_directory(apply_overrides(preset("debug_cpu"), [f"run.output_root={root}"])).path
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
+                               "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(run_dir)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-m", "pretrain", "--preset", "debug_cpu",
+                                 f"run.output_root={root}"], capture_output=True, text=True, cwd=ROOT,
+                                timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 3
+    assert second.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} is in use by pid {holder.pid}")

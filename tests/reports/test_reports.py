@@ -83,3 +83,29 @@ def test_older_runs_of_a_stage_are_superseded_not_averaged(tmp_path):
     text = report.read_text()
     assert "71.0 ± 1.4" in text and "50.0" not in text.split("Left out")[0]
     assert "Left out: 1 older result(s)" in text and "old0000000" in text
+
+
+def test_rows_show_exactly_the_seeds_they_average_and_name_what_they_leave_out(tmp_path):
+    """A non-finite or missing metric is left out of the mean with its path named; an unreadable
+    result.json is listed; an evaluation of an unfinished pretraining run is marked."""
+    root = tmp_path / "runs"
+    base = "table6/cifar100/m1"
+    write_result(root, f"{base}/seed0/knn", "knn", {"top1_k20": 60.0}, 0)
+    write_result(root, f"{base}/seed1/knn", "knn", {"top1_k20": float("nan")}, 1)
+    write_result(root, f"{base}/seed2/knn", "knn", {"top5_k20": 90.0}, 2)
+    write_result(root, f"{base}/seed0/linear", "linear", {"top1_best": 65.0}, 0)
+    damaged = root / "table6_cifar100_m1_seed1_linear"
+    damaged.mkdir()
+    (damaged / "result.json").write_text('{"stage": "evaluate", "metr')
+    unfinished = root / "table6_cifar100_m1_seed0_linear" / "result.json"
+    record = json.loads(unfinished.read_text())
+    unfinished.write_text(json.dumps({**record, "pretrain_complete": False, "checkpoint_step": 96}))
+
+    (report,) = write_reports(["table6"], root, tmp_path / "out", seeds=(0, 1, 2), datasets=("cifar100",))
+    text = report.read_text()
+    knn_row = next(line for line in text.splitlines() if line.startswith("| PatchMix m=1") and "knn" in line)
+    cells = [cell.strip() for cell in knn_row.split("|")]
+    assert cells[7] == "60.0 *" and cells[9] == "0"  # one value averaged, one seed listed
+    assert "seed 1 left out: top1_k20 is nan in" in text and "seed 2 left out: top1_k20 is missing in" in text
+    assert f"- {damaged / 'result.json'}: JSONDecodeError" in text
+    assert "seed 0 evaluated an unfinished pretraining run (checkpoint step 96)" in text

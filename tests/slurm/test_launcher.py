@@ -39,11 +39,18 @@ def test_inline_graph_runs_once_and_reports(tmp_path):
 
 @pytest.mark.slow
 def test_local_executor_timeout_requeues_and_matches_uninterrupted(tmp_path):
-    """submitit's local executor signals (SIGUSR2) shortly before the time limit; the run saves at
-    its next step boundary, is requeued by submitit and resumes to the same final weights."""
+    """submitit's time-limit signal (SIGUSR2) reaches the running job; the run saves at its next step
+    boundary, is requeued by submitit and resumes to the same final weights. The signal is sent once
+    the run has made progress (step >= 40 of 240), read from its own metrics, so a slow machine cannot
+    interrupt every attempt before it starts: the test is deterministic in what it exercises."""
+    import json
+    import os
+    import signal
+    import time
+
     overrides = ["optim.epochs=30", "run.log_every_steps=4", "run.checkpoint_every_steps=1000", "run.progress=false"]
     from common.config import apply_overrides
-    from pretrain.configs import preset
+    from pretrain.configs import preset, run_directory
     from pretrain.train import main
 
     config = apply_overrides(preset("debug_cpu"), [*overrides, f"run.output_root={tmp_path / 'reference'}"])
@@ -51,14 +58,24 @@ def test_local_executor_timeout_requeues_and_matches_uninterrupted(tmp_path):
 
     import submitit
 
-    executor = submitit.LocalExecutor(folder=tmp_path / "logs", max_num_timeout=10)
-    # Time limit 60 s, signal 45 s before it: each attempt is interrupted ~15 s after it starts.
-    executor.update_parameters(timeout_min=1.0, signal_delay_s=45)
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs", max_num_timeout=3)
+    executor.update_parameters(timeout_min=30.0)  # no time-limit signal of its own during the test
     requeued_config = apply_overrides(config, [f"run.output_root={tmp_path / 'requeued'}"])
+    run_dir = run_directory(requeued_config).path
     job = executor.submit(StageTask("pretrain", requeued_config))
+    deadline = time.time() + 600
+    while time.time() < deadline and not job.done():
+        text = (run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").is_file() else ""
+        if any(line.endswith("}") and json.loads(line)["step"] >= 40 for line in text.splitlines()):
+            owner = int((run_dir / ".lock").read_text().split()[1])  # "pid N on HOST since ..."
+            os.kill(owner, signal.SIGUSR2)  # what submitit's controller sends before the time limit
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the job finished or stalled before step 40: nothing was interrupted")
     result = job.result()
     log = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*_log.*"))
-    assert "resuming" in log, log[-3000:]
+    assert "resuming" in log and "Requeued" in log, log[-3000:]
     assert result["steps"] == 240
     final = "checkpoints/checkpoint_00000240.pt"
     a = torch.load(reference / final)["model"]
@@ -100,7 +117,13 @@ def test_dry_run_lists_jobs_with_dependencies(tmp_path):
     lines: list[str] = []
     outcome = launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), dry_run=True,
                      echo=lines.append)
+    warnings = [line for line in lines if line.startswith("[warning]")]
+    lines = [line for line in lines if line.startswith("[dry-run]")]
     assert set(outcome.values()) == {"would submit"} and len(lines) == 12
+    # No ImageNet here: the dry run says so for each pretraining stage; a real launch would refuse.
+    assert len(warnings) == 3 and all("data.root data/imagenet does not exist" in w for w in warnings)
+    with pytest.raises(ValueError, match="cannot be read from here"):
+        launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), echo=_quiet)
     assert '"nodes": 2' in lines[0] and '"gpus_per_node": 8' in lines[0]
     assert '"dependency": "afterok:<table2/vit_s16/300ep/seed0/pretrain>"' in lines[1]
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
@@ -135,3 +158,24 @@ def test_every_plan_resolves_to_valid_configs(tmp_path, name):
     assert len({r.run_dir for r in runnable if r.stage.kind == "pretrain"}) == len(
         [s for s in plan.stages if s.kind == "pretrain"])  # distinct configs, distinct directories
     assert not any(tmp_path.iterdir())
+
+
+def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from common.rundir import RunDirectoryBusy
+
+    registry = tmp_path / "runs" / ".jobs" / "smoke"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
+                               "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(registry)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryBusy, match=f"pid {holder.pid}"):
+            launch(build_plan("smoke"), "inline", tmp_path / "runs", ClusterConfig(), echo=_quiet)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not any(p.name.startswith("smoke") for p in (tmp_path / "runs").iterdir())  # nothing ran

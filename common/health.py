@@ -1,0 +1,38 @@
+"""Run health shared by the training stages: the first non-finite loss, tracked on the device."""
+from __future__ import annotations
+
+import torch
+
+from common import dist
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A rank saw a NaN or infinite loss; every rank stops at the same step."""
+
+
+class TrainingAborted(RuntimeError):
+    """A budget was exceeded (unreadable images, skipped fp16 steps)."""
+
+
+class StepHealth:
+    """First step with a non-finite loss, tracked on the device: no host synchronisation per step."""
+
+    def __init__(self, device: torch.device):
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        newly_bad = (self.first_nonfinite < 0) & ~torch.isfinite(loss.detach())
+        self.first_nonfinite = torch.where(newly_bad, torch.full_like(self.first_nonfinite, step),
+                                           self.first_nonfinite)
+
+    def first_bad_step(self) -> int:
+        """The first non-finite step seen so far, or -1 (one host synchronisation)."""
+        return int(self.first_nonfinite.item())
+
+    def agreed_first_bad_step(self) -> int:
+        """The earliest non-finite step over all ranks, or -1: identical on every rank, so that all stop
+        together (one collective and one host synchronisation)."""
+        first = self.first_nonfinite.float()
+        flag = torch.where(first >= 0, -first, torch.full_like(first, float("-inf")))
+        agreed = dist.all_reduce_max(flag.reshape(1)).item()
+        return -1 if agreed == float("-inf") else int(-agreed)
