@@ -91,7 +91,7 @@ evaluate: knn linear finetune
 
 # kNN search seconds per backend (JSON): ImageNet size on a GPU, a small size on CPU.
 bench-knn: setup
-	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
+	$(PY) -m bench.knn --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
 
 # Pretraining step (s/step, img/s, MFU, peak memory, encoder-only bound, kernel profile), input
 # pipeline (PIL, GPU colour, device decode, and each stage alone) and kNN, as JSON in runs/bench/.
@@ -99,9 +99,9 @@ bench-knn: setup
 , := ,
 HAS_CUDA = $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
 bench: setup
-	$(PY) -m pretrain.bench --variants $(if $(filter 1,$(HAS_CUDA)),baseline$(,)batched$(,)compiled,baseline$(,)batched) --profile 3 --output $(OUTPUT_ROOT)/bench/pretrain.json
-	$(PY) -m pretrain.bench_augment --stages $(if $(filter 1,$(HAS_CUDA)),--gpu-compile,--size 64 --batch 32 --batches 4 --source-size 120x90) --output $(OUTPUT_ROOT)/bench/augment.json
-	$(PY) -m evaluate.bench --output $(OUTPUT_ROOT)/bench/knn.json
+	$(PY) -m bench.pretrain_step --variants $(if $(filter 1,$(HAS_CUDA)),baseline$(,)batched$(,)compiled,baseline$(,)batched) --profile 3 --output $(OUTPUT_ROOT)/bench/pretrain.json
+	$(PY) -m bench.augment --stages $(if $(filter 1,$(HAS_CUDA)),--gpu-compile,--size 64 --batch 32 --batches 4 --source-size 120x90) --output $(OUTPUT_ROOT)/bench/augment.json
+	$(PY) -m bench.knn --output $(OUTPUT_ROOT)/bench/knn.json
 
 clean:
 	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo $(REPORT_DIR)

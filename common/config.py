@@ -6,6 +6,7 @@ the offending field and say how to fix it, because a typo in a 300-epoch job sho
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -114,7 +115,7 @@ def _hashed_dict(config: Any) -> Any:
 def config_hash(config: Any, exclude: Iterable[str] = ()) -> str:
     """Short stable hash of the result-changing part of a config (dotted keys in `exclude` dropped;
     `added_field`s at their default left out)."""
-    data = _hashed_dict(config)
+    data = copy.deepcopy(_hashed_dict(config))  # a plain dict config is the caller's: never edit it
     for dotted in exclude:
         node = data
         *parents, leaf = dotted.split(".")

@@ -18,7 +18,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets
 
 from common.config import ConfigError
 from common.encoded_images import read_encoded, to_rgb
@@ -337,8 +338,6 @@ def dataset_fingerprint(config: DataConfig) -> str:
 
 
 def _subset(dataset: Dataset, count: int) -> Dataset:
-    from torch.utils.data import Subset
-
     return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
 
 
@@ -354,8 +353,6 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     train = split == "train"
     if config.dataset in ("cifar10", "cifar100"):
-        from torchvision import datasets
-
         cls = datasets.CIFAR10 if config.dataset == "cifar10" else datasets.CIFAR100
         try:
             dataset = cls(config.root, train=train, download=config.download, transform=transform)
@@ -374,8 +371,6 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         dataset = RobustImageFolder(str(folder), transform, bad_image_log, decode)
     elif config.dataset == "fashion_mnist":
         if config.download:
-            from torchvision import datasets
-
             datasets.FashionMNIST(config.root, train=train, download=True)
         images, labels = fashion_mnist_arrays(Path(config.root), train)
         dataset = ArrayImageDataset(images, labels, transform)

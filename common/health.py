@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from common import dist
+from common import dist, preemption
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,7 +32,16 @@ class StepHealth:
     def agreed_first_bad_step(self) -> int:
         """The earliest non-finite step over all ranks, or -1: identical on every rank, so that all stop
         together (one collective and one host synchronisation)."""
-        first = self.first_nonfinite.float()
-        flag = torch.where(first >= 0, -first, torch.full_like(first, float("-inf")))
-        agreed = dist.all_reduce_max(flag.reshape(1)).item()
-        return -1 if agreed == float("-inf") else int(-agreed)
+        return agree(self, False)[0]
+
+
+def agree(health: StepHealth, over_budget: bool) -> tuple[int, bool, bool]:
+    """The periodic cross-rank check. Returns (earliest non-finite step or -1, any rank over a
+    budget, any rank asked to checkpoint for preemption) -- identical on every rank."""
+    first = health.first_nonfinite.float()
+    never = torch.tensor(float("-inf"), device=first.device)
+    flags = torch.stack([torch.where(first >= 0, -first, never),
+                         torch.tensor(float(over_budget), device=first.device),
+                         torch.tensor(float(preemption.requested()), device=first.device)])
+    flags = dist.all_reduce_max(flags).tolist()
+    return (int(-flags[0]) if flags[0] != float("-inf") else -1), bool(flags[1]), bool(flags[2])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from typing import Callable
 
 # SIGUSR2: submitit's time-limit / preemption signal (sbatch --signal=USR2@delay); SIGUSR1 and SIGTERM:
@@ -21,6 +22,11 @@ _previous: dict[int, Callable | int | None] = {}
 
 def _record(signum: int, frame) -> None:
     _received.append(signum)  # nothing else: no I/O, no collective, no lock
+
+
+def can_install() -> bool:
+    """Signal handlers can only be set from the main thread (not from a launcher's worker thread)."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def install(signals: tuple[int, ...] = DEFAULT_SIGNALS) -> None:

@@ -152,14 +152,15 @@ class RunDirectory:
         handle.flush()
         _HELD_LOCKS[key] = handle
 
-    def prepare(self, config: Any, world_size: int = 1) -> None:
-        """Create the folder, remove what failed writes left, write config and provenance (the first
-        start's record is kept; each restart appends one). Main process only, lock held."""
+    def prepare(self, config: Any, world_size: int = 1, stage: str = "") -> None:
+        """Create the folder, remove what failed writes left, write config and provenance (with the
+        stage's name; the first start's record is kept, each restart appends one). Main process only,
+        lock held."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         for folder in (self.path, self.checkpoint_dir):
             remove_stale_temporaries(folder)
         save_yaml(config, self.path / "config.yaml")
-        record = provenance(world_size)
+        record = {"stage": stage, **provenance(world_size)} if stage else provenance(world_size)
         path = self.path / "provenance.json"
         try:
             first = json.loads(path.read_text()) if path.is_file() else None

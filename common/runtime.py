@@ -11,12 +11,11 @@ import numpy as np
 import torch
 
 from common.config import ConfigError, added_field
+from common.dist import local_rank, world_size
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> the local CUDA device when present (per LOCAL_RANK), else CPU."""
-    from common.dist import local_rank
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -38,6 +37,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError("run.precision=fp16 (the official presets' published fp16 autocast with loss "
                           "scaling) needs a CUDA device; add run.precision=fp32 (or bf16) to run on CPU")
     return table[name]
+
+
+def batch_per_process(global_batch: int, field_name: str, multiple: int = 1) -> int:
+    """The per-process share of a global batch (a config field, named in the error), which must be a
+    whole multiple of `multiple` (Mixup pairs images: 2)."""
+    processes = world_size()
+    if global_batch % (processes * multiple):
+        raise ValueError(f"{field_name}={global_batch} does not split into {processes} process(es)"
+                         + (f" with a multiple of {multiple} each" if multiple > 1 else ""))
+    return global_batch // processes
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

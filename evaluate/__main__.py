@@ -12,14 +12,16 @@ from omegaconf import OmegaConf
 
 from common.cli import EXIT_BAD_INPUT, add_run_flags, run_flag_overrides, run_stage
 from common.config import ConfigError
-from evaluate.configs import PRESETS, resolve_eval_config
+from evaluate import convert
+from evaluate.protocols import PROTOCOLS, resolve_eval_config
+from evaluate.session import protocol_main
 
 
 def run_protocol(protocol: str, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m evaluate {protocol}")
     parser.add_argument("--from", dest="run_dir", help="pretraining run directory")
     parser.add_argument("--encoder-file", help="encoder file written by `python -m evaluate convert/export`")
-    parser.add_argument("--preset", default="", help=f"one of {', '.join(PRESETS[protocol])}")
+    parser.add_argument("--preset", default="", help=f"one of {', '.join(PROTOCOLS[protocol].presets)}")
     parser.add_argument("--print-config", action="store_true")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="evaluate an unfinished pretraining run's newest checkpoint without the warning")
@@ -38,22 +40,17 @@ def run_protocol(protocol: str, argv: list[str]) -> None:
     if arguments.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(config)))
         return
-    from evaluate import finetune, knn, linear, similarity
-
-    main = {"knn": knn.main, "linear": linear.main, "finetune": finetune.main, "similarity": similarity.main}[protocol]
-    run_stage(main, config)
+    run_stage(protocol_main(PROTOCOLS[protocol]), config)
 
 
 def cli(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("knn", "linear", "finetune", "similarity", "convert", "export")
+    commands = (*PROTOCOLS, "convert", "export")
     if not argv or argv[0] not in commands:
         print(f"usage: python -m evaluate {{{','.join(commands)}}} ... (see --help of each)", file=sys.stderr)
         raise SystemExit(2)
     command, rest = argv[0], argv[1:]
     if command in ("convert", "export"):
-        from evaluate import convert
-
         convert.cli(command, rest)
     else:
         run_protocol(command, rest)

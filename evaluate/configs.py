@@ -1,38 +1,70 @@
-"""Evaluation configs and their presets (recipes.md, "Evaluation protocols").
+"""Evaluation configs: one section per protocol setting (recipes.md, "Evaluation protocols").
 
-A protocol's config starts from the encoder it evaluates: data and input size come from the
-pretraining run (or must be given for an encoder file), and the arch sets the recipe's base lr.
-Presets:
-- knn: `default` (DINO weighted kNN, T = 0.07, k in {10, 20, 100, 200}).
-- similarity: `default` (Figure 4: class-similarity profile and pair histograms of 1000 queries).
-- linear: `official` (published: SGD Nesterov 0.9, wd 0, 100 epochs cosine, base lr per size
-  x batch/256: ViT-T 0.05, ViT-S 0.02, ViT-B 0.01; batch 1024 ImageNet / 256 CIFAR) and
-  `mocov3` (SGD lr 3 x batch/256, no Nesterov, 90 epochs, head init N(0, 0.01)), `mae` (MAE's:
-  BatchNorm1d without affine before the head, LARS, batch 16384, base lr 0.1, 90 epochs, warmup 10),
-  plus `fast`
-  (same optimiser on cached centre-crop features, no augmentation: for demos and smoke runs).
-- finetune: `official` (layer decay 0.75 with the final norm in the last block's group, AdamW wd
-  0.05, warmup 10 from 1e-6, min lr 1e-5, drop path 0.1, RandAugment rand-m9-mstd0.5-inc1 (bicubic),
-  label smoothing 0.1, mixup 0.8 / cutmix 1.0, random erasing 0.25; base lr 1e-3 ViT-T, 5e-4 ViT-S/B;
-  CIFAR-size data tested on the raw image) and `mae_vit_b` (MAE's: layer decay 0.65, 5 warmup epochs
-  from 0 then a half-cosine to 1e-6, average-pooled un-normalised tokens + a fresh LayerNorm, head
-  init truncated normal std 2e-5).
+An EvalConfig starts from the encoder it evaluates: data and input size come from the encoder's
+record (or must be given for an encoder file). Each protocol's presets live with the protocol
+(evaluate/knn.py, linear.py, finetune.py, similarity.py); evaluate/protocols.py lists them.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from common.config import ConfigError, added_field
 from common.datasets import DataConfig
+from common.encoder import SourceConfig
 from common.runtime import RunConfig
-from evaluate.encoder import EncoderSpec, SourceConfig
-from evaluate.features import FeatureConfig
-from evaluate.knn import KnnConfig
-from evaluate.similarity import SimilarityConfig
 
-PROTOCOLS = ("knn", "linear", "finetune", "similarity")
+# The protocol sections of EvalConfig: a run's hash leaves out the sections its protocol does not use.
+SECTIONS = ("knn", "linear", "finetune", "similarity")
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100", "fashion_mnist", "synthetic")
+
+
+FEATURE_KINDS = ("cls", "mean_patch", "cls_last_n")
+
+
+@dataclass
+class FeatureConfig:
+    kind: str = "cls"  # cls (after the final norm) | mean_patch | cls_last_n (concatenated)
+    last_n: int = 4  # blocks for cls_last_n
+    batch_size: int = 256  # per process
+    cache: bool = True
+
+    def check(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ConfigError(f"kind must be one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
+        if self.last_n < 1 or self.batch_size < 1:
+            raise ConfigError("last_n and batch_size must be >= 1")
+
+
+BACKENDS = ("auto", "faiss", "torch")
+
+
+@dataclass
+class KnnConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    temperature: float = 0.07
+    backend: str = "auto"
+    query_chunk: int = 4096  # queries per search call
+    bank_chunk: int = 262144  # training features per matmul (torch backend)
+    half_precision: bool = True  # torch backend on GPU: fp16 similarities (ranking-level accuracy)
+
+    def check(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError("ks must be a non-empty list of positive integers")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0")
+
+
+@dataclass
+class SimilarityConfig:
+    num_queries: int = 1000
+    profile_length: int = 10  # other classes kept in the profile
+    keys_per_query: int = 2000  # training images sampled per query for the histograms
+
+    def check(self) -> None:
+        if min(self.num_queries, self.profile_length, self.keys_per_query) < 1:
+            raise ConfigError("num_queries, profile_length and keys_per_query must be >= 1")
 
 
 @dataclass
@@ -101,7 +133,8 @@ class FinetuneConfig:
 
 @dataclass
 class EvalConfig:
-    """One protocol's run. Only the section of `protocol` (and features for knn) is used."""
+    """One protocol's run. Only the protocol's own section (and `features` where it reads frozen
+    features) is used."""
 
     protocol: str = "knn"
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -115,80 +148,7 @@ class EvalConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", output_root="", log_every_steps=50))
     preset: str = "default"
 
-    def check(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}")
-
-    def unused_sections(self) -> tuple[str, ...]:
-        """Dotted keys left out of this run's config hash: the other protocols' sections."""
-        unused = [p for p in PROTOCOLS if p != self.protocol]
-        if self.protocol == "finetune":
-            unused.append("features")
-        return tuple(unused)
-
-
-LINEAR_BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05, "vit_mini": 0.05}
-FINETUNE_BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3, "vit_mini": 1e-3}
-PRESETS = {"knn": ("default",), "linear": ("official", "mocov3", "mae", "fast"),
-           "finetune": ("official", "mae_vit_b"), "similarity": ("default",)}
-
-
-def build_eval_config(protocol: str, preset_name: str, spec: EncoderSpec, data: DataConfig,
-                      source: SourceConfig) -> EvalConfig:
-    """The preset of `protocol` for an encoder of architecture `spec` evaluated on `data`."""
-    if protocol not in PRESETS:
-        raise ConfigError(f"unknown protocol {protocol!r}; choose one of {', '.join(PRESETS)}")
-    preset_name = preset_name or PRESETS[protocol][0]
-    if preset_name not in PRESETS[protocol]:
-        raise ConfigError(f"unknown {protocol} preset {preset_name!r}; choose one of {', '.join(PRESETS[protocol])}")
-    small = data.dataset in SMALL_IMAGE_DATASETS
-    linear = LinearConfig(batch_size=256 if small else 1024, base_lr=LINEAR_BASE_LR[spec.arch])
-    if preset_name == "mocov3":
-        linear = dataclasses.replace(linear, epochs=90, base_lr=3.0, nesterov=False, head_init_std=0.01)
-    elif preset_name == "mae":  # MAE's main_linprobe.py
-        linear = dataclasses.replace(linear, epochs=90, warmup_epochs=10, batch_size=16384, base_lr=0.1,
-                                     nesterov=False, head_init_std=0.01, batchnorm=True, optimizer="lars")
-    elif preset_name == "fast":
-        linear = dataclasses.replace(linear, augment=False)
-    # Published finetune: CIFAR tests on the raw 32 x 32 image; final norm grouped with the last block.
-    finetune = FinetuneConfig(base_lr=FINETUNE_BASE_LR[spec.arch], small_image_crop=small,
-                              batch_size=256 if small else 1024, final_norm_with_last_block=True,
-                              test_transform="raw" if small else "resize_crop")
-    if preset_name == "mae_vit_b":  # MAE's main_finetune.py for ViT-B
-        finetune = dataclasses.replace(finetune, layer_decay=0.65, warmup_epochs=5, global_pool="avg",
-                                       warmup_lr=0.0, min_lr=1e-6, lr_cosine_after_warmup=True,
-                                       head_init_std=2e-5, final_norm_with_last_block=False,
-                                       test_transform="resize_crop")
-    return EvalConfig(protocol=protocol, source=source, data=data, image_size=spec.image_size, linear=linear,
-                      finetune=finetune, preset=preset_name,
-                      run=RunConfig(name=f"{protocol}-{preset_name}", output_root="", log_every_steps=50))
-
-
-def resolve_eval_config(protocol: str, preset_name: str = "", run_dir: str = "", encoder_file: str = "",
-                        overrides: tuple[str, ...] | list[str] = (), pretrain_config=None) -> EvalConfig:
-    """The config of `protocol` for an encoder: data and input size from its pretraining run.
-
-    `pretrain_config` (a PretrainConfig) stands in for `<run_dir>/config.yaml` when the run has not
-    been written yet, as when a launcher plans a whole graph before the pretraining job starts.
-    """
-    from pathlib import Path
-
-    from common.config import apply_overrides, load_yaml
-    from evaluate.encoder import load_encoder_file
-    from pretrain.configs import PretrainConfig
-
-    source = SourceConfig(run_dir=str(run_dir or ""), encoder_file=str(encoder_file or ""))
-    source.check()
-    if run_dir:
-        if pretrain_config is None:
-            config_path = Path(run_dir) / "config.yaml"
-            if not config_path.is_file():
-                raise FileNotFoundError(f"{run_dir} is not a pretraining run directory (no config.yaml)")
-            pretrain_config = load_yaml(config_path, PretrainConfig)
-        model = pretrain_config.model
-        spec = EncoderSpec(model.arch, model.patch_size, model.image_size, model.num_heads)
-        data = pretrain_config.data
-    else:
-        spec = load_encoder_file(Path(encoder_file)).spec
-        data = DataConfig()
-    return apply_overrides(build_eval_config(protocol, preset_name, spec, data, source), overrides)
+    def unused_sections(self, section: str, uses_features: bool = True) -> tuple[str, ...]:
+        """Dotted keys left out of this run's config hash: the sections its protocol does not read
+        (`section` is the protocol's own; protocols that fine-tune do not read `features`)."""
+        return tuple(s for s in SECTIONS if s != section) + (() if uses_features else ("features",))

@@ -20,8 +20,9 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from evaluate.encoder import EncoderSpec, encoder_state_from_run, infer_spec, save_encoder_file
+from common.encoder import EncoderSpec, encoder_state_from_run, infer_spec, save_encoder_file
 
 FORMATS = ("patchmix", "mocov3", "dino", "timm")
 DEFAULT_ENCODER = {"patchmix": "momentum", "mocov3": "base", "dino": "teacher", "timm": "model"}
@@ -39,8 +40,6 @@ def load_checkpoint_file(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location="cpu", weights_only=True)

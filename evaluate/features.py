@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,26 +22,9 @@ from tqdm import tqdm
 
 from common import dist
 from common.checkpoint import atomic_torch_save, load_torch, remove_stale_temporaries
-from common.config import ConfigError
 from common.datasets import DataConfig, build_dataset, dataset_fingerprint
 from common.transforms import eval_transform
-
-FEATURE_KINDS = ("cls", "mean_patch", "cls_last_n")
-
-
-@dataclass
-class FeatureConfig:
-    kind: str = "cls"  # cls (after the final norm) | mean_patch | cls_last_n (concatenated)
-    last_n: int = 4  # blocks for cls_last_n
-    batch_size: int = 256  # per process
-    cache: bool = True
-
-    def check(self) -> None:
-        if self.kind not in FEATURE_KINDS:
-            raise ConfigError(f"kind must be one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
-        if self.last_n < 1 or self.batch_size < 1:
-            raise ConfigError("last_n and batch_size must be >= 1")
-
+from evaluate.configs import FeatureConfig
 
 def encode(encoder: nn.Module, images: torch.Tensor, kind: str, last_n: int) -> torch.Tensor:
     """images: (B, 3, H, W) -> features (B, D) or (B, last_n * D) for cls_last_n."""

@@ -7,6 +7,8 @@ Reports last and best epoch (and the EMA model's, when enabled); checkpoints eve
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
@@ -23,16 +25,16 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from common import dist
-from common.checkpoint import atomic_torch_save, checkpoint_path, load_latest_checkpoint, prune_checkpoints
 from common.datasets import build_dataset
 from common.health import StepHealth
-from common.rundir import releases_run_locks
-from common.runtime import autocast, derive_seed, resolve_precision
+from common.encoder import EncoderSpec
+from common.runtime import autocast, batch_per_process, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
 from common.transforms import NORMALIZE, eval_transform
-from evaluate.configs import FinetuneConfig
-from evaluate.linear import accuracy, stop_if_diverged
-from evaluate.session import open_session
+from common.schedules import scaled_lr
+from evaluate.configs import SMALL_IMAGE_DATASETS, EvalConfig, FinetuneConfig
+from evaluate.linear import accuracy, epoch_summary, stop_if_diverged
+from evaluate.session import EvalSession, Protocol, protocol_main
 
 
 def posterize_to_zero_bits(image: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
@@ -152,22 +154,16 @@ def evaluate_model(model: nn.Module, loader: DataLoader, device: torch.device, p
     return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
-@releases_run_locks
-def main(config) -> dict:
-    session = open_session(config)
-    if isinstance(session, dict):
-        return session
-    device, finetune, seed = session.device, config.finetune, config.run.seed
+def run(session: EvalSession) -> dict:
+    config, device = session.config, session.device
+    finetune, seed = config.finetune, config.run.seed
     precision = resolve_precision(config.run.precision, device)
     world = dist.world_size()
-    if finetune.batch_size % world or (finetune.batch_size // world) % 2:
-        raise ValueError(f"finetune.batch_size {finetune.batch_size} must split into an even batch per "
-                         f"process over {world} processes (Mixup pairs images)")
-    batch_per_rank = finetune.batch_size // world
+    batch_per_rank = batch_per_process(finetune.batch_size, "finetune.batch_size", multiple=2)  # Mixup pairs
 
     torch.manual_seed(derive_seed(seed, "finetune-head"))
     model = build_classifier(session, finetune).to(device)
-    peak_lr = finetune.base_lr * finetune.batch_size / 256
+    peak_lr = scaled_lr(finetune.base_lr, finetune.batch_size)
     optimizer = build_optimizer(model, finetune, peak_lr)
     ema = ModelEmaV3(model, decay=finetune.model_ema_decay) if finetune.model_ema else None
 
@@ -185,15 +181,13 @@ def main(config) -> dict:
                              batch_size=batch_per_rank, num_workers=config.data.num_workers)
 
     start_epoch, history = 0, []
-    state = load_latest_checkpoint(session.run_dir.checkpoint_dir)
+    state, _ = session.run.resume()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start_epoch, history = state["epoch"], state["history"]
-    if dist.is_main_process():
-        session.run_dir.truncate_metrics("epoch", start_epoch)  # epochs logged after the checkpoint
     trained: nn.Module = model
     health = StepHealth(device)
     if world > 1:
@@ -227,19 +221,36 @@ def main(config) -> dict:
             record["ema_top1"], record["ema_top5"] = evaluate_model(ema.module, test_loader, device, precision)
         history.append(record)
         epochs.set_postfix(top1=f"{top1:.2f}", loss=f"{loss.item():.3f}")
-        if dist.is_main_process():
-            session.run_dir.append_metrics(record)
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "ema": ema.state_dict() if ema is not None else {}, "epoch": epoch + 1,
-                               "history": history}, checkpoint_path(session.run_dir.checkpoint_dir, epoch + 1))
-            prune_checkpoints(session.run_dir.checkpoint_dir, config.run.keep_last_checkpoints)
-        dist.barrier()
+        session.run.log(record)
+        session.run.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "ema": ema.state_dict() if ema is not None else {}, "epoch": epoch + 1, "history": history})
     epochs.close()
 
-    best = max(history, key=lambda r: r["top1"])
-    metrics = {"top1_last": history[-1]["top1"], "top5_last": history[-1]["top5"], "top1_best": best["top1"],
-               "top5_best": best["top5"], "best_epoch": best["epoch"]}
+    metrics = epoch_summary(history)
     if ema is not None:
         metrics["ema_top1_last"] = history[-1]["ema_top1"]
         metrics["ema_top1_best"] = max(r["ema_top1"] for r in history)
     return session.result(metrics, epochs=finetune.epochs, peak_lr=peak_lr, layer_decay=finetune.layer_decay)
+
+
+# Published base lr per 256 images, by encoder size (recipes.md).
+BASE_LR = {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4, "vit_debug": 1e-3, "vit_mini": 1e-3}
+
+
+def configure(config: EvalConfig, preset: str, spec: EncoderSpec) -> EvalConfig:
+    """official: the published finetune (CIFAR-size data tested on the raw image, the final norm in
+    the last block's lr group); mae_vit_b: MAE's main_finetune.py for ViT-B."""
+    small = config.data.dataset in SMALL_IMAGE_DATASETS
+    finetune = FinetuneConfig(base_lr=BASE_LR[spec.arch], small_image_crop=small, batch_size=256 if small else 1024,
+                              final_norm_with_last_block=True, test_transform="raw" if small else "resize_crop")
+    if preset == "mae_vit_b":
+        finetune = dataclasses.replace(finetune, layer_decay=0.65, warmup_epochs=5, global_pool="avg",
+                                       warmup_lr=0.0, min_lr=1e-6, lr_cosine_after_warmup=True,
+                                       head_init_std=2e-5, final_norm_with_last_block=False,
+                                       test_transform="resize_crop")
+    return dataclasses.replace(config, finetune=finetune)
+
+
+PROTOCOL = Protocol("finetune", section="finetune", presets=("official", "mae_vit_b"), run=run, configure=configure,
+                    uses_features=False, headline={"finetune": ("top1_best", "top-1, best epoch")})
+main = protocol_main(PROTOCOL)

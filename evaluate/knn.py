@@ -11,38 +11,15 @@ FAISS-CPU, else torch on CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError
-from common.rundir import releases_run_locks
-
-BACKENDS = ("auto", "faiss", "torch")
-
-
-@dataclass
-class KnnConfig:
-    ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
-    temperature: float = 0.07
-    backend: str = "auto"
-    query_chunk: int = 4096  # queries per search call
-    bank_chunk: int = 262144  # training features per matmul (torch backend)
-    half_precision: bool = True  # torch backend on GPU: fp16 similarities (ranking-level accuracy)
-
-    def check(self) -> None:
-        if not self.ks or min(self.ks) < 1:
-            raise ConfigError("ks must be a non-empty list of positive integers")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0")
-
+from evaluate.configs import BACKENDS, KnnConfig
+from evaluate.session import EvalSession, Protocol, protocol_main
 
 def faiss_available() -> bool:
     try:
-        import faiss  # noqa: F401
+        import faiss  # noqa: F401  # optional dependency: faiss-cpu or faiss-gpu
     except ImportError:
         return False
     return True
@@ -51,7 +28,7 @@ def faiss_available() -> bool:
 def faiss_has_gpu() -> bool:
     if not faiss_available():
         return False
-    import faiss
+    import faiss  # optional dependency: faiss-cpu or faiss-gpu
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -92,7 +69,7 @@ def _torch_search(bank: torch.Tensor, queries: torch.Tensor, k: int, config: Knn
 
 
 def _faiss_search(bank: torch.Tensor, queries: torch.Tensor, k: int, config: KnnConfig):
-    import faiss
+    import faiss  # optional dependency: faiss-cpu or faiss-gpu
 
     bank_array = bank.float().cpu().contiguous().numpy()
     index = faiss.IndexFlatIP(bank_array.shape[1])
@@ -157,14 +134,9 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     return results
 
 
-@releases_run_locks
-def main(config) -> dict:
-    """The kNN protocol on an EvalConfig: features of train and test sets, then one search."""
-    from evaluate.session import open_session
-
-    session = open_session(config)
-    if isinstance(session, dict):
-        return session
+def run(session: EvalSession) -> dict:
+    """The kNN protocol: features of train and test sets, then one search."""
+    config = session.config
     encoder = session.encoder.build()
     (train_features, train_labels), (test_features, test_labels) = (session.features(encoder, split)
                                                                     for split in ("train", "test"))
@@ -173,3 +145,8 @@ def main(config) -> dict:
                            session.num_classes, config.knn, backend)
     return session.result(metrics, backend=backend, feature_kind=config.features.kind,
                           train_size=len(train_features), test_size=len(test_features))
+
+
+PROTOCOL = Protocol("knn", section="knn", presets=("default",), run=run,
+                    headline={"knn": ("top1_k20", "top-1, k=20")}, hours=2.0)
+main = protocol_main(PROTOCOL)

@@ -8,6 +8,7 @@ same optimiser, a fraction of the cost, for demos and smoke runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -19,17 +20,16 @@ from tqdm import tqdm
 from torchvision import transforms
 
 from common import dist
-from common.checkpoint import atomic_torch_save, checkpoint_path, load_latest_checkpoint, prune_checkpoints
 from common.datasets import build_dataset
 from common.health import NonFiniteLossError, StepHealth
-from common.rundir import releases_run_locks
-from common.runtime import autocast, derive_seed, resolve_precision
+from common.encoder import EncoderSpec
+from common.runtime import autocast, batch_per_process, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
 from common.transforms import NORMALIZE
-from evaluate.configs import LinearConfig
+from common.schedules import learning_rate, scaled_lr
+from evaluate.configs import SMALL_IMAGE_DATASETS, EvalConfig, LinearConfig
 from evaluate.features import encode
-from evaluate.session import EvalSession, open_session
-from pretrain.schedules import learning_rate
+from evaluate.session import EvalSession, Protocol, protocol_main
 
 
 def build_head(width: int, num_classes: int, init_std: float, batchnorm: bool = False) -> nn.Module:
@@ -156,55 +156,71 @@ def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Op
     return history
 
 
-@releases_run_locks
-def main(config) -> dict:
-    session = open_session(config)
-    if isinstance(session, dict):
-        return session
-    device, linear, seed = session.device, config.linear, config.run.seed
-    encoder = session.encoder.build().to(device).eval()
-    for parameter in encoder.parameters():
-        parameter.requires_grad_(False)
-    test_features, test_labels = session.features(encoder, "test")
-    width = test_features.shape[1]
-    world = dist.world_size()
-    if linear.batch_size % world:
-        raise ValueError(f"linear.batch_size {linear.batch_size} is not divisible by {world} processes")
-    batch_per_rank = linear.batch_size // world
-    epoch_batches, steps_per_epoch = _feature_batches(session, encoder, batch_per_rank, seed)
-
-    torch.manual_seed(derive_seed(seed, "linear-head"))
-    head = build_head(width, session.num_classes, linear.head_init_std, linear.batchnorm).to(device)
-    peak_lr = linear.base_lr * linear.batch_size / 256
-    optimizer = build_optimizer(head, linear, peak_lr)
-    trained_head: nn.Module = head
-    if world > 1:
-        trained_head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
-
-    start_epoch, history = 0, []
-    state = load_latest_checkpoint(session.run_dir.checkpoint_dir)
-    if state is not None:
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], state["history"]
-    if dist.is_main_process():
-        session.run_dir.truncate_metrics("epoch", start_epoch)  # epochs logged after the checkpoint
-
-    def save_epoch(record: dict) -> None:
-        if dist.is_main_process():
-            session.run_dir.append_metrics(record)
-            atomic_torch_save({"head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                               "epoch": record["epoch"], "history": history},
-                              checkpoint_path(session.run_dir.checkpoint_dir, record["epoch"]))
-            prune_checkpoints(session.run_dir.checkpoint_dir, config.run.keep_last_checkpoints)
-        dist.barrier()
-
-    fit_head(head, trained_head, optimizer, epoch_batches, steps_per_epoch, test_features.to(device),
-             test_labels.to(device), linear.epochs, peak_lr, history, start_epoch, save_epoch,
-             progress=config.run.progress and dist.is_main_process(), warmup_epochs=linear.warmup_epochs)
+def epoch_summary(history: list[dict]) -> dict:
+    """Last and best epoch (by top-1) of a per-epoch history, labelled; refuses non-finite numbers."""
     best = max(history, key=lambda record: record["top1"])
     metrics = {"top1_last": history[-1]["top1"], "top5_last": history[-1]["top5"],
                "top1_best": best["top1"], "top5_best": best["top5"], "best_epoch": best["epoch"]}
     if not all(math.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f"linear probe produced non-finite metrics {metrics}")
-    return session.result(metrics, epochs=linear.epochs, augment=linear.augment, peak_lr=peak_lr)
+        raise FloatingPointError(f"the evaluation produced non-finite metrics {metrics}")
+    return metrics
+
+
+def run(session: EvalSession) -> dict:
+    config, device = session.config, session.device
+    linear, seed = config.linear, config.run.seed
+    encoder = session.encoder.build().to(device).eval()
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    test_features, test_labels = session.features(encoder, "test")
+    batch_per_rank = batch_per_process(linear.batch_size, "linear.batch_size")
+    epoch_batches, steps_per_epoch = _feature_batches(session, encoder, batch_per_rank, seed)
+
+    torch.manual_seed(derive_seed(seed, "linear-head"))
+    head = build_head(test_features.shape[1], session.num_classes, linear.head_init_std, linear.batchnorm).to(device)
+    peak_lr = scaled_lr(linear.base_lr, linear.batch_size)
+    optimizer = build_optimizer(head, linear, peak_lr)
+    trained_head: nn.Module = head
+    if dist.world_size() > 1:
+        trained_head = nn.parallel.DistributedDataParallel(head, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start_epoch, history = 0, []
+    state, _ = session.run.resume()
+    if state is not None:
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"], state["history"]
+
+    def save_epoch(record: dict) -> None:
+        session.run.log(record)
+        session.run.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"],
+                          "history": history})
+
+    fit_head(head, trained_head, optimizer, epoch_batches, steps_per_epoch, test_features.to(device),
+             test_labels.to(device), linear.epochs, peak_lr, history, start_epoch, save_epoch,
+             progress=config.run.progress and dist.is_main_process(), warmup_epochs=linear.warmup_epochs)
+    return session.result(epoch_summary(history), epochs=linear.epochs, augment=linear.augment, peak_lr=peak_lr)
+
+
+# Published base lr per 256 images, by encoder size (recipes.md).
+BASE_LR = {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01, "vit_debug": 0.05, "vit_mini": 0.05}
+
+
+def configure(config: EvalConfig, preset: str, spec: EncoderSpec) -> EvalConfig:
+    """official: the published probe; mocov3: MoCo v3's; mae: MAE's main_linprobe.py; fast: the
+    published optimiser on cached centre-crop features (demos, smoke runs)."""
+    small = config.data.dataset in SMALL_IMAGE_DATASETS
+    linear = LinearConfig(batch_size=256 if small else 1024, base_lr=BASE_LR[spec.arch])
+    if preset == "mocov3":
+        linear = dataclasses.replace(linear, epochs=90, base_lr=3.0, nesterov=False, head_init_std=0.01)
+    elif preset == "mae":
+        linear = dataclasses.replace(linear, epochs=90, warmup_epochs=10, batch_size=16384, base_lr=0.1,
+                                     nesterov=False, head_init_std=0.01, batchnorm=True, optimizer="lars")
+    elif preset == "fast":
+        linear = dataclasses.replace(linear, augment=False)
+    return dataclasses.replace(config, linear=linear)
+
+
+PROTOCOL = Protocol("linear", section="linear", presets=("official", "mocov3", "mae", "fast"), run=run,
+                    configure=configure, headline={"linear": ("top1_best", "top-1, best epoch")})
+main = protocol_main(PROTOCOL)

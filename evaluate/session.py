@@ -1,4 +1,5 @@
-"""What every protocol does first: resolve the device, load the encoder, open the run directory.
+"""What every protocol shares: its record (`Protocol`), and the session it runs in (device, encoder,
+run directory), opened by `protocol_main`.
 
 Evaluation runs live in `<pretraining run>/eval/<protocol>-<preset>-<weights digest>-<config hash>/`
 (or under `run.output_root` when given), so re-running a protocol on the same weights with the same
@@ -6,17 +7,21 @@ config finds its result.json and does nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 
 from common import dist
 from common.datasets import dataset_fingerprint, num_classes
-from common.rundir import RunDirectory
+from common.encoder import EncoderSpec, LoadedEncoder, load_source
+from common.lifecycle import RunLifecycle
+from common.rundir import RunDirectory, releases_run_locks
 from common.runtime import NON_RESULT_FIELDS, resolve_device, seed_everything
 from evaluate.configs import EvalConfig
-from evaluate.encoder import LoadedEncoder, load_source
+from evaluate.features import features_for
 
 
 @dataclass
@@ -24,9 +29,13 @@ class EvalSession:
     config: EvalConfig
     device: torch.device
     encoder: LoadedEncoder
-    run_dir: RunDirectory
+    run: RunLifecycle
     num_classes: int
     image_size: int
+
+    @property
+    def run_dir(self) -> RunDirectory:
+        return self.run.run_dir
 
     @property
     def feature_cache(self) -> Path:
@@ -36,8 +45,6 @@ class EvalSession:
 
     def features(self, encoder: torch.nn.Module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen features (N, D) and labels (N,) of `split` with the evaluation transform, cached."""
-        from evaluate.features import features_for
-
         return features_for(encoder, self.encoder.digest, self.config.data, split, self.image_size,
                             self.config.features, self.device, self.feature_cache)
 
@@ -50,48 +57,58 @@ class EvalSession:
                   **self.encoder.origin, "experiment": self.config.run.experiment or self.encoder.origin.get("experiment", ""),
                   **extra}
         if dist.is_main_process():
-            self.run_dir.write_result(record)
-            print(f"[evaluate {self.config.protocol}] {metrics}\n[evaluate {self.config.protocol}] "
-                  f"done: {self.run_dir.path}")
-        dist.barrier()
-        return {**record, "run_dir": str(self.run_dir.path)}
+            print(f"[evaluate {self.config.protocol}] {metrics}")
+        return self.run.finish(record)
 
 
-def output_root(config: EvalConfig) -> Path:
+def _default_configure(config: EvalConfig, preset: str, spec: EncoderSpec) -> EvalConfig:
+    return config
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol, declared once in its own module and listed in evaluate/protocols.py."""
+
+    name: str
+    section: str  # the EvalConfig section holding its settings (evaluate.configs.SECTIONS)
+    presets: tuple[str, ...]  # the first is the default
+    run: Callable[[EvalSession], dict]  # the protocol itself: session -> session.result(...)
+    headline: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # report protocol -> (metric, meaning)
+    # The preset's settings for an encoder of this architecture (config.data is already set).
+    configure: Callable[[EvalConfig, str, EncoderSpec], EvalConfig] = _default_configure
+    uses_features: bool = True  # reads frozen features (the `features` section is part of its identity)
+    hours: float = 24.0
+
+
+def eval_run_directory(config: EvalConfig, encoder: LoadedEncoder, protocol: Protocol) -> RunDirectory:
+    """Named by protocol, preset and weights digest, hashed over the protocol's own settings and the
+    fingerprint of the images it reads."""
     if config.run.output_root:
-        return Path(config.run.output_root)
-    if config.source.run_dir:
-        return Path(config.source.run_dir) / "eval"
-    return Path("runs") / "eval"
-
-
-def eval_run_directory(config: EvalConfig, encoder: LoadedEncoder) -> RunDirectory:
-    """Named by protocol, preset and weights digest, hashed over the protocol's own settings."""
-    return RunDirectory.for_config(output_root(config), f"{config.run.name}-{encoder.digest[:8]}", config,
-                                   NON_RESULT_FIELDS + config.unused_sections() + ("source.run_dir",
-                                                                                   "source.encoder_file",
-                                                                                   "source.allow_incomplete"),
+        root = Path(config.run.output_root)
+    else:
+        root = Path(config.source.run_dir) / "eval" if config.source.run_dir else Path("runs") / "eval"
+    excluded = (*NON_RESULT_FIELDS, *config.unused_sections(protocol.section, protocol.uses_features),
+                "source.run_dir", "source.encoder_file", "source.allow_incomplete")
+    return RunDirectory.for_config(root, f"{config.run.name}-{encoder.digest[:8]}", config, excluded,
                                    dataset_fingerprint(config.data))
 
 
-def open_session(config: EvalConfig) -> EvalSession | dict:
-    """The session for `config`, or the existing result record when this run already finished."""
-    device = resolve_device(config.run.device)
-    dist.init_distributed(device.type)
-    seed_everything(config.run.seed)
-    encoder = load_source(config.source)
-    run_dir = eval_run_directory(config, encoder)
-    if run_dir.is_complete():
-        if dist.is_main_process():
-            print(f"[evaluate {config.protocol}] {run_dir.path} is complete; nothing to do")
-        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
-    if dist.is_main_process():
-        run_dir.acquire(config.run.wait_for_lock)
-    dist.barrier()
-    if run_dir.is_complete():  # finished by the process we waited for
-        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
-    if dist.is_main_process():
-        run_dir.prepare(config, dist.world_size())
-    dist.barrier()
-    return EvalSession(config, device, encoder, run_dir, num_classes(config.data),
-                       config.image_size or encoder.spec.image_size)
+def protocol_main(protocol: Protocol) -> Callable[[EvalConfig], dict]:
+    """`main(config)` of a protocol: open the session (or return the finished result), run it."""
+
+    @releases_run_locks
+    @functools.wraps(protocol.run)
+    def main(config: EvalConfig) -> dict:
+        device = resolve_device(config.run.device)
+        dist.init_distributed(device.type)
+        seed_everything(config.run.seed)
+        encoder = load_source(config.source)
+        run = RunLifecycle(eval_run_directory(config, encoder, protocol), f"evaluate {config.protocol}", "epoch",
+                           config.run.keep_last_checkpoints)
+        done = run.start(config, config.run.wait_for_lock)
+        if done is not None:
+            return done
+        return protocol.run(EvalSession(config, device, encoder, run, num_classes(config.data),
+                                        config.image_size or encoder.spec.image_size))
+
+    return main

@@ -10,26 +10,13 @@ DINO and SDMP concentrate it on the query's own class.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from common.config import ConfigError
-from common.rundir import releases_run_locks
+from evaluate.configs import SimilarityConfig
+from evaluate.session import EvalSession, Protocol, protocol_main
 
 HISTOGRAM_BINS = 40
-
-
-@dataclass
-class SimilarityConfig:
-    num_queries: int = 1000
-    profile_length: int = 10  # other classes kept in the profile
-    keys_per_query: int = 2000  # training images sampled per query for the histograms
-
-    def check(self) -> None:
-        if min(self.num_queries, self.profile_length, self.keys_per_query) < 1:
-            raise ConfigError("num_queries, profile_length and keys_per_query must be >= 1")
 
 
 @torch.no_grad()
@@ -69,14 +56,9 @@ def similarity_distribution(train_features: torch.Tensor, train_labels: torch.Te
     }
 
 
-@releases_run_locks
-def main(config) -> dict:
-    """The similarity protocol on an EvalConfig (features shared with kNN through the cache)."""
-    from evaluate.session import open_session
-
-    session = open_session(config)
-    if isinstance(session, dict):
-        return session
+def run(session: EvalSession) -> dict:
+    """The similarity protocol (features shared with kNN through the cache)."""
+    config = session.config
     encoder = session.encoder.build()
     (train_features, train_labels), (test_features, test_labels) = (session.features(encoder, split)
                                                                     for split in ("train", "test"))
@@ -84,3 +66,9 @@ def main(config) -> dict:
                                      config.similarity, config.run.seed)
     metrics = output.pop("metrics")
     return session.result(metrics, **output)
+
+
+PROTOCOL = Protocol("similarity", section="similarity", presets=("default",), run=run,
+                    headline={"similarity": ("related_class_similarity",
+                                             "mean cosine to the 5 most similar other classes")})
+main = protocol_main(PROTOCOL)

@@ -8,6 +8,7 @@ from torchvision import transforms
 
 from common.config import ConfigError
 from common.transforms import NORMALIZE, RandomGaussianBlur
+from pretrain.device_decode import CropBox
 
 BICUBIC = transforms.InterpolationMode.BICUBIC
 
@@ -81,8 +82,6 @@ def pretraining_views(config: AugmentConfig, image_size: int) -> list[Callable]:
     only their crop boxes (pretrain/device_decode.py)."""
     sizes = view_sizes(config, image_size)
     if config.gpu_decode:
-        from pretrain.device_decode import CropBox
-
         return [CropBox(crop_scale) for _, crop_scale in sizes]
     if config.gpu:
         return [crop_transform(size, crop_scale) for size, crop_scale in sizes]

@@ -20,6 +20,7 @@ The full list, with reasons, is docs/fidelity.md.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,7 +31,7 @@ from common.runtime import NON_RESULT_FIELDS, RunConfig
 from pretrain.augment import AugmentConfig
 from pretrain.loss import LossConfig
 from pretrain.model import ModelConfig
-from pretrain.patchmix import MixConfig
+from pretrain.mixers import MixConfig
 
 FLAVOURS = ("paper", "official")
 
@@ -228,11 +229,27 @@ def run_directory(config: PretrainConfig, data_fingerprint: str | None = None) -
     return RunDirectory.for_config(config.run.output_root, config.run.name, config, NON_RESULT_FIELDS, fingerprint)
 
 
+def encoder_record(config: PretrainConfig, experiment_digest: str | None = None) -> dict:
+    """The encoder record a pretraining run writes (common.encoder.write_encoder_record): what
+    evaluation and transfer read instead of this config schema. `experiment_digest`: the run
+    directory's seedless hash (computed here when not given, as when a launcher plans ahead)."""
+    if experiment_digest is None:
+        try:
+            experiment_digest = run_directory(config).experiment_digest
+        except (FileNotFoundError, ValueError):  # the data cannot be read from here: a plan's guess
+            experiment_digest = run_directory(config, data_fingerprint="unread").experiment_digest
+    encoders = {"momentum": "momentum_encoder.", "base": "base_encoder."} if config.model.momentum_encoder \
+        else {"base": "base_encoder."}
+    return {"arch": config.model.arch, "patch_size": config.model.patch_size, "image_size": config.model.image_size,
+            "num_heads": config.model.num_heads, "checkpoints": "checkpoints", "encoders": encoders,
+            "default": next(iter(encoders)), "data": dataclasses.asdict(config.data),
+            "origin": {"pretrain_preset": config.preset, "seed": config.run.seed, "experiment": config.run.experiment,
+                       "pretrain_experiment_hash": experiment_digest}}
+
+
 def preset(name: str) -> PretrainConfig:
     """The named preset, with its name recorded in `config.preset` and `config.run.name`."""
     if name not in PRESETS:
-        import difflib
-
         close = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {name!r}.{hint} List them with `python -m pretrain --list-presets`.")

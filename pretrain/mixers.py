@@ -38,9 +38,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.config import ConfigError
 from pretrain.patchmix import mix_to_origin_targets, patch_mix
 
 MIXERS = ("patchmix", "mixup", "cutmix", "cutmix_mixup", "regionswap", "resizemix")
+
+
+@dataclass
+class MixConfig:
+    method: str = "patchmix"  # patchmix | mixup | cutmix | cutmix_mixup | regionswap | resizemix (pretrain/mixers.py)
+    num_mixed: int = 2  # PatchMix's m: images per mixed image. 1 = no mixing (the MoCo v3 baseline)
+    smoothing: float = 0.0  # label smoothing of the soft targets (published default 0)
+
+    def check(self) -> None:
+        if self.method not in MIXERS:
+            raise ConfigError(f"method must be one of {', '.join(MIXERS)}, got {self.method!r}")
+        if self.num_mixed < 1:
+            raise ConfigError(f"num_mixed must be >= 1 (1 disables mixing), got {self.num_mixed}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ConfigError(f"smoothing must be in [0, 1), got {self.smoothing}")
 
 
 @dataclass

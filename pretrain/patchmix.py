@@ -13,28 +13,7 @@ Everything is index arithmetic: no loop over images, any device, any m >= 1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-from common.config import ConfigError
-
-
-@dataclass
-class MixConfig:
-    method: str = "patchmix"  # patchmix | mixup | cutmix | cutmix_mixup | regionswap | resizemix (pretrain/mixers.py)
-    num_mixed: int = 2  # PatchMix's m: images per mixed image. 1 = no mixing (the MoCo v3 baseline)
-    smoothing: float = 0.0  # label smoothing of the soft targets (published default 0)
-
-    def check(self) -> None:
-        from pretrain.mixers import MIXERS  # mixers builds on this module
-
-        if self.method not in MIXERS:
-            raise ConfigError(f"method must be one of {', '.join(MIXERS)}, got {self.method!r}")
-        if self.num_mixed < 1:
-            raise ConfigError(f"num_mixed must be >= 1 (1 disables mixing), got {self.num_mixed}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ConfigError(f"smoothing must be in [0, 1), got {self.smoothing}")
 
 
 def group_offsets(num_tokens: int, num_mixed: int, generator: torch.Generator,

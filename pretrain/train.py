@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -21,22 +20,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common import dist, preemption
-from common.health import NonFiniteLossError, StepHealth, TrainingAborted
-from common.checkpoint import (atomic_torch_save, atomic_write_text, checkpoint_path,
-                               load_latest_checkpoint, prune_checkpoints)
+from common import dist, preemption, schedules
+from common.checkpoint import atomic_write_text, checkpoint_path
 from common.datasets import build_dataset, count_bad_images
+from common.encoder import encoder_digest, record_spec, write_encoder_record
+from common.health import NonFiniteLossError, StepHealth, TrainingAborted, agree
+from common.lifecycle import RunLifecycle
 from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything
 from common.sampling import EpochSampler, SeededViews
-from pretrain import schedules
 from pretrain.augment import pretraining_views, view_probabilities, view_sizes
+from pretrain.configs import OptimConfig, PretrainConfig, encoder_record, run_directory
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
 from pretrain.gpu_augment import augment_views
-from pretrain.configs import OptimConfig, PretrainConfig, run_directory
 from pretrain.loss import soft_target_cross_entropy
-from pretrain.model import PatchMixModel
 from pretrain.mixers import MixResult, apply_mixer, mix_to_mix_from_compositions, place_targets
+from pretrain.model import PatchMixModel
 from pretrain.patchmix import origin_targets
 
 
@@ -174,30 +173,11 @@ def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch
     return loss, metrics, lr, wd, skipped
 
 
-def agree(health: StepHealth, over_budget: bool) -> tuple[int, bool, bool]:
-    """The periodic cross-rank check. Returns (earliest non-finite step or -1, any rank over a
-    budget, any rank asked to checkpoint for preemption) -- identical on every rank."""
-    first = health.first_nonfinite.float()
-    never = torch.tensor(float("-inf"), device=first.device)
-    flags = torch.stack([torch.where(first >= 0, -first, never),
-                         torch.tensor(float(over_budget), device=first.device),
-                         torch.tensor(float(preemption.requested()), device=first.device)])
-    flags = dist.all_reduce_max(flags).tolist()
-    return (int(-flags[0]) if flags[0] != float("-inf") else -1), bool(flags[1]), bool(flags[2])
-
-
 def loss_curve(records: list[dict], points: int = 200) -> list[list[float]]:
     """[[step, loss], ...] thinned to at most `points` entries, for reports that read result.json only."""
     curve = [[r["step"], r["loss"]] for r in records if "loss" in r]
     stride = max(1, -(-len(curve) // points))
     return curve[::stride] + ([curve[-1]] if curve and (len(curve) - 1) % stride else [])
-
-
-def _checkpoint_state(model: PatchMixModel, optimizer, scaler, step: int, config_digest: str,
-                      world_size: int, skipped_steps: int) -> dict:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "step": step, "config_hash": config_digest,
-            "world_size": world_size, "skipped_steps": skipped_steps}
 
 
 def _convert_heads_to_sync_batchnorm(model: PatchMixModel) -> None:
@@ -209,6 +189,94 @@ def _convert_heads_to_sync_batchnorm(model: PatchMixModel) -> None:
             setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
 
 
+class TrainingData:
+    """The training images as the loop reads them: dataset, sampler, loader per epoch, and the step
+    at which views reach the device (decoded there, or moved)."""
+
+    def __init__(self, config: PretrainConfig, base_dataset, batch_per_rank: int, device: torch.device):
+        views_class = EncodedViews if config.augment.gpu_decode else SeededViews
+        self.config, self.device, self.batch_per_rank = config, device, batch_per_rank
+        self.dataset = views_class(base_dataset, pretraining_views(config.augment, config.model.image_size),
+                                   config.run.seed)
+        self.output_sizes = [size for size, _ in view_sizes(config.augment, config.model.image_size)]
+        self.sampler = EpochSampler(len(self.dataset), batch_per_rank, config.run.seed, dist.rank(), dist.world_size())
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def batches_from(self, step: int):
+        """Device views of every step from `step` on, epoch after epoch (the sampler resumes mid-epoch)."""
+        while True:
+            epoch, batch_in_epoch = divmod(step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch, batch_in_epoch)
+            gpu_decode = self.config.augment.gpu_decode
+            loader = DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=self.sampler,
+                                num_workers=self.config.data.num_workers, pin_memory=self.device.type == "cuda",
+                                drop_last=True, collate_fn=collate_encoded if gpu_decode else None)
+            for views, _ in loader:
+                if gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
+                    yield decode_views(views.payloads(), views.boxes, self.output_sizes, self.device)
+                else:
+                    yield [v.to(self.device, non_blocking=True) for v in views]
+                step += 1
+
+
+def build_training(config: PretrainConfig, device: torch.device, precision: torch.dtype):
+    """Model, optimizer and fp16 loss scaler with identical initial weights on every rank."""
+    seed_everything(config.run.seed)
+    model = PatchMixModel(config.model).to(device)
+    optimizer = build_optimizer(model, config.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
+    return model, optimizer, scaler
+
+
+def restore(model: PatchMixModel, optimizer, scaler, state: dict, world_size: int, where: Path) -> tuple[int, int]:
+    """Load a checkpoint state; returns (step, skipped fp16 steps)."""
+    if state["world_size"] != world_size:
+        raise ValueError(f"{where} was checkpointed with {state['world_size']} processes; resuming with "
+                         f"{world_size} would change the per-device mixing. Resume with the same number of "
+                         "processes or start a new run directory.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return state["step"], state.get("skipped_steps", 0)
+
+
+def distributed_query_model(model: PatchMixModel, device: torch.device) -> nn.Module:
+    """The query path under DDP (head BatchNorms synchronised on GPUs), or the model itself."""
+    if dist.world_size() == 1:
+        return model
+    if device.type == "cuda":
+        _convert_heads_to_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def check_health(health: StepHealth, config: PretrainConfig, step: int, skipped_steps: int,
+                 bad_image_dir: Path, run: RunLifecycle) -> bool:
+    """The periodic cross-rank check: stop on a non-finite loss or an exceeded budget (every rank at
+    the same step); returns whether a preemption signal asks for a checkpoint now."""
+    over_budget = skipped_steps > config.run.max_skipped_steps
+    if dist.is_main_process():
+        bad_images = count_bad_images(bad_image_dir)
+        if bad_images:
+            atomic_write_text(json.dumps(dict(bad_images.most_common()), indent=1), run.path / "bad_images.json")
+        over_budget |= len(bad_images) > config.data.max_bad_images
+    first_nonfinite, abort, preempted = agree(health, over_budget)
+    if first_nonfinite >= 0:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {first_nonfinite}; all {dist.world_size()} process(es) stopped at step "
+            f"{step}. The last good checkpoint is kept in {run.run_dir.checkpoint_dir}. Check the data, or "
+            "continue from that checkpoint with another setting as a new run: python -m pretrain --preset "
+            f"{config.preset or '...'} --resume-from {run.path} optim.base_lr={config.optim.base_lr / 2:g} "
+            "(plus this run's other overrides)")
+    if abort:
+        raise TrainingAborted(
+            f"stopped at step {step}: {skipped_steps} skipped fp16 steps (limit {config.run.max_skipped_steps}) "
+            f"or more than {config.data.max_bad_images} unreadable images (see {run.path / 'bad_images.json'})")
+    return preempted
+
+
 @releases_run_locks
 def main(config: PretrainConfig) -> dict:
     """Pretrain as configured, resuming from the run directory's newest checkpoint if there is one.
@@ -218,174 +286,91 @@ def main(config: PretrainConfig) -> dict:
     """
     device = resolve_device(config.run.device)
     dist.init_distributed(device.type)
-    rank, world_size = dist.rank(), dist.world_size()
-    precision = resolve_precision(config.run.precision, device)
+    world_size, precision = dist.world_size(), resolve_precision(config.run.precision, device)
     if config.optim.batch_size % world_size:
-        raise ValueError(f"optim.batch_size {config.optim.batch_size} is not divisible by the "
-                         f"{world_size} processes")
-    batch_per_rank = config.optim.batch_size // world_size
+        raise ValueError(f"optim.batch_size {config.optim.batch_size} is not divisible by the {world_size} processes")
     run_dir = run_directory(config)  # reads the dataset folder's listing: a wrong root fails here
-    if run_dir.is_complete():
-        if dist.is_main_process():
-            print(f"[pretrain] {run_dir.path} is complete; nothing to do")
-        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
-    # Fails here, before any training, on a wrong dataset root (the folder preflight).
-    bad_image_dir = run_dir.path / "bad_images"
+    run = RunLifecycle(run_dir, "pretrain", "step", config.run.keep_last_checkpoints)
+    if run.finished() is not None:
+        return run.start(config)
+    bad_image_dir = run.path / "bad_images"  # the folder preflight fails here, before any training
     base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir,
                                  decode=not config.augment.gpu_decode)
+    done = run.start(config, config.run.wait_for_lock)
+    if done is not None:  # finished by the process we waited for
+        return done
+    data = TrainingData(config, base_dataset, config.optim.batch_size // world_size, device)
+    run.milestone_every = config.run.milestone_every_epochs * data.steps_per_epoch
+    model, optimizer, scaler = build_training(config, device, precision)
     if dist.is_main_process():
-        run_dir.acquire(config.run.wait_for_lock)
-    dist.barrier()
-    if run_dir.is_complete():  # finished by the process we waited for
-        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
-    if dist.is_main_process():
-        run_dir.prepare(config, world_size)
-    dist.barrier()
-    if threading.current_thread() is threading.main_thread():
-        preemption.install()
-
-    seed = config.run.seed
-    seed_everything(seed)  # identical initial weights on every rank
-    model = PatchMixModel(config.model).to(device)
-    optimizer = build_optimizer(model, config.optim, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-
-    view_transforms = pretraining_views(config.augment, config.model.image_size)
-    views_class = EncodedViews if config.augment.gpu_decode else SeededViews
-    dataset = views_class(base_dataset, view_transforms, seed)
-    output_sizes = [size for size, _ in view_sizes(config.augment, config.model.image_size)]
-    sampler = EpochSampler(len(dataset), batch_per_rank, seed, rank, world_size)
-    steps_per_epoch = sampler.batches_per_epoch
-    total_steps = config.optim.epochs * steps_per_epoch
+        write_encoder_record(run.path, encoder_record(config, run_dir.experiment_digest))
+    state, resumed_from = run.resume(Path(config.run.resume_from) if config.run.resume_from else None)
+    step, skipped_steps = restore(model, optimizer, scaler, state, world_size, run.path) if state else (0, 0)
+    if dist.is_main_process() and state:
+        source = f"the checkpoint of {config.run.resume_from} (a new run)" if resumed_from else "its checkpoint"
+        print(f"[pretrain] resuming {run.path} from {source} at step {step}")
+    query_model = distributed_query_model(model, device)
+    total_steps = config.optim.epochs * data.steps_per_epoch
     stop_step = min(config.optim.max_steps or total_steps, total_steps)
 
-    step, skipped_steps = 0, 0
-    state = load_latest_checkpoint(run_dir.checkpoint_dir)
-    resumed_from = None
-    if state is None and config.run.resume_from and not any(run_dir.checkpoint_dir.glob("checkpoint_*.pt")):
-        state = load_latest_checkpoint(Path(config.run.resume_from) / "checkpoints")
-        if state is None:
-            raise FileNotFoundError(f"run.resume_from={config.run.resume_from} holds no readable checkpoint")
-        resumed_from = {"run_dir": config.run.resume_from, "step": state["step"]}
-        if dist.is_main_process():
-            print(f"[pretrain] new run {run_dir.path} starts from {config.run.resume_from} at step {state['step']}")
-    if state is not None:
-        if state["world_size"] != world_size:
-            raise ValueError(f"{run_dir.path} was checkpointed with {state['world_size']} processes; "
-                             f"resuming with {world_size} would change the per-device mixing. Resume "
-                             "with the same number of processes or start a new run directory.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, skipped_steps = state["step"], state.get("skipped_steps", 0)
-        if dist.is_main_process() and resumed_from is None:
-            print(f"[pretrain] resuming {run_dir.path} from step {step}")
-    elif any(run_dir.checkpoint_dir.glob("checkpoint_*.pt")):
-        raise ValueError(f"{run_dir.checkpoint_dir} holds checkpoints but none is readable; refusing "
-                         "to restart from scratch silently. Move them away to start over.")
-    if dist.is_main_process():
-        run_dir.truncate_metrics("step", step)  # a killed run logged past its checkpoint: log each step once
-
-    query_model: nn.Module = model
-    if world_size > 1:
-        if device.type == "cuda":
-            _convert_heads_to_sync_batchnorm(model)
-        query_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def save(at_step: int) -> None:
-        if dist.is_main_process():
-            atomic_torch_save(_checkpoint_state(model, optimizer, scaler, at_step, run_dir.config_digest,
-                                                world_size, skipped_steps),
-                              checkpoint_path(run_dir.checkpoint_dir, at_step))
-            prune_checkpoints(run_dir.checkpoint_dir, config.run.keep_last_checkpoints,
-                              config.run.milestone_every_epochs * steps_per_epoch)
-        dist.barrier()
+    def checkpoint(at_step: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "step": at_step, "config_hash": run_dir.config_digest, "world_size": world_size,
+                "skipped_steps": skipped_steps}
 
     health = StepHealth(device)
     progress = tqdm(total=stop_step, initial=step, desc=f"pretrain {config.run.name}", unit="step",
                     disable=not (config.run.progress and dist.is_main_process()), dynamic_ncols=True)
     last_metrics: dict[str, float] = {}
     started = time.time()
-    while step < stop_step:
-        epoch, batch_in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, batch_in_epoch)
-        loader = DataLoader(dataset, batch_size=batch_per_rank, sampler=sampler,
-                            num_workers=config.data.num_workers, pin_memory=device.type == "cuda",
-                            drop_last=True, collate_fn=collate_encoded if config.augment.gpu_decode else None)
-        for views, _ in loader:
-            if config.augment.gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
-                views = decode_views(views.payloads(), views.boxes, output_sizes, device)
-            else:
-                views = [v.to(device, non_blocking=True) for v in views]
-            loss, metrics, lr, wd, skipped = training_step(model, query_model, optimizer, scaler, views, config,
-                                                           step, steps_per_epoch, precision, rank, world_size)
-            health.observe(loss, step + 1)
-            skipped_steps += skipped
-            step += 1
-            progress.update(1)
-
-            log_now = step % config.run.log_every_steps == 0
-            checkpoint_now = step % config.run.checkpoint_every_steps == 0 or step == stop_step
-            if not (log_now or checkpoint_now):
-                continue
-            over_budget = skipped_steps > config.run.max_skipped_steps
+    for views in (data.batches_from(step) if step < stop_step else ()):
+        loss, metrics, lr, wd, skipped = training_step(model, query_model, optimizer, scaler, views, config, step,
+                                                       data.steps_per_epoch, precision, dist.rank(), world_size)
+        health.observe(loss, step + 1)
+        skipped_steps += skipped
+        step += 1
+        progress.update(1)
+        log_now = step % config.run.log_every_steps == 0
+        checkpoint_now = step % config.run.checkpoint_every_steps == 0 or step == stop_step
+        if not (log_now or checkpoint_now):
+            continue
+        preempted = check_health(health, config, step, skipped_steps, bad_image_dir, run)
+        if log_now or step == stop_step:
+            reduced = {name: dist.all_reduce_mean(value).item() for name, value in metrics.items()}
+            loss_value = dist.all_reduce_mean(loss.detach()).item()
+            last_metrics = {"step": step, "epoch": step / data.steps_per_epoch, "loss": loss_value, "lr": lr,
+                            "weight_decay": wd, "skipped_steps": skipped_steps, **reduced}
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            run.log(last_metrics)
+            if dist.is_main_process() and reduced["key_std"] < config.run.collapse_warning:
+                warnings.warn(f"step {step}: key embedding std x sqrt(dim) = {reduced['key_std']:.3f} "
+                              f"< {config.run.collapse_warning}: the representation may be collapsing")
+        if checkpoint_now or preempted:
+            run.save(checkpoint(step))
+        if preempted:
+            progress.close()
             if dist.is_main_process():
-                bad_images = count_bad_images(bad_image_dir)
-                if bad_images:
-                    atomic_write_text(json.dumps(dict(bad_images.most_common()), indent=1),
-                                      run_dir.path / "bad_images.json")
-                over_budget |= len(bad_images) > config.data.max_bad_images
-            first_nonfinite, abort, preempted = agree(health, over_budget)
-            if first_nonfinite >= 0:
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {first_nonfinite}; all {world_size} process(es) stopped at "
-                    f"step {step}. The last good checkpoint is kept in {run_dir.checkpoint_dir}. Check the "
-                    "data, or continue from that checkpoint with another setting as a new run: "
-                    f"python -m pretrain --preset {config.preset or '...'} --resume-from {run_dir.path} "
-                    f"optim.base_lr={config.optim.base_lr / 2:g} (plus this run's other overrides)")
-            if abort:
-                raise TrainingAborted(
-                    f"stopped at step {step}: {skipped_steps} skipped fp16 steps (limit "
-                    f"{config.run.max_skipped_steps}) or more than {config.data.max_bad_images} unreadable "
-                    f"images (see {run_dir.path / 'bad_images.json'})")
-            if log_now or step == stop_step:
-                reduced = {name: dist.all_reduce_mean(value).item() for name, value in metrics.items()}
-                loss_value = dist.all_reduce_mean(loss.detach()).item()
-                last_metrics = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_value,
-                                "lr": lr, "weight_decay": wd, "skipped_steps": skipped_steps, **reduced}
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-                if dist.is_main_process():
-                    run_dir.append_metrics(last_metrics)
-                    if reduced["key_std"] < config.run.collapse_warning:
-                        warnings.warn(f"step {step}: key embedding std x sqrt(dim) = {reduced['key_std']:.3f} "
-                                      f"< {config.run.collapse_warning}: the representation may be collapsing")
-            if checkpoint_now or preempted:
-                save(step)
-            if preempted:
-                progress.close()
-                if dist.is_main_process():
-                    print(f"[pretrain] preemption: checkpoint saved at step {step}; exiting for requeue")
-                preemption.hand_over()
-            if step >= stop_step:
-                break
+                print(f"[pretrain] preemption: checkpoint saved at step {step}; exiting for requeue")
+            preemption.hand_over()
+        if step >= stop_step:
+            break
     progress.close()
-    if not last_metrics and run_dir.read_metrics():  # resumed at the very end: nothing left to log
-        last_metrics = run_dir.read_metrics()[-1]
-
+    records = run.run_dir.read_metrics()
+    if not last_metrics and records:  # resumed at the very end: nothing left to log
+        last_metrics = records[-1]
+    if dist.is_main_process():  # the finished encoder: which checkpoint, and the digest evaluations will see
+        record = encoder_record(config, run_dir.experiment_digest)
+        digest = encoder_digest(model.evaluation_encoder().state_dict(), record_spec(record))
+        write_encoder_record(run.path, {**record, "final": {"checkpoint": checkpoint_path(run_dir.checkpoint_dir, step).name,
+                                                             "step": step, "digest": digest}})
     result = {"stage": "pretrain", "preset": config.preset, "experiment": config.run.experiment,
               "seed": config.run.seed, "dataset": config.data.dataset, "arch": config.model.arch,
               "patch_size": config.model.patch_size, "num_mixed": config.mix.num_mixed,
               "epochs": config.optim.epochs, "steps": step, "total_steps": total_steps,
-              "epochs_completed": step / steps_per_epoch, "final_metrics": last_metrics,
+              "epochs_completed": step / data.steps_per_epoch, "final_metrics": last_metrics,
               "checkpoint": str(checkpoint_path(run_dir.checkpoint_dir, step)),
               "skipped_steps": skipped_steps, "bad_images": len(count_bad_images(bad_image_dir)),
-              "loss_curve": loss_curve(run_dir.read_metrics()),
-              "seconds_this_session": round(time.time() - started, 1)}
+              "loss_curve": loss_curve(records), "seconds_this_session": round(time.time() - started, 1)}
     if config.run.resume_from:
         result["resumed_from"] = resumed_from or {"run_dir": config.run.resume_from}
-    if dist.is_main_process():
-        run_dir.write_result(result)
-        print(f"[pretrain] done: {run_dir.path}")
-    dist.barrier()
-    return {**result, "run_dir": str(run_dir.path)}
+    return run.finish(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 from reports.collect import collect, load_reference, split_superseded
 from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
 from reports.tables import InconsistentResults, plan_report, row_results
-from slurm.plans import ALIASES, PLANS, build_plan
+from plans.tables import ALIASES, PLANS, build_plan
 
 
 def figures_for(plan, rows, results, out: Path) -> list[str]:
@@ -38,7 +38,7 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
                   out / f"{plan.name}.png")
         figures.append(f"{plan.name}.png")
     if plan.name == "demo":
-        curves = {s.key: s.key.split("/")[1] for s in plan.stages if s.kind == "pretrain"}
+        curves = {s.key: s.key.split("/")[1] for s in plan.stages if not s.after}  # the training runs
         if plot_loss_curves(results, curves, out / "demo_loss.png"):
             figures.append("demo_loss.png")
     return figures

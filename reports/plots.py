@@ -12,7 +12,16 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from reports.tables import RowResult  # noqa: E402
 
+# Colours kept from figure to figure for the paper's protocols; any other gets the next free one.
 PROTOCOL_COLOURS = {"finetune": "tab:green", "linear": "tab:blue", "knn": "tab:orange"}
+SPARE_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red")
+
+
+def protocol_colours(rows: list[RowResult]) -> dict[str, str]:
+    """{protocol: colour} for the protocols the rows report, the paper's three first."""
+    present = sorted({r.row.protocol for r in rows}, key=lambda p: (p not in PROTOCOL_COLOURS, p))
+    spare = iter(SPARE_COLOURS * len(present))
+    return {p: PROTOCOL_COLOURS.get(p) or next(spare) for p in present}
 
 
 def _save(figure, path: Path) -> Path:
@@ -33,7 +42,7 @@ def plot_against(rows: list[RowResult], x_of, x_label: str, title: str, path: Pa
     datasets = sorted({r.row.dataset for r in rows})
     figure, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
-        for protocol, colour in PROTOCOL_COLOURS.items():
+        for protocol, colour in protocol_colours(rows).items():
             for group in sorted({group_of(r) for r in rows}):
                 points = _series(rows, x_of, dataset, protocol, lambda r: group_of(r) == group)
                 if not points:
@@ -73,7 +82,7 @@ def plot_bars(rows: list[RowResult], title: str, path: Path) -> Path:
                 continue
             result, x = match[0], position - 0.4 + width * (index + 0.5)
             axis.bar(x, result.mean, width=width * 0.9, yerr=result.std or 0.0, capsize=3,
-                     color=PROTOCOL_COLOURS.get(protocol, "tab:gray"), label=protocol if position == 0 else None)
+                     color=protocol_colours(rows)[protocol], label=protocol if position == 0 else None)
             axis.text(x, result.mean + 0.3, f"{result.mean:.1f}", ha="center", va="bottom", fontsize=7)
             values.append(result.mean)
             if result.paper is not None:
@@ -99,7 +108,7 @@ def plot_loss_curves(results: pd.DataFrame, experiments: dict[str, str], path: P
     figure, axis = plt.subplots(figsize=(6, 4))
     plotted = False
     for key, label in experiments.items():
-        match = results[(results.get("experiment") == key) & (results.stage == "pretrain")]
+        match = results[(results.get("experiment") == key) & results.loss_curve.notna()]
         if match.empty or not isinstance(match.iloc[0].loss_curve, list) or not match.iloc[0].loss_curve:
             continue
         steps, losses = zip(*match.iloc[0].loss_curve)

@@ -9,13 +9,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from slurm.plans import Plan, Row
+from plans.registry import headline
+from plans.tables import Plan, Row
 
-# The number each protocol puts in a table (the paper's convention).
-HEADLINE_METRIC = {"knn": "top1_k20", "linear": "top1_best", "finetune": "top1_best",
-                   "ap_box": "ap_box", "ap_mask": "ap_mask", "similarity": "related_class_similarity"}
-METRIC_NOTE = {"knn": "top-1, k=20", "linear": "top-1, best epoch", "finetune": "top-1, best epoch",
-               "similarity": "mean cosine to the 5 most similar other classes"}
 
 
 class InconsistentResults(ValueError):
@@ -67,7 +63,7 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
                 grouped[row].append((stage.seed, record))
     output = []
     for row, records in grouped.items():
-        metric = f"metric.{HEADLINE_METRIC[row.protocol]}"
+        metric = f"metric.{headline(row.protocol)[0]}"
         averaged, notes = [], []
         for seed, record in records:
             value = record.get(metric)
@@ -136,7 +132,8 @@ def markdown_table(results: list[RowResult]) -> str:
              "| Commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        protocol = f"{r.row.protocol} ({METRIC_NOTE[r.row.protocol]})" if r.row.protocol in METRIC_NOTE else r.row.protocol
+        metric, meaning = headline(r.row.protocol)
+        protocol = r.row.protocol if metric == r.row.protocol else f"{r.row.protocol} ({meaning})"
         lines.append(f"| {r.row.method} | {r.row.backbone} | {r.row.epochs or '—'} | {r.row.dataset} | {protocol} | "
                      f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True, scale=r.mean)} | "
                      f"{','.join(map(str, r.seeds)) or '—'} | {r.preset} | {preset_flavour(r.preset)} | "
@@ -145,6 +142,7 @@ def markdown_table(results: list[RowResult]) -> str:
 
 
 FIDELITY_DOC = "docs/fidelity.md"
+PAPER_COLUMNS = ("finetune", "linear", "knn", "ap_box", "ap_mask")  # the paper's column order in Tables 2-4
 MAIN_TABLES = ("table2", "table3", "table4")  # where the paper compares with MoCo v3, DINO, iBOT, SDMP, ...
 
 
@@ -158,7 +156,7 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
         return ""
     pivot = subset.pivot_table(index=["dataset", "backbone", "table", "method", "epochs"], columns="protocol",
                                values="value", aggfunc="first", sort=False)
-    columns = [c for c in ("finetune", "linear", "knn", "ap_box", "ap_mask") if c in pivot.columns]
+    columns = [c for c in PAPER_COLUMNS if c in pivot.columns]
     lines = ["| Dataset | Backbone | Paper table | Method | Epochs | " + " | ".join(columns) + " |",
              "|---|---|---|---|---|" + "---|" * len(columns)]
     for (dataset, backbone, table, method, epochs), values in pivot.iterrows():

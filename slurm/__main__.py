@@ -11,7 +11,12 @@ import json
 import sys
 from pathlib import Path
 
+from common.cli import RUN_FAILURES
 from common.config import ConfigError
+from common.rundir import RunDirectory
+from plans.tables import ALIASES, PLANS, build_plan
+from slurm.executors import load_cluster_config, resolve_executor
+from slurm.graph import launch
 
 
 def _list(text: str) -> list[str]:
@@ -19,20 +24,21 @@ def _list(text: str) -> list[str]:
 
 
 def status(output_root: Path) -> None:
-    """Every run directory under output_root: kind, complete or how far it got."""
+    """Every run directory under output_root: its stage (from its provenance), complete or how far
+    it got; then the SLURM jobs recorded by launches."""
     rows = []
     for config_path in sorted(Path(output_root).glob("**/config.yaml")):
         run_dir = config_path.parent
-        kind = "eval" if run_dir.parent.name == "eval" else "pretrain"
-        result = run_dir / "result.json"
-        if result.is_file():
+        provenance = _read_json(run_dir / "provenance.json")
+        stage = provenance.get("stage") or "run"
+        if (run_dir / "result.json").is_file():
             state = "complete"
         else:
-            lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-            last = json.loads(lines[-1]) if lines else {}
+            records = RunDirectory(run_dir).read_metrics()
+            last = records[-1] if records else {}
             where = f"step {last['step']}" if "step" in last else f"epoch {last['epoch']}" if "epoch" in last else "started"
             state = f"incomplete ({where})"
-        rows.append((kind, state, str(run_dir.relative_to(output_root))))
+        rows.append((stage, state, str(run_dir.relative_to(output_root))))
     for plan_folder in sorted((Path(output_root) / ".jobs").glob("*")):
         for record in sorted(plan_folder.glob("*.json")):
             entry = json.loads(record.read_text())
@@ -40,11 +46,17 @@ def status(output_root: Path) -> None:
     if not rows:
         print(f"no runs under {output_root}")
     for kind, state, where in rows:
-        print(f"{kind:9} {state:28} {where}")
+        print(f"{kind:20} {state:28} {where}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> None:
-    from slurm.plans import ALIASES, PLANS
 
     parser = argparse.ArgumentParser(prog="python -m slurm")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
 
     if arguments.command == "plans":
-        from slurm.plans import build_plan
 
         for name in [*PLANS, *ALIASES]:
             plan = build_plan(name)
@@ -76,10 +87,6 @@ def main(argv: list[str] | None = None) -> None:
         status(arguments.output_root)
         return
 
-    from slurm.executors import load_cluster_config, resolve_executor
-    from common.cli import RUN_FAILURES
-    from slurm.graph import launch
-    from slurm.plans import build_plan
 
     try:
         plan = build_plan(arguments.plan, arguments.flavour, tuple(int(s) for s in _list(arguments.seeds)),

@@ -18,6 +18,7 @@ import submitit
 from omegaconf import OmegaConf
 
 from common.config import ConfigError, apply_overrides
+from plans.registry import stage_record
 
 EXECUTORS = ("auto", "slurm", "local", "inline")
 
@@ -59,22 +60,8 @@ def resolve_executor(name: str) -> str:
 
 
 def run_stage(kind: str, config: Any) -> dict:
-    """Run one stage in this process (imports the stage lazily: the launcher stays light)."""
-    if kind == "pretrain":
-        from pretrain.train import main
-    elif kind == "knn":
-        from evaluate.knn import main
-    elif kind == "linear":
-        from evaluate.linear import main
-    elif kind == "finetune":
-        from evaluate.finetune import main
-    elif kind == "similarity":
-        from evaluate.similarity import main
-    elif kind == "transfer":
-        from transfer.train import main
-    else:
-        raise NotImplementedError(f"stage kind {kind!r} has no implementation in this suite yet")
-    return main(config)
+    """Run one stage in this process, through its stage record."""
+    return stage_record(kind).main(config)
 
 
 class StageTask(submitit.helpers.Checkpointable):

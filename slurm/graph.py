@@ -10,18 +10,19 @@ submitted again.
 """
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from common.config import apply_overrides
-from common.rundir import RunDirectory, releases_run_locks
-from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
-from slurm.plans import PRETRAIN, Plan, Stage
+import submitit
 
-EVALUATIONS = ("knn", "linear", "finetune", "similarity")
+from common.encoder import ENCODER_RECORD, read_encoder_record
+from common.rundir import RunDirectory, releases_run_locks
+from common.stage import UnreadableData, Upstream
+from plans.registry import stage_record
+from plans.tables import Plan, Stage
+from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
@@ -29,9 +30,9 @@ ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", 
 @dataclass
 class ResolvedStage:
     stage: Stage
-    config: Any  # PretrainConfig or EvalConfig
-    run_dir: Path | None  # None for an evaluation whose weights do not exist yet
-    data_problem: str = ""  # why the pretraining dataset cannot be read from here (then run_dir is a guess)
+    config: Any  # the stage record's config
+    run_dir: Path | None  # None for a stage whose upstream weights do not exist yet
+    data_problem: str = ""  # why the stage's dataset cannot be read from here (then run_dir is a guess)
 
     def is_complete(self) -> bool:
         return self.run_dir is not None and (self.run_dir / "result.json").is_file()
@@ -39,57 +40,28 @@ class ResolvedStage:
 
 def resolve_plan(plan: Plan, output_root: Path, pretrain_overrides: list[str] = (),
                  eval_overrides: list[str] = ()) -> list[ResolvedStage]:
-    """Every stage's config and (where knowable) run directory, in plan order."""
-    from evaluate.configs import resolve_eval_config
-    from pretrain.configs import preset, run_directory
-
+    """Every stage's config and (where knowable) run directory, in plan order, through its stage
+    record. Stages that read no other run take `pretrain_overrides`, the others `eval_overrides`."""
     resolved: dict[str, ResolvedStage] = {}
     for stage in plan.stages:
+        record = stage_record(stage.kind)
         tag = f"run.experiment={stage.key}"
-        if stage.kind == PRETRAIN:
-            config = apply_overrides(preset(stage.preset), [*stage.overrides, f"run.output_root={output_root}", tag,
-                                                            *pretrain_overrides])
+        if not stage.after:
+            config = record.resolve(stage.preset, [*stage.overrides, f"run.output_root={output_root}", tag,
+                                                   *pretrain_overrides], None)
             try:
-                run_dir, data_problem = run_directory(config).path, ""
-            except (FileNotFoundError, ValueError) as error:  # the dataset cannot be read from here
-                run_dir, data_problem = run_directory(config, data_fingerprint="unread").path, str(error)
+                run_dir, data_problem = record.run_directory(config), ""
+            except UnreadableData as error:
+                run_dir, data_problem = error.placeholder, str(error)
             resolved[stage.key] = ResolvedStage(stage, config, run_dir, data_problem)
             continue
         source = resolved[stage.after]
-        if stage.kind == "transfer":
-            from evaluate.encoder import SourceConfig
-            from transfer.train import TransferConfig
-
-            config = apply_overrides(TransferConfig(config=stage.preset, source=SourceConfig(run_dir=str(source.run_dir))),
-                                     [*stage.overrides, tag, *eval_overrides])
-            resolved[stage.key] = ResolvedStage(stage, config, _eval_run_dir(config, source))
-            continue
-        config = apply_overrides(
-            resolve_eval_config(stage.kind, stage.preset, str(source.run_dir), pretrain_config=source.config),
-            [*stage.overrides, tag, *eval_overrides])
-        resolved[stage.key] = ResolvedStage(stage, config, _eval_run_dir(config, source))
+        encoder = read_encoder_record(source.run_dir) if (source.run_dir / ENCODER_RECORD).is_file() \
+            else stage_record(source.stage.kind).encoder_record(source.config)
+        config = record.resolve(stage.preset, [*stage.overrides, tag, *eval_overrides], Upstream(source.run_dir, encoder))
+        # Named by the weights' digest: known once the weights are final.
+        resolved[stage.key] = ResolvedStage(stage, config, record.run_directory(config) if source.is_complete() else None)
     return list(resolved.values())
-
-
-@functools.lru_cache(maxsize=4)
-def _load_weights(run_dir: str, encoder_file: str, encoder: str):
-    """Load a run's weights once for all the stages that read them (a ViT-B checkpoint is ~1 GB)."""
-    from evaluate.encoder import SourceConfig, load_source
-
-    return load_source(SourceConfig(run_dir=run_dir, encoder_file=encoder_file, encoder=encoder))
-
-
-def _eval_run_dir(config, source: ResolvedStage) -> Path | None:
-    """An evaluation's or transfer's directory: named by the weights' digest, so known once they exist."""
-    if not source.is_complete():
-        return None
-    from evaluate.session import eval_run_directory
-    from transfer.train import TransferConfig, transfer_run_directory
-
-    loaded = _load_weights(config.source.run_dir, config.source.encoder_file, config.source.encoder)
-    if isinstance(config, TransferConfig):
-        return transfer_run_directory(config, loaded).path
-    return eval_run_directory(config, loaded).path
 
 
 class JobRegistry:
@@ -111,8 +83,6 @@ class JobRegistry:
 
     def active_job(self, key: str) -> str | None:
         """The recorded job id when SLURM still has it pending or running."""
-        import submitit
-
         entry = self.read(key)
         if entry is None:
             return None
@@ -141,10 +111,6 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
     outcome: dict[str, str] = {}
     for item in stages:
         stage = item.stage
-        if stage.kind != PRETRAIN and stage.kind not in (*EVALUATIONS, "transfer"):
-            outcome[stage.key] = f"not available: the {stage.kind} stage is not part of this suite yet"
-            echo(f"[skip] {stage.key}: {outcome[stage.key]}")
-            continue
         if item.is_complete():
             outcome[stage.key] = "complete"
             echo(f"[done] {stage.key}: {item.run_dir}")
@@ -170,7 +136,7 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
             echo(f"[run] {stage.key}")
             run_stage(stage.kind, item.config)
             outcome[stage.key] = "ran"
-            _refresh_eval_dirs(stages, item)
+            _refresh_downstream_dirs(stages, item)
             continue
         submitit_executor = make_executor(executor, log_folder, cluster)
         submitit_executor.update_parameters(**parameters)
@@ -182,14 +148,12 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
             registry.record(stage.key, str(job.job_id), log_folder)
         else:  # one machine: run stages one after the other, evaluations after their pretraining
             job.result()
-            _refresh_eval_dirs(stages, item)
+            _refresh_downstream_dirs(stages, item)
     return outcome
 
 
-def _refresh_eval_dirs(stages: list[ResolvedStage], finished: ResolvedStage) -> None:
-    """After a pretraining run finishes, its evaluations' run directories become known."""
-    if finished.stage.kind != PRETRAIN:
-        return
+def _refresh_downstream_dirs(stages: list[ResolvedStage], finished: ResolvedStage) -> None:
+    """After a run finishes, the run directories of the stages that read it become known."""
     for item in stages:
-        if item.stage.after == finished.stage.key and item.config is not None:
-            item.run_dir = _eval_run_dir(item.config, finished)
+        if item.stage.after == finished.stage.key:
+            item.run_dir = stage_record(item.stage.kind).run_directory(item.config)

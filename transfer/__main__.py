@@ -10,8 +10,10 @@ import argparse
 import sys
 
 from common.config import ConfigError, apply_overrides
-from evaluate.encoder import SourceConfig
+from common.encoder import SourceConfig
+from transfer import require_detectron2
 from transfer.configs import CONFIGS
+from transfer.train import TransferConfig, main as train
 
 DETECTRON2_SECTIONS = ("train.", "model.", "dataloader.", "optimizer.", "lr_multiplier.")
 
@@ -24,10 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder", default="auto", choices=("auto", "momentum", "base"))
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     arguments = parser.parse_args(argv)
-    from transfer import require_detectron2
-
     require_detectron2()
-    from transfer.train import TransferConfig, main as train
 
     detectron2_overrides = [o for o in arguments.overrides if o.startswith(DETECTRON2_SECTIONS)]
     ours = [o for o in arguments.overrides if not o.startswith(DETECTRON2_SECTIONS)]

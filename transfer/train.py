@@ -4,10 +4,13 @@ The run directory `<pretraining run>/transfer/<config>-<weights digest>-<hash>/`
 provenance, the converted backbone checkpoint, detectron2's own output (checkpoints, metrics) and
 finally result.json with box and mask AP (pycocotools, through detectron2's COCOEvaluator).
 Re-running resumes from detectron2's last checkpoint; a finished run does nothing.
+detectron2 is an optional dependency (no PyPI release): it is imported inside the functions that
+use it, so that the stage record and the rest of the suite work without it.
 """
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,11 +19,11 @@ import torch
 
 from common import dist, preemption
 from common.config import ConfigError
-from common.rundir import RunDirectory
-from common.rundir import releases_run_locks
+from common.encoder import SourceConfig
+from common.rundir import RunDirectory, releases_run_locks
 from common.runtime import NON_RESULT_FIELDS, RunConfig
-from evaluate.encoder import SourceConfig
 from transfer import require_detectron2
+from transfer.configs import CONFIGS
 from transfer.weights import (FPN_PREFIX, PREFIX, backbone_arguments, check_backbone_loaded, load_encoder,
                               to_detectron2, write_detectron2_checkpoint)
 
@@ -41,8 +44,6 @@ class TransferConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(name="transfer", output_root=""))
 
     def check(self) -> None:
-        from transfer.configs import CONFIGS
-
         if self.config not in CONFIGS:
             raise ConfigError(f"config must be one of {', '.join(CONFIGS)}, got {self.config!r}")
 
@@ -89,7 +90,6 @@ def build_lazy_config(config: TransferConfig, loaded, run_dir: Path):
     """The LazyConfig of `config.config`, shaped to the checkpoint and pointed at our data and paths."""
     from detectron2.config import LazyConfig
     from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
-    from transfer.configs import CONFIGS
 
     cfg = LazyConfig.load(str(CONFIGS[config.config]))
     arguments = backbone_arguments(loaded.spec, config.num_heads)
@@ -215,6 +215,4 @@ def main(config: TransferConfig) -> dict:
 
 
 def threading_main() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

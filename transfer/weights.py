@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from evaluate.encoder import EncoderSpec, LoadedEncoder, SourceConfig, load_source
+from common.encoder import EncoderSpec, LoadedEncoder, SourceConfig, load_source
+from common.vit import VIT_SIZES
 
 PREFIX = "backbone.net."  # ViTDet's simple feature pyramid; the ViT-FPN neck nests it: backbone.bottom_up.net.
 FPN_PREFIX = "backbone.bottom_up.net."
@@ -31,8 +32,6 @@ def to_detectron2(state_dict: dict[str, torch.Tensor], prefix: str = PREFIX) -> 
 
 def backbone_arguments(spec: EncoderSpec, num_heads: int) -> dict:
     """detectron2 ViT(...) arguments that make its shapes match the checkpoint."""
-    from common.vit import VIT_SIZES
-
     size = VIT_SIZES[spec.arch]
     depth = size.depth
     # ViTDet: global attention closes each quarter of the blocks (2, 5, 8, 11 of 12), windows elsewhere;

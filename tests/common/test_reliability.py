@@ -22,7 +22,7 @@ from common.datasets import DataConfig, RobustImageFolder, build_dataset, datase
 from common.encoded_images import read_encoded
 from common.rundir import RunDirectory, RunDirectoryBusy, releases_run_locks
 from common.sampling import SeededViews
-from evaluate.encoder import EncoderSpec, encoder_digest, state_digest
+from common.encoder import EncoderSpec, encoder_digest, state_digest
 from evaluate.features import cache_key, FeatureConfig
 from pretrain.configs import preset, run_directory
 

@@ -9,7 +9,7 @@ import torch
 
 from common.vit import build_vit
 from evaluate.convert import ConversionError, convert
-from evaluate.encoder import EncoderSpec, load_encoder_file, save_encoder_file
+from common.encoder import EncoderSpec, load_encoder_file, save_encoder_file
 
 
 def _vit(seed: int) -> dict:

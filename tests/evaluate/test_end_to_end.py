@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.configs import resolve_eval_config
+from evaluate.protocols import resolve_eval_config
 from evaluate import finetune, knn, linear
 
 

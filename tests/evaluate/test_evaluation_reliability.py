@@ -14,9 +14,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from common.health import NonFiniteLossError
+from common import lifecycle
 from evaluate import finetune, knn
-from evaluate.configs import resolve_eval_config
-from evaluate.encoder import SourceConfig, load_source
+from evaluate.protocols import resolve_eval_config
+from common.encoder import SourceConfig, load_source
 from evaluate.features import FeatureConfig, features_for
 from evaluate.linear import build_head, fit_head
 
@@ -73,7 +74,7 @@ def test_finetune_resume_equals_uninterrupted(pretrained_run, monkeypatch, tmp_p
         raise KeyboardInterrupt  # after epoch 1's checkpoint was written
 
     with monkeypatch.context() as patch:
-        patch.setattr(finetune, "prune_checkpoints", killed_after_first_epoch)
+        patch.setattr(lifecycle, "prune_checkpoints", killed_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             finetune.main(_finetune_config(pretrained_run, f"run.output_root={tmp_path / 'resumed'}"))
     # The resumed half runs with another number of loader workers: the same run, the same numbers.

@@ -13,8 +13,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from common.datasets import DataConfig
 from common.vit import build_vit
-from evaluate.configs import LinearConfig, build_eval_config
-from evaluate.encoder import EncoderSpec, SourceConfig
+from evaluate.configs import LinearConfig
+from evaluate.protocols import build_eval_config
+from common.encoder import EncoderSpec, SourceConfig
 from evaluate.finetune import (build_classifier, build_optimizer, build_scheduler, evaluation_transform,
                               finetune_transform)
 from evaluate.linear import build_head

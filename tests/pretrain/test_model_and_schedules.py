@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.vit import build_vit, count_parameters
-from pretrain import schedules
+from common import schedules
 from pretrain.configs import OptimConfig
 from pretrain.model import ModelConfig, PatchMixModel
 from pretrain.train import build_optimizer, momentum_at, set_schedules

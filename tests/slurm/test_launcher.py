@@ -9,7 +9,7 @@ import torch
 from reports.__main__ import write_reports
 from slurm.executors import ClusterConfig, StageTask, job_parameters, load_cluster_config
 from slurm.graph import launch
-from slurm.plans import build_plan
+from plans.tables import build_plan
 
 
 def _quiet(_: str) -> None:

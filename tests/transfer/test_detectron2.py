@@ -13,7 +13,7 @@ detectron2 = pytest.importorskip("detectron2", reason="detectron2 is not install
 pytestmark = [pytest.mark.detectron2, pytest.mark.slow]
 
 from common.vit import build_vit  # noqa: E402
-from evaluate.encoder import EncoderSpec, SourceConfig, save_encoder_file  # noqa: E402
+from common.encoder import EncoderSpec, SourceConfig, save_encoder_file  # noqa: E402
 from transfer.train import TransferConfig, backbone_prefix, build_lazy_config, main  # noqa: E402
 from transfer.weights import check_backbone_loaded, load_encoder, to_detectron2  # noqa: E402
 

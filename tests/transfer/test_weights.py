@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from common.vit import build_vit
-from evaluate.encoder import EncoderSpec
+from common.encoder import EncoderSpec
 from transfer.weights import PREFIX, backbone_arguments, check_backbone_loaded, to_detectron2
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from evaluate.bench import run as knn_bench
-from pretrain.bench import bench_config
+from bench.knn import run as knn_bench
+from bench.pretrain_step import bench_config
 
 
 def test_pretrain_step_bench_reports_every_field():
@@ -21,7 +21,7 @@ def test_knn_bench_times_each_available_backend():
 
 
 def test_augmentation_bench_runs_every_path():
-    from pretrain.bench_augment import PATHS, measure
+    from bench.augment import PATHS, measure
 
     results = [measure(path, 32, 0, 8, 2, torch.device("cpu"), source_size=(48, 40)) for path in PATHS]
     assert [r["path"] for r in results] == list(PATHS) and all(r["img_per_s"] > 0 for r in results)
@@ -37,7 +37,7 @@ def test_step_profile_splits_the_step_into_categories():
 
 
 def test_kernel_names_fall_into_their_categories():
-    from pretrain.step_profile import category_of
+    from bench.step_profile import category_of
 
     assert category_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
     assert category_of("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NNN") == "matmul"
@@ -59,7 +59,7 @@ def test_bench_measures_each_config_in_its_own_process(tmp_path):
     import sys
 
     output = tmp_path / "bench.json"
-    subprocess.run([sys.executable, "-m", "pretrain.bench", "--configs", "debug,debug", "--variants", "batched",
+    subprocess.run([sys.executable, "-m", "bench.pretrain_step", "--configs", "debug,debug", "--variants", "batched",
                     "--warmup", "1", "--steps", "1", "--output", str(output)], check=True, capture_output=True)
     results = json.loads(output.read_text())["results"]
     assert [r["config"] for r in results] == ["debug", "debug"] and all(r["compiled_graphs"] == 0 for r in results)
@@ -71,7 +71,7 @@ def test_augmentation_bench_command_writes_its_json(tmp_path):
     import sys
 
     output = tmp_path / "augment.json"
-    subprocess.run([sys.executable, "-m", "pretrain.bench_augment", "--size", "32", "--batch", "8", "--batches", "2",
+    subprocess.run([sys.executable, "-m", "bench.augment", "--size", "32", "--batch", "8", "--batches", "2",
                     "--workers", "0", "--source-size", "60x40", "--paths", "pil,gpu_decode", "--stages",
                     "--output", str(output)], check=True, capture_output=True)
     results = json.loads(output.read_text())["results"]

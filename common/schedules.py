@@ -4,6 +4,11 @@ from __future__ import annotations
 import math
 
 
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule of every recipe here: lr = base_lr x global batch / 256."""
+    return base_lr * batch_size / 256
+
+
 def cosine(progress: float, start: float, end: float) -> float:
     """Cosine interpolation from `start` (progress 0) to `end` (progress 1)."""
     progress = min(max(progress, 0.0), 1.0)

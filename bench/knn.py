@@ -1,7 +1,7 @@
 """kNN search benchmark: seconds per backend for an ImageNet-sized bank (JSON on stdout / --output).
 
-    python -m evaluate.bench                  # ImageNet size on a GPU, a small size on CPU
-    python -m evaluate.bench --size imagenet  # 1,281,167 x 384 bank, 50,000 queries, all k, top-1/5
+    python -m bench.knn                  # ImageNet size on a GPU, a small size on CPU
+    python -m bench.knn --size imagenet  # 1,281,167 x 384 bank, 50,000 queries, all k, top-1/5
 
 Random features with 1000 random labels: the work (one search with k = 200, the weighted votes for
 k in {10, 20, 100, 200}) is what a real evaluation does once features exist.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common.timing import synchronize
+from bench.timing import synchronize
 from evaluate.knn import KnnConfig, faiss_available, faiss_has_gpu, knn_accuracy
 
 SIZES = {"imagenet": (1_281_167, 50_000, 384), "small": (100_000, 5_000, 384), "tiny": (5_000, 500, 64)}
@@ -63,7 +63,7 @@ def run(size: str, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m evaluate.bench")
+    parser = argparse.ArgumentParser(prog="python -m bench.knn")
     parser.add_argument("--size", choices=sorted(SIZES), default="imagenet" if torch.cuda.is_available() else "tiny")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path)

@@ -1,13 +1,15 @@
 """Experiment plans: which runs make each table and figure. Used by the launcher and the reports.
 
-Pure data (no torch, no model code): a plan is a list of stages, each naming a preset, its
-overrides, the stage it needs, its resources and the report row it fills. Stage keys are stable
+Data over the stage records (plans/registry.py): a plan is a list of stages, each naming a stage
+record, a preset, its overrides, the stage it reads, its resources and the report row it fills. Stage keys are stable
 names ("table6/cifar100/m2/seed0/linear") recorded as `run.experiment` in every result.json, which
 is how the reports find the results of a plan without importing anything from the stages.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from plans.registry import stage_record
 
 PRETRAIN = "pretrain"
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -63,15 +65,15 @@ def _pretrain_with_evals(plan: Plan, prefix: str, preset: str, seed: int, protoc
                          row_of: dict[str, Row], resources: dict, overrides: tuple[str, ...] = (),
                          eval_presets: dict[str, str] | None = None) -> None:
     """One pretraining stage and its evaluation stages."""
-    eval_presets = {"knn": "default", "linear": "official", "finetune": "official", "similarity": "default",
-                    **(eval_presets or {})}
+    eval_presets = eval_presets or {}
     pretrain_key = f"{prefix}/seed{seed}/pretrain"
     plan.stages.append(Stage(pretrain_key, PRETRAIN, preset, (*overrides, f"run.seed={seed}"), seed=seed,
                              **resources))
     for protocol in protocols:
-        evaluation_resources = {"nodes": 1, "gpus_per_node": resources["gpus_per_node"],
-                                "hours": 24.0 if protocol != "knn" else 2.0}
-        plan.stages.append(Stage(f"{prefix}/seed{seed}/{protocol}", protocol, eval_presets[protocol],
+        record = stage_record(protocol)  # its default preset and job length
+        evaluation_resources = {"nodes": 1, "gpus_per_node": resources["gpus_per_node"], "hours": record.hours}
+        plan.stages.append(Stage(f"{prefix}/seed{seed}/{protocol}", protocol,
+                                 eval_presets.get(protocol, record.presets[0]),
                                  after=pretrain_key, rows=(row_of[protocol],) if protocol in row_of else (),
                                  seed=seed, **evaluation_resources))
 
@@ -184,7 +186,7 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
             name = "patchmix" if label == "PatchMix" else "mocov3"
             _pretrain_with_evals(plan, f"fig4/{name}", f"imagenet_vit_s16_300ep_{flavour}", seed, ("similarity",),
                                  _rows("fig4", label, "ViT-S/16", 300, "imagenet", ("similarity",)),
-                                 IMAGENET_RESOURCES, overrides=overrides, eval_presets={"similarity": "default"})
+                                 IMAGENET_RESOURCES, overrides=overrides)
     return plan
 
 

@@ -1,8 +1,8 @@
 """Pretraining step benchmark (`make bench`): JSON with, per config, s/step, img/s, MFU, peak memory
 and, measured in the same run, the plain timm encoder-only bound batch / (2 x fwd+bwd + 3 x fwd).
 
-    python -m pretrain.bench                        # the issue's GPU configs on a GPU, a tiny one on CPU
-    python -m pretrain.bench --configs vit_s16_224 --variants batched,compiled --profile 3 --output runs/bench/pretrain.json
+    python -m bench.pretrain_step                        # the issue's GPU configs on a GPU, a tiny one on CPU
+    python -m bench.pretrain_step --configs vit_s16_224 --variants batched,compiled --profile 3 --output runs/bench/pretrain.json
 
 Variants (VARIANTS): baseline (one encoder call per view, eager), batched (views batched, eager),
 compiled (batched + torch.compile: the preset default), compiled_cudagraphs, checkpointed.
@@ -26,11 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.config import apply_overrides
 from common.runtime import autocast, resolve_precision
-from common.timing import timed
+from bench.timing import timed
 from common.vit import build_vit
 from pretrain.configs import preset
 from pretrain.model import PatchMixModel
-from pretrain.step_profile import profile_steps
+from bench.step_profile import profile_steps
 from pretrain.train import build_optimizer, training_step
 
 
@@ -162,7 +162,7 @@ def bench_config(name: str, device: torch.device, warmup: int, steps: int, varia
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.bench")
+    parser = argparse.ArgumentParser(prog="python -m bench.pretrain_step")
     parser.add_argument("--configs", default="", help=f"comma-separated from {', '.join(CONFIGS)}")
     parser.add_argument("--warmup", type=int, default=0, help="0: 5 on GPU, 1 on CPU")
     parser.add_argument("--steps", type=int, default=0, help="timed steps (0: 20 on GPU, 3 on CPU)")
@@ -187,7 +187,7 @@ def main() -> None:
         for name in names:
             with tempfile.TemporaryDirectory() as folder:
                 output = Path(folder) / "result.json"
-                subprocess.run([sys.executable, "-m", "pretrain.bench", "--configs", name,
+                subprocess.run([sys.executable, "-m", "bench.pretrain_step", "--configs", name,
                                 "--variants", ",".join(variants), "--warmup", str(warmup), "--steps", str(steps),
                                 "--profile", str(arguments.profile), "--output", str(output)], check=True)
                 results += json.loads(output.read_text())["results"]

@@ -1,6 +1,6 @@
 """Input-pipeline benchmark: two-view Table 10 augmentation, img/s, for each path in the same run.
 
-    python -m pretrain.bench_augment --size 224 --workers 16 --output runs/bench/augment.json
+    python -m bench.augment --size 224 --workers 16 --output runs/bench/augment.json
 
 The source images are JPEG bytes held in memory (ImageNet-typical 500 x 375 by default), read in
 DataLoader workers. Paths:
@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common.sampling import EpochSampler, SeededViews
-from common.timing import synchronize, timed
+from bench.timing import synchronize, timed
 from common.encoded_images import read_encoded
 from pretrain.augment import AugmentConfig, pretraining_views, view_probabilities
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_images, decode_views
@@ -143,7 +143,7 @@ def stage_costs(size: int, batch: int, device: torch.device, source_size: tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.bench_augment")
+    parser = argparse.ArgumentParser(prog="python -m bench.augment")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=int, default=128)

@@ -1,4 +1,5 @@
-"""Where an evaluated encoder comes from: a pretraining run directory or an encoder file.
+"""Where an evaluated encoder comes from: a training run directory (through the encoder record the
+training stage writes there) or an encoder file.
 
 An encoder file is a safetensors file of timm ViT weights (timm key names, no classifier) whose
 metadata describes the architecture (arch, patch_size, image_size, num_heads). `evaluate.convert`
@@ -6,18 +7,23 @@ writes them from our runs and from published PatchMix, MoCo v3, DINO and timm ch
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from common.checkpoint import latest_readable_checkpoint, list_checkpoints
+from common.checkpoint import atomic_write_text, latest_readable_checkpoint, list_checkpoints
 from common.config import ConfigError, added_field
+from common.rundir import experiment_hash
+from common.runtime import NON_RESULT_FIELDS
 from common.vit import VIT_SIZES, build_vit
 
 
@@ -155,40 +161,72 @@ def check_fits(state_dict: dict[str, torch.Tensor], spec: EncoderSpec, where: st
                          "re-export the file, or convert it again with the right --encoder/--num-heads") from None
 
 
-def encoder_state_from_run(run_dir: Path, which: str = "auto", allow_incomplete: bool = False) -> LoadedEncoder:
-    """The evaluation encoder of a pretraining run's newest readable checkpoint.
+ENCODER_RECORD = "encoder.json"
 
-    `which='auto'` takes the momentum encoder when the run has one (as all published protocols do)
-    and the base encoder otherwise (the published ViT-T preset has no momentum encoder);
+
+def write_encoder_record(run_dir: Path, record: dict) -> None:
+    """The stage-neutral description of the encoders a training run produces (written by the stage
+    that trains them): architecture (arch, patch_size, image_size, num_heads), where the weights are
+    (`checkpoints` folder, `encoders`: which -> key prefix in the checkpoint's model state, `default`),
+    the data it read (`data`, DataConfig fields), `origin` (preset, seed, experiment and its hash), and
+    once finished `final` (checkpoint, step, digest of the default encoder)."""
+    atomic_write_text(json.dumps(record, indent=2), Path(run_dir) / ENCODER_RECORD)
+
+
+def read_encoder_record(run_dir: Path) -> dict:
+    """A run's encoder record; for runs made before records existed, the same facts read from its
+    config.yaml as plain YAML."""
+    run_dir = Path(run_dir)
+    if (run_dir / ENCODER_RECORD).is_file():
+        return json.loads((run_dir / ENCODER_RECORD).read_text())
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a pretraining run directory (no {ENCODER_RECORD} or config.yaml)")
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    model, run = config["model"], config["run"]
+    try:  # the seedless hash its result records; an unfinished run's, recomputed from its config
+        experiment = json.loads((run_dir / "result.json").read_text())["experiment_hash"]
+    except (OSError, ValueError, KeyError):
+        experiment = experiment_hash(config, NON_RESULT_FIELDS)
+    encoders = {"momentum": "momentum_encoder.", "base": "base_encoder."} if model.get("momentum_encoder", True) \
+        else {"base": "base_encoder."}
+    return {"arch": model["arch"], "patch_size": model["patch_size"], "image_size": model["image_size"],
+            "num_heads": model.get("num_heads", 0), "checkpoints": "checkpoints", "encoders": encoders,
+            "default": next(iter(encoders)), "data": config["data"],
+            "origin": {"pretrain_preset": config.get("preset", ""), "seed": run.get("seed", 0),
+                       "experiment": run.get("experiment", ""),
+                       "pretrain_experiment_hash": experiment}}
+
+
+def record_spec(record: dict) -> EncoderSpec:
+    return EncoderSpec(record["arch"], int(record["patch_size"]), int(record["image_size"]), int(record["num_heads"]))
+
+
+def encoder_state_from_run(run_dir: Path, which: str = "auto", allow_incomplete: bool = False) -> LoadedEncoder:
+    """The evaluation encoder of a training run's newest readable checkpoint, found through its
+    encoder record.
+
+    `which='auto'` takes the record's default (the momentum encoder when the run has one, as all
+    published protocols do; the base encoder otherwise, as for the published ViT-T preset);
     `which='random'` builds the run's architecture with fresh weights (no checkpoint needed).
     A run without result.json has not finished: its checkpoint is used with a loud warning (none
     with `allow_incomplete`), and `pretrain_complete: false` and the step go into the origin record.
     """
-    from common.config import load_yaml
-    from common.rundir import experiment_hash
-    from common.runtime import NON_RESULT_FIELDS
-    from pretrain.configs import PretrainConfig  # evaluate depends on pretrain's config, never the reverse
-
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a pretraining run directory (no config.yaml)")
-    config = load_yaml(run_dir / "config.yaml", PretrainConfig)
-    spec = EncoderSpec(config.model.arch, config.model.patch_size, config.model.image_size, config.model.num_heads)
-    origin = {"pretrain_run_dir": str(run_dir), "pretrain_preset": config.preset, "seed": config.run.seed,
-              "pretrain_experiment_hash": experiment_hash(config, NON_RESULT_FIELDS),
-              "experiment": config.run.experiment, "encoder": which}
+    record = read_encoder_record(run_dir)
+    spec = record_spec(record)
+    origin = {"pretrain_run_dir": str(run_dir), **record["origin"], "encoder": which}
     if which == "random":
-        torch.manual_seed(config.run.seed)
+        torch.manual_seed(int(record["origin"]["seed"]))
         state = spec.build().state_dict()
         return LoadedEncoder(state, spec, encoder_digest(state, spec), f"{run_dir}:random-init", origin)
-    if not list_checkpoints(run_dir / "checkpoints"):
+    checkpoints = run_dir / record["checkpoints"]
+    if not list_checkpoints(checkpoints):
         raise FileNotFoundError(f"{run_dir} has no checkpoint yet")
-    found = latest_readable_checkpoint(run_dir / "checkpoints")
+    found = latest_readable_checkpoint(checkpoints)
     if found is None:
-        raise ValueError(f"none of the checkpoints in {run_dir / 'checkpoints'} is readable (truncated, or "
+        raise ValueError(f"none of the checkpoints in {checkpoints} is readable (truncated, or "
                          "refused by the safe loader); resume the pretraining run to write a new one")
     step, checkpoint = found
-    model_state = checkpoint["model"]
     complete = (run_dir / "result.json").is_file()
     origin["pretrain_complete"] = complete
     if not complete and not allow_incomplete:
@@ -197,11 +235,12 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto", allow_incomplete:
                    "to do this without the warning.")
         print(f"\n{'!' * 80}\nWARNING: {message}\n{'!' * 80}\n", file=sys.stderr)
         warnings.warn(message)
-    has_momentum = config.model.momentum_encoder
-    if which == "momentum" and not has_momentum:
-        raise ValueError(f"{run_dir} was trained without a momentum encoder; use source.encoder=base")
-    prefix = "momentum_encoder." if (which == "momentum" or (which == "auto" and has_momentum)) else "base_encoder."
-    state = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
+    chosen = record["default"] if which == "auto" else which
+    if chosen not in record["encoders"]:
+        raise ValueError(f"{run_dir} has no {chosen} encoder (it has: {', '.join(record['encoders'])}); "
+                         f"use source.encoder={record['default']}")
+    prefix = record["encoders"][chosen]
+    state = {k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
     origin.update(encoder=prefix.rstrip("."), checkpoint_step=step)
     return LoadedEncoder(state, spec, encoder_digest(state, spec), f"{run_dir}:{prefix.rstrip('.')}@step{step}",
                          origin)
@@ -211,3 +250,11 @@ def load_source(source: SourceConfig) -> LoadedEncoder:
     if source.run_dir:
         return encoder_state_from_run(Path(source.run_dir), source.encoder, source.allow_incomplete)
     return load_encoder_file(Path(source.encoder_file))
+
+
+@functools.lru_cache(maxsize=4)
+def planned_source(run_dir: str, encoder_file: str, encoder: str) -> LoadedEncoder:
+    """A source's weights, loaded once for all the stages a launcher plans on them (a ViT-B checkpoint
+    is ~1 GB); quietly, also for an unfinished run (the stage itself warns when it runs)."""
+    return load_source(SourceConfig(run_dir=run_dir, encoder_file=encoder_file, encoder=encoder,
+                                    allow_incomplete=True))

@@ -1,0 +1,58 @@
+"""Stage records: every plan runs through them, and a run made before a change is still found."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.config import apply_overrides
+from common.encoder import ENCODER_RECORD, read_encoder_record
+from plans.registry import STAGES, headline, stage_record
+from plans.tables import PLANS, build_plan
+from pretrain.configs import preset, run_directory
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_every_plan_stage_has_a_record_with_its_preset(name):
+    plan = build_plan(name)
+    for stage in plan.stages:
+        record = stage_record(stage.kind)
+        assert stage.preset in record.presets, (stage.key, stage.preset)
+        assert bool(stage.after) == bool(record.upstream)
+        for row in stage.rows:
+            assert headline(row.protocol)  # every reported row has a headline metric in some record
+
+
+def test_records_carry_what_the_launcher_and_reports_need():
+    assert {"pretrain", "knn", "linear", "finetune", "similarity", "transfer"} <= set(STAGES)
+    assert headline("knn") == ("top1_k20", "top-1, k=20") and headline("ap_mask")[0] == "ap_mask"
+    assert STAGES["pretrain"].encoder_record is not None and not STAGES["pretrain"].upstream
+
+
+def test_run_directory_names_of_the_previous_version_are_kept():
+    """Golden names of run directories made before the stage records existed (the demo's
+    pretraining runs): a result computed then must still be found as complete."""
+    names = {m: run_directory(apply_overrides(preset(f"demo_fashion_mnist_m{m}"), ["run.seed=0"])).path.name
+             for m in (1, 2, 3)}
+    assert names == {1: "demo-m1-8a9d141a09", 2: "demo-m2-8ade805857", 3: "demo-m3-a6221dd290"}
+
+
+@pytest.mark.slow
+def test_a_run_without_encoder_record_is_read_from_its_config(pretrained_run, tmp_path):
+    """Runs made before encoder.json existed: evaluations find the same encoder, data and directory."""
+    from evaluate import knn
+    from evaluate.protocols import resolve_eval_config
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(pretrained_run, legacy, ignore=shutil.ignore_patterns("eval", "feature_cache"))
+    written = read_encoder_record(legacy)
+    (legacy / ENCODER_RECORD).unlink()
+    assert read_encoder_record(legacy) == {key: value for key, value in written.items() if key != "final"}
+    first = knn.main(resolve_eval_config("knn", "", str(legacy), "", ["run.progress=false"]))
+    (legacy / ENCODER_RECORD).write_text(json.dumps(written))
+    again = knn.main(resolve_eval_config("knn", "", str(legacy), "", ["run.progress=false"]))
+    assert again["run_dir"] == first["run_dir"] and again["metrics"] == first["metrics"]
+    assert Path(first["run_dir"]).parent == legacy / "eval"
+    assert first["source_digest"] == written["final"]["digest"]
