@@ -14,7 +14,7 @@ from common.encoder import (EncoderSpec, SourceConfig, load_encoder_file, planne
                             record_spec)
 from common.runtime import RunConfig
 from common.stage import StageRecord, Upstream
-from evaluate import finetune, knn, linear, similarity
+from evaluate import finetune, knn, knn_standardized, linear, similarity
 from evaluate.configs import EvalConfig
 from evaluate.session import Protocol, eval_run_directory, protocol_main
 
@@ -23,6 +23,7 @@ PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (
     linear.PROTOCOL,
     finetune.PROTOCOL,
     similarity.PROTOCOL,
+    knn_standardized.PROTOCOL,
 )}
 
 
