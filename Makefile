@@ -1,40 +1,50 @@
 # PatchMix reproduction suite. Every target runs from the repository root and sets itself up.
-#   make demo      small real end-to-end run on CPU (Fashion-MNIST) -> reports/out/demo.md
-#   make test      the test suite
-#   make table2 EXECUTOR=slurm PARTITION=gpu [DRY_RUN=1]    every paper table / figure: table2..table7, fig4, fig5
-#   make ablation-mix-number DATASET=cifar100                (= table6; ablation-loss = table7)
-#   make report    markdown + plots from whatever results exist;  make status: runs and queued jobs
-#   make pretrain PRESET=cifar10_vit_s2_800ep_official ARGS="data.root=/datasets/cifar"
+# `make help` lists every target and variable (the `##` comments below).
 SHELL := /bin/bash
-PYTHON ?= python3
-VENV ?= .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
-PRESET ?= debug_cpu
-ARGS ?=
-OUTPUT_ROOT ?= runs
-FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
-PYTEST_ARGS ?=
+PYTHON ?= python3## the Python that creates .venv
+VENV ?= .venv## the virtual environment make builds and uses
+PY ?= $(VENV)/bin/python## use an active environment instead of building .venv: make test PY=python
+TORCH_INDEX ?=## pip index for torch/torchvision of another CUDA, e.g. https://download.pytorch.org/whl/cu126
+STAMPS ?= .make## where make records what it installed into a PY given from outside
+STAMP := $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV),$(STAMPS))/.installed-$(shell (echo $(PY) $(TORCH_INDEX); cat requirements.txt requirements-dev.txt) | cksum | cut -d' ' -f1)
+PRESET ?= debug_cpu## preset of `make pretrain`
+ARGS ?=## extra key=value overrides
+OUTPUT_ROOT ?= runs## where run directories go
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist## Debian's Fashion-MNIST files (the demo)
+PYTEST_ARGS ?=## extra pytest arguments of `make test`
 
 .PHONY: help setup test demo pretrain knn linear finetune evaluate bench bench-knn fashion-mnist clean report status \
 	$(TABLES)
 
-help:
-	@sed -n '2,7p' Makefile
+help: ## this list
+	@echo "targets:"
+	@awk -F':[^#]*## ' '/^[a-z0-9 %$$()A-Z-]+:[^=]*## /{sub(/\$$\(TABLES\)/, "table2..fig5", $$1); printf "  %-22s %s\n", $$1, $$2}' Makefile
+	@echo "variables (make TARGET VAR=value):"
+	@awk '/^[A-Z_]+ \?=.*## /{split($$0, a, "## "); n = index(a[1], "?="); \
+		printf "  %-15s %-36s %s\n", substr(a[1], 1, n - 2), substr(a[1], n + 3), a[2]}' Makefile
+	@echo "exit statuses: 0 done, 2 input refused before any work, 3 training diverged, 4 run stopped otherwise"
 
+# Our own .venv: created and filled from the pinned requirements. An environment given as PY (conda,
+# another venv): the same pins installed into it, and faiss-cpu only when it has no FAISS at all (a
+# faiss-gpu build provides the same module). TORCH_INDEX: torch and torchvision of the same versions
+# from another CUDA build first (clusters whose driver is older than the default wheel needs).
 $(STAMP): requirements.txt requirements-dev.txt
+ifeq ($(PY),$(VENV)/bin/python)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	rm -f $(VENV)/.installed-* && touch $@
+endif
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) $$(grep -E '^torch(vision)?==' requirements.txt))
+	$(PY) -m pip install --quiet -r requirements.txt $$(grep -E '^pytest==' requirements-dev.txt)
+	$(PY) -c "import faiss" 2>/dev/null || $(PY) -m pip install --quiet $$(grep -E '^faiss-cpu==' requirements-dev.txt)
+	mkdir -p $(dir $@) && rm -f $(dir $@).installed-* && touch $@
 
-setup: $(STAMP)
+setup: $(STAMP) ## install what the suite needs (once per change of the requirements)
 
-test: setup
+test: setup ## the test suite (CI runs exactly this)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Fashion-MNIST for the demo: Debian's package when we may install it, else torchvision's download.
-fashion-mnist:
+fashion-mnist: ## Fashion-MNIST from Debian when possible
 	@if [ ! -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; fi
 
@@ -42,7 +52,7 @@ fashion-mnist:
 DEMO_DATA = $$(if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then echo data.root=$(FASHION_MNIST); \
 	else echo data.root=data/fashion-mnist data.download=true; fi)
 
-demo: setup fashion-mnist
+demo: setup fashion-mnist ## small real end-to-end run on CPU (Fashion-MNIST) -> reports/out/demo.md
 	$(PY) -m slurm run demo --executor inline --output-root $(OUTPUT_ROOT)/demo --set $(DEMO_DATA) $(ARGS)
 	$(PY) -m reports demo --output-root $(OUTPUT_ROOT)/demo --out $(REPORT_DIR)
 	@sed -n '/^| Method/,/^$$/p' $(REPORT_DIR)/demo.md | cut -d'|' -f2,6,8
@@ -51,46 +61,46 @@ demo: setup fashion-mnist
 # Paper tables and figures: the whole stage graph at once (pretrain -> evaluations, afterok), then
 # the report of whatever results exist. EXECUTOR=auto|slurm|local|inline, DRY_RUN=1 lists the jobs.
 TABLES := table2 table3 table4 table5 table6 table7 fig4 fig5 ablation-mix-number ablation-loss
-EXECUTOR ?= auto
-PRESET_FLAVOUR ?= official
-SEEDS ?= 0
-DATASET ?=
-DRY_RUN ?=
-PROFILE ?=
-PARTITION ?=
-ACCOUNT ?=
-QOS ?=
-EVAL_ARGS ?=
-REPORT_DIR ?= reports/out
+EXECUTOR ?= auto## auto | slurm | local | inline
+PRESET_FLAVOUR ?= official## official | paper presets of the plans
+SEEDS ?= 0## seeds of a plan, e.g. 0,1,2
+DATASET ?=## datasets of a plan, e.g. cifar100
+DRY_RUN ?=## 1: list the jobs, run nothing
+PROFILE ?=## cluster profile YAML
+PARTITION ?=## SLURM partition
+ACCOUNT ?=## SLURM account
+QOS ?=## SLURM QoS
+EVAL_ARGS ?=## overrides of a plan's evaluations
+REPORT_DIR ?= reports/out## where reports go
 PLAN_OPTIONS = --flavour $(PRESET_FLAVOUR) --seeds $(SEEDS) $(if $(DATASET),--datasets $(DATASET))
 CLUSTER = $(if $(PARTITION),partition=$(PARTITION)) $(if $(ACCOUNT),account=$(ACCOUNT)) $(if $(QOS),qos=$(QOS))
 
-$(TABLES): setup
+$(TABLES): setup ## table2..table7, fig4, fig5, ablation-mix-number, ablation-loss: the plan, then its report
 	$(PY) -m slurm run $@ --executor $(EXECUTOR) $(PLAN_OPTIONS) --output-root $(OUTPUT_ROOT) \
 		$(if $(DRY_RUN),--dry-run) $(if $(PROFILE),--profile $(PROFILE)) --cluster $(CLUSTER) \
 		--set $(ARGS) --eval-set $(EVAL_ARGS)
 	$(if $(DRY_RUN),,$(PY) -m reports $@ --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS))
 
-report: setup
+report: setup ## markdown + plots from whatever results exist
 	$(PY) -m reports --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS)
 
-status: setup
+status: setup ## run directories and submitted jobs
 	$(PY) -m slurm status --output-root $(OUTPUT_ROOT)
 
-pretrain: setup
+pretrain: setup ## one pretraining run: make pretrain PRESET=... ARGS="..."
 	$(PY) -m pretrain --preset $(PRESET) run.output_root=$(OUTPUT_ROOT) $(ARGS)
 
 # Evaluation of a pretraining run: make knn FROM=runs/cifar10_vit_s2_800ep_official-<hash> [EVAL_PRESET=...]
-FROM ?=
-EVAL_PRESET ?=
-knn linear finetune: setup
+FROM ?=## pretraining run of make knn/linear/finetune
+EVAL_PRESET ?=## evaluation preset of make knn/linear/finetune
+knn linear finetune: setup ## one evaluation: make knn FROM=<run> [EVAL_PRESET=...]
 	@test -n "$(FROM)" || (echo "usage: make $@ FROM=<pretraining run directory> [EVAL_PRESET=...] [ARGS=...]" && exit 2)
 	$(PY) -m evaluate $@ --from $(FROM) $(if $(EVAL_PRESET),--preset $(EVAL_PRESET)) $(ARGS)
 
-evaluate: knn linear finetune
+evaluate: knn linear finetune ## all three evaluations of FROM
 
 # kNN search seconds per backend (JSON): ImageNet size on a GPU, a small size on CPU.
-bench-knn: setup
+bench-knn: setup ## kNN search seconds per backend (JSON)
 	$(PY) -m bench.knn --output $(OUTPUT_ROOT)/bench/knn.json $(ARGS)
 
 # Pretraining step (s/step, img/s, MFU, peak memory, encoder-only bound, kernel profile), input
@@ -98,10 +108,10 @@ bench-knn: setup
 # On a GPU: the issue's configs (one process each); on a CPU: tiny smoke sizes.
 , := ,
 HAS_CUDA = $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
-bench: setup
+bench: setup ## step, input pipeline and kNN benchmarks (JSON in runs/bench/)
 	$(PY) -m bench.pretrain_step --variants $(if $(filter 1,$(HAS_CUDA)),baseline$(,)batched$(,)compiled,baseline$(,)batched) --profile 3 --output $(OUTPUT_ROOT)/bench/pretrain.json
 	$(PY) -m bench.augment --stages $(if $(filter 1,$(HAS_CUDA)),--gpu-compile,--size 64 --batch 32 --batches 4 --source-size 120x90) --output $(OUTPUT_ROOT)/bench/augment.json
 	$(PY) -m bench.knn --output $(OUTPUT_ROOT)/bench/knn.json
 
-clean:
+clean: ## remove the demo runs and reports
 	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo $(REPORT_DIR)

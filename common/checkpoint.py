@@ -15,13 +15,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from common.errors import DiskWriteError
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
 # Temporaries of atomic writes: ".<name>.tmp-<pid>@<host>" (and ".<name>.tmp.<pid>" from older versions).
 TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp(?:-(?P<pid>\d+)@(?P<host>.+)|\.(?P<legacy_pid>\d+))$")
-
-
-class DiskWriteError(OSError):
-    """A write failed for lack of space or quota; the message names the file and what to do."""
 
 
 def _temporary_for(path: Path) -> Path:

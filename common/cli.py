@@ -7,28 +7,30 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from common.checkpoint import DiskWriteError
 from common.config import ConfigError, apply_overrides
-from common.health import NonFiniteLossError, TrainingAborted
-from common.rundir import RunDirectoryBusy
+from common.config_help import describe
+from common.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_STOPPED, DiskWriteError, NonFiniteLossError,
+                           RunDirectoryBusy, TrainingAborted)
 
-# Exit statuses: 2 = the input was refused before any work (config, preset, paths); 3 = the run failed
-# or stopped (diverged, over a budget, disk full, run directory busy, unreadable data or weights).
-EXIT_BAD_INPUT, EXIT_RUN_FAILED = 2, 3
-RUN_FAILURES = (NonFiniteLossError, TrainingAborted, FloatingPointError, RunDirectoryBusy, DiskWriteError,
-                FileNotFoundError, ValueError)
+# What each failure reaches the user as (common/errors.py): one `error:` line and an exit status.
+EXIT_STATUS = ((ConfigError, EXIT_BAD_INPUT), (RunDirectoryBusy, EXIT_BAD_INPUT),
+               (FileNotFoundError, EXIT_BAD_INPUT), (NonFiniteLossError, EXIT_DIVERGED),
+               (FloatingPointError, EXIT_DIVERGED), (TrainingAborted, EXIT_STOPPED), (DiskWriteError, EXIT_STOPPED),
+               (ValueError, EXIT_BAD_INPUT))
+RUN_FAILURES = tuple(kind for kind, _ in EXIT_STATUS)
+
+
+def exit_status(error: BaseException) -> int:
+    return next(status for kind, status in EXIT_STATUS if isinstance(error, kind))
 
 
 def run_stage(main: Callable[[Any], Any], config: Any) -> Any:
-    """Run a stage's main; a known failure reaches the user as one `error:` line and an exit status."""
+    """Run a stage's main; a known failure reaches the user as one `error:` line and its exit status."""
     try:
         return main(config)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
     except RUN_FAILURES as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_RUN_FAILED) from None
+        raise SystemExit(exit_status(error)) from None
 
 
 def add_run_flags(parser: argparse.ArgumentParser, resume: bool = False) -> None:
@@ -48,34 +50,56 @@ def run_flag_overrides(arguments: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def preset_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def preset_parser(prog: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or EXIT_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="named preset to start from (see --list-presets)")
-    parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    parser.add_argument("--list-presets", nargs="*", metavar="WORD",
+                        help="list the presets (table, model, epochs, flavour); WORDs filter, e.g. cifar10 s2")
     parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved config and exit without running")
+                        help="print the resolved config (YAML) and exit without running")
+    parser.add_argument("--help-config", action="store_true",
+                        help="every field with its type, value and meaning; * marks what the preset changes")
     add_run_flags(parser, resume=True)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. optim.epochs=100 data.root=/datasets/imagenet")
     return parser
 
 
-def resolve_config(arguments: argparse.Namespace, presets: dict[str, Any],
-                   build_preset: Callable[[str], Any], default_preset: str) -> Any | None:
-    """Handle --list-presets / --print-config; otherwise return the preset with overrides applied.
+EXIT_HELP = (f"exit status: 0 done, {EXIT_BAD_INPUT} input refused before any work (config, preset, paths, "
+             f"data, a run directory in use), {EXIT_DIVERGED} training diverged (non-finite loss), "
+             f"{EXIT_STOPPED} run stopped otherwise (bad-image or fp16 budget, full disk)")
 
-    Exits with status 2 and the error's message (naming the field) on a bad preset or override.
-    """
-    if arguments.list_presets:
-        print("\n".join(sorted(presets)))
+
+def list_presets(presets: dict[str, Any], words: list[str], summary: Callable[[str], str]) -> None:
+    """Each preset whose name contains every word, with its one-line summary."""
+    chosen = [name for name in sorted(presets) if all(word in name for word in words)]
+    if not chosen:
+        print(f"no preset contains {' and '.join(words)}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+    width = max(len(name) for name in chosen)
+    for name in chosen:
+        print(f"{name:{width}}  {summary(name)}")
+
+
+def resolve_config(arguments: argparse.Namespace, presets: dict[str, Any], build_preset: Callable[[str], Any],
+                   default_preset: str, summary: Callable[[str], str] = lambda name: "") -> Any | None:
+    """Handle --list-presets / --print-config / --help-config; otherwise return the preset with
+    overrides applied. Exits with status 2 and the error's message (naming the field) on a bad
+    preset or override."""
+    if arguments.list_presets is not None:
+        list_presets(presets, arguments.list_presets, summary)
         return None
     try:
         config = apply_overrides(build_preset(arguments.preset or default_preset),
                                  [*arguments.overrides, *run_flag_overrides(arguments)])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_BAD_INPUT) from None
     if arguments.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(config)))
+        return None
+    if arguments.help_config:
+        print("\n".join(describe(config)))
         return None
     return config

@@ -36,10 +36,26 @@ def _field_names(config: Any, dotted_prefix: str) -> list[str]:
 
 
 def _parse_override(item: str) -> tuple[str, str]:
+    if item.startswith(("+", "~")):  # Hydra's add / delete syntax
+        bare = item.lstrip("+~")
+        raise ConfigError(f"override {item!r}: '+key=value' and '~key' are Hydra's syntax to add or delete a key; "
+                          f"every field here exists already and none can be deleted: write {bare.split('=')[0]}=VALUE")
     if "=" not in item or item.startswith("="):
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=100)")
     key, value = item.split("=", 1)
     return key.strip(), value
+
+
+def _leaf_above(config: Any, key: str) -> str:
+    """The longest proper prefix of `key` that names a value (not a section), or ""."""
+    node, path = config, []
+    for part in key.split(".")[:-1]:
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            return ""
+        node, path = getattr(node, part), [*path, part]
+        if not dataclasses.is_dataclass(node):
+            return ".".join(path)
+    return ""
 
 
 def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
@@ -51,6 +67,10 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
     structured = OmegaConf.structured(config)
     for item in overrides:
         key, value = _parse_override(item)
+        leaf_above = _leaf_above(config, key)
+        if leaf_above:  # Hydra habit: a key under a leaf
+            raise ConfigError(f"'{leaf_above}' is a value, not a section: '{key}' goes nowhere; write "
+                              f"{leaf_above}=VALUE")
         try:
             OmegaConf.update(structured, key, OmegaConf.from_dotlist([f"x={value}"]).x, merge=False,
                              force_add=False)

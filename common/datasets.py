@@ -35,18 +35,18 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 class DataConfig:
     """Which images to read. `root` is the dataset folder (ImageNet: the folder with train/ and val/)."""
 
-    dataset: str = "synthetic"
-    root: str = "data"
+    dataset: str = "synthetic"  # cifar10 | cifar100 | imagenet | imagefolder | fashion_mnist | synthetic
+    root: str = "data"  # the dataset folder (not hashed: a fingerprint of folder data is)
     download: bool = False  # CIFAR / Fashion-MNIST through torchvision; off for offline clusters
-    num_workers: int = 4
+    num_workers: int = 4  # loader worker processes per training process
     train_subset: int = 0  # use only the first N training images (0 = all); for demos and smoke runs
-    test_subset: int = 0
+    test_subset: int = 0  # use only the first N test images (0 = all)
     allow_partial: bool = False  # accept an ImageNet folder whose counts differ from ImageNet-1K
     max_bad_images: int = 100  # unreadable files skipped before a run aborts (distinct paths)
-    synthetic_train_size: int = 512
-    synthetic_test_size: int = 128
-    synthetic_classes: int = 8
-    synthetic_image_size: int = 32
+    synthetic_train_size: int = 512  # generated training images (dataset=synthetic)
+    synthetic_test_size: int = 128  # generated test images (dataset=synthetic)
+    synthetic_classes: int = 8  # classes of the generated images
+    synthetic_image_size: int = 32  # side of the generated images in pixels
 
     def check(self) -> None:
         if self.dataset not in DATASETS:

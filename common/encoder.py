@@ -31,8 +31,8 @@ from common.vit import VIT_SIZES, build_vit
 class SourceConfig:
     """Exactly one of `run_dir` (a pretraining run) and `encoder_file` (a converted checkpoint)."""
 
-    run_dir: str = ""
-    encoder_file: str = ""
+    run_dir: str = ""  # a pretraining run directory (--from)
+    encoder_file: str = ""  # an encoder file from evaluate convert/export (--encoder-file)
     # auto (momentum if the run has one, else base) | momentum | base | random (the run's architecture,
     # freshly initialised with the run's seed: the reference row showing what pretraining added)
     encoder: str = "auto"
@@ -54,13 +54,25 @@ class EncoderSpec:
     arch: str
     patch_size: int
     image_size: int
-    num_heads: int = 0
+    num_heads: int = 0  # 0 = the arch's default
+
+    def __eq__(self, other: object) -> bool:
+        """Specs that build the same encoder are equal (0 heads = the arch's default count)."""
+        if not isinstance(other, EncoderSpec):
+            return NotImplemented
+        return (self.arch, self.patch_size, self.image_size, self.heads) == (
+            other.arch, other.patch_size, other.image_size, other.heads)
 
     def build(self, drop_path_rate: float = 0.0) -> nn.Module:
         return build_vit(self.arch, self.patch_size, self.image_size, self.num_heads, drop_path_rate)
 
+    @property
+    def heads(self) -> int:
+        """The head count, the arch's default resolved (weights alone cannot tell it)."""
+        return self.num_heads or VIT_SIZES[self.arch].default_heads
+
     def metadata(self) -> dict[str, str]:
-        return {key: str(value) for key, value in vars(self).items()}
+        return {**{key: str(value) for key, value in vars(self).items()}, "num_heads": str(self.heads)}
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> "EncoderSpec":

@@ -6,14 +6,6 @@ import torch
 from common import dist, preemption
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A rank saw a NaN or infinite loss; every rank stops at the same step."""
-
-
-class TrainingAborted(RuntimeError):
-    """A budget was exceeded (unreadable images, skipped fp16 steps)."""
-
-
 class StepHealth:
     """First step with a non-finite loss, tracked on the device: no host synchronisation per step."""
 

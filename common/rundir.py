@@ -31,10 +31,7 @@ import torch
 
 from common.checkpoint import atomic_write_text, remove_stale_temporaries
 from common.config import config_hash, load_yaml, save_yaml
-
-
-class RunDirectoryBusy(RuntimeError):
-    """Another live process owns the run directory."""
+from common.errors import RunDirectoryBusy
 
 
 # Lock files held by this process: resolved run path -> open handle (the flock lives as long as it).

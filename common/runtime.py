@@ -75,19 +75,19 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 class RunConfig:
     """Where and how a stage runs; most of it does not change results (see NON_RESULT_FIELDS)."""
 
-    name: str = "run"
-    output_root: str = "runs"
+    name: str = "run"  # run folder name (+ config hash); presets set it
+    output_root: str = "runs"  # where run folders go
     experiment: str = ""  # free-form tag recorded in result.json (e.g. the plan's row), not hashed
-    seed: int = 0
+    seed: int = 0  # everything random derives from it (part of the hash)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    checkpoint_every_steps: int = 500
-    keep_last_checkpoints: int = 2
+    checkpoint_every_steps: int = 500  # steps (epochs for evaluations) between checkpoints
+    keep_last_checkpoints: int = 2  # newest checkpoints kept on disk
     milestone_every_epochs: int = 0  # also keep the checkpoints of every N-th epoch (0 = none)
     log_every_steps: int = 10  # also the period of the cross-rank health / preemption check
     max_skipped_steps: int = 100  # fp16 steps skipped for non-finite gradients before aborting
     collapse_warning: float = 0.1  # warn when std(normalised keys) x sqrt(dim) falls below this
-    progress: bool = True
+    progress: bool = True  # progress bar on a terminal
     wait_for_lock: bool = added_field(False)  # another process owns the run directory: wait for it instead of exiting
     # Start this new run from the newest readable checkpoint of another run (its weights, optimizer
     # and step), e.g. after a NaN stop with a lower learning rate; recorded in provenance and result.

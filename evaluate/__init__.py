@@ -1,1 +1,6 @@
-"""Evaluation protocols: weighted kNN, linear probe, finetune (run as `python -m evaluate`)."""
+"""Evaluation protocols (run as `python -m evaluate`).
+
+PROTOCOL_MODULES registers them: adding a protocol is one module of this package that declares its
+`PROTOCOL` (named like the module) and one name here (evaluate/protocols.py imports them).
+"""
+PROTOCOL_MODULES = ("knn", "linear", "finetune", "similarity", "knn_standardized")

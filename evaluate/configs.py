@@ -26,7 +26,7 @@ class FeatureConfig:
     kind: str = "cls"  # cls (after the final norm) | mean_patch | cls_last_n (concatenated)
     last_n: int = 4  # blocks for cls_last_n
     batch_size: int = 256  # per process
-    cache: bool = True
+    cache: bool = True  # cache extracted features in <run>/feature_cache
 
     def check(self) -> None:
         if self.kind not in FEATURE_KINDS:
@@ -40,9 +40,10 @@ BACKENDS = ("auto", "faiss", "torch")
 
 @dataclass
 class KnnConfig:
+    # neighbour counts, all read from one search
     ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
-    temperature: float = 0.07
-    backend: str = "auto"
+    temperature: float = 0.07  # vote weight exp(similarity / T)
+    backend: str = "auto"  # auto | faiss | torch
     query_chunk: int = 4096  # queries per search call
     bank_chunk: int = 262144  # training features per matmul (torch backend)
     half_precision: bool = True  # torch backend on GPU: fp16 similarities (ranking-level accuracy)
@@ -58,7 +59,7 @@ class KnnConfig:
 
 @dataclass
 class SimilarityConfig:
-    num_queries: int = 1000
+    num_queries: int = 1000  # test queries sampled for the profile and histograms
     profile_length: int = 10  # other classes kept in the profile
     keys_per_query: int = 2000  # training images sampled per query for the histograms
 
@@ -69,15 +70,15 @@ class SimilarityConfig:
 
 @dataclass
 class LinearConfig:
-    epochs: int = 100
+    epochs: int = 100  # training epochs
     batch_size: int = 256  # global
     base_lr: float = 0.02  # x batch_size / 256
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD / LARS momentum
+    nesterov: bool = True  # Nesterov momentum (SGD)
+    weight_decay: float = 0.0  # weight decay (0 in the published probe)
     head_init_std: float = 0.0  # 0 = PyTorch's default init; MoCo v3: 0.01 (and zero bias)
     augment: bool = True  # RandomResizedCrop + flip each epoch; False = cached centre-crop features
-    crop_scale_min: float = 0.08
+    crop_scale_min: float = 0.08  # RandomResizedCrop scale of the training views
     warmup_epochs: int = added_field(0)  # linear warmup from 0, then cosine to 0 (MAE: 10)
     batchnorm: bool = added_field(False)  # MAE: BatchNorm1d(affine=False, eps 1e-6) on the features before the head
     optimizer: str = added_field("sgd")  # sgd | lars (MAE: LARS, trust ratio on weight matrices only)
@@ -93,20 +94,20 @@ class LinearConfig:
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 100
+    epochs: int = 100  # training epochs
     batch_size: int = 1024  # global
     base_lr: float = 5e-4  # x batch_size / 256
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    warmup_epochs: int = 10
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    drop_path_rate: float = 0.1
-    auto_augment: str = "rand-m9-mstd0.5-inc1"
-    label_smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    random_erasing: float = 0.25
+    weight_decay: float = 0.05  # weight decay (0 in the published probe)
+    layer_decay: float = 0.75  # layer-wise lr decay: block i gets decay^(depth + 1 - i)
+    warmup_epochs: int = 10  # linear warmup from warmup_lr
+    warmup_lr: float = 1e-6  # lr at the start of the warmup
+    min_lr: float = 1e-5  # final lr of the cosine schedule
+    drop_path_rate: float = 0.1  # stochastic depth while finetuning
+    auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec
+    label_smoothing: float = 0.1  # label smoothing of the Mixup/CutMix targets
+    mixup: float = 0.8  # Mixup alpha (0 = off)
+    cutmix: float = 1.0  # CutMix alpha (0 = off)
+    random_erasing: float = 0.25  # random erasing probability
     # token: the CLS token after the final norm; avg (MAE): the mean of the patch tokens before the final
     # norm, then a fresh LayerNorm (the pretrained final norm is dropped).
     global_pool: str = "token"
@@ -117,8 +118,8 @@ class FinetuneConfig:
     final_norm_with_last_block: bool = added_field(False)
     lr_cosine_after_warmup: bool = added_field(False)  # MAE: the cosine starts at the peak after warmup (half-cosine)
     head_init_std: float = added_field(0.0)  # 0 = timm's default head init; MAE: truncated normal, std 2e-5, zero bias
-    model_ema: bool = False
-    model_ema_decay: float = 0.9999
+    model_ema: bool = False  # also train and report an EMA of the model
+    model_ema_decay: float = 0.9999  # decay of that EMA
 
     def check(self) -> None:
         if self.global_pool not in ("token", "avg"):
@@ -136,7 +137,7 @@ class EvalConfig:
     """One protocol's run. Only the protocol's own section (and `features` where it reads frozen
     features) is used."""
 
-    protocol: str = "knn"
+    protocol: str = "knn"  # knn | linear | finetune | similarity | knn_standardized (evaluate/protocols.py)
     source: SourceConfig = field(default_factory=SourceConfig)
     data: DataConfig = field(default_factory=DataConfig)
     image_size: int = 0  # 0 = the encoder's pretraining input size
@@ -146,7 +147,7 @@ class EvalConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", output_root="", log_every_steps=50))
-    preset: str = "default"
+    preset: str = "default"  # the protocol preset it was built from
 
     def unused_sections(self, section: str, uses_features: bool = True) -> tuple[str, ...]:
         """Dotted keys left out of this run's config hash: the sections its protocol does not read

@@ -19,10 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import timm
 import torch
 from safetensors.torch import load_file
+from timm.models import save_for_hf
 
 from common.encoder import EncoderSpec, encoder_state_from_run, infer_spec, save_encoder_file
+from common.vit import VIT_SIZES
 
 FORMATS = ("patchmix", "mocov3", "dino", "timm")
 DEFAULT_ENCODER = {"patchmix": "momentum", "mocov3": "base", "dino": "teacher", "timm": "model"}
@@ -109,10 +112,39 @@ def convert(path: Path, source_format: str, output: Path, encoder: str = "", num
     return save_encoder_file(state, spec, output, description)
 
 
+# timm's registered ViTs of our widths; the debug sizes reuse ViT-T's name with their own arguments.
+TIMM_ARCHITECTURES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
+                      "vit_base": "vit_base_patch16_224"}
+
+
+def timm_model_args(spec: EncoderSpec) -> dict:
+    """Everything timm.create_model needs to rebuild the encoder: sizes, patch, input size and the
+    head count (which the weights do not fix: ViT-S reads as 6 or 12 heads)."""
+    size = VIT_SIZES[spec.arch]
+    return {"img_size": spec.image_size, "patch_size": spec.patch_size, "embed_dim": size.embed_dim,
+            "depth": size.depth, "num_heads": spec.heads, "num_classes": 0, "global_pool": "token",
+            "dynamic_img_size": True}
+
+
+def export_for_timm(state_dict: dict[str, torch.Tensor], spec: EncoderSpec, folder: Path) -> Path:
+    """A folder that `timm.create_model("local-dir:FOLDER", pretrained=True)` (or the HF hub, once
+    pushed) rebuilds with no extra argument: timm's own save helper writes model.safetensors and a
+    config.json holding the architecture and every model argument."""
+    model_args = timm_model_args(spec)
+    model = timm.create_model(TIMM_ARCHITECTURES.get(spec.arch, TIMM_ARCHITECTURES["vit_tiny"]), pretrained=False,
+                              **model_args)
+    model.load_state_dict(state_dict)  # strict: every tensor in place
+    save_for_hf(model, str(folder), model_args=model_args, safe_serialization=True)
+    return Path(folder)
+
+
 def export_run(run_dir: Path, output: Path, encoder: str = "auto") -> Path:
-    """Our pretraining run's evaluation encoder as a timm-loadable safetensors file."""
-    loaded = encoder_state_from_run(run_dir, encoder)
-    return save_encoder_file(loaded.state_dict, loaded.spec, output, loaded.description)
+    """Our pretraining run's evaluation encoder: a safetensors encoder file (OUT.safetensors, with the
+    architecture in its metadata) or a timm / HF-hub folder (any other OUT)."""
+    loaded = encoder_state_from_run(run_dir, encoder, allow_incomplete=True)
+    if Path(output).suffix == ".safetensors":
+        return save_encoder_file(loaded.state_dict, loaded.spec, output, loaded.description)
+    return export_for_timm(loaded.state_dict, loaded.spec, Path(output))
 
 
 def cli(command: str, argv: list[str]) -> None:
@@ -126,7 +158,8 @@ def cli(command: str, argv: list[str]) -> None:
     else:
         parser.add_argument("--from", dest="run_dir", required=True)
         parser.add_argument("--encoder", default="auto", choices=("auto", "momentum", "base"))
-    parser.add_argument("output", help="output .safetensors file")
+    parser.add_argument("output", help="output: a .safetensors encoder file, or (export) a folder for "
+                                       "timm.create_model('local-dir:FOLDER')")
     arguments = parser.parse_args(argv)
     try:
         if command == "convert":

@@ -21,7 +21,8 @@ from torchvision import transforms
 
 from common import dist
 from common.datasets import build_dataset
-from common.health import NonFiniteLossError, StepHealth
+from common.errors import NonFiniteLossError
+from common.health import StepHealth
 from common.encoder import EncoderSpec
 from common.runtime import autocast, batch_per_process, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews

@@ -1,10 +1,11 @@
 """The evaluation protocols, their configs, and their stage records.
 
-Adding a protocol is one file that declares its `PROTOCOL` (evaluate/session.Protocol) and one line in
-PROTOCOLS below; the launcher, the plans, `status` and the reports find it through the stage records.
+Adding a protocol is one module that declares its `PROTOCOL` (evaluate/session.Protocol) and its name
+in evaluate/__init__.PROTOCOL_MODULES; the launcher, the plans, `status` and the reports find it through the stage records.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Sequence
 
@@ -14,17 +15,12 @@ from common.encoder import (EncoderSpec, SourceConfig, load_encoder_file, planne
                             record_spec)
 from common.runtime import RunConfig
 from common.stage import StageRecord, Upstream
-from evaluate import finetune, knn, knn_standardized, linear, similarity
+from evaluate import PROTOCOL_MODULES
 from evaluate.configs import EvalConfig
 from evaluate.session import Protocol, eval_run_directory, protocol_main
 
-PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (
-    knn.PROTOCOL,
-    linear.PROTOCOL,
-    finetune.PROTOCOL,
-    similarity.PROTOCOL,
-    knn_standardized.PROTOCOL,
-)}
+PROTOCOLS: dict[str, Protocol] = {module.PROTOCOL.name: module.PROTOCOL for module in (
+    importlib.import_module(f"evaluate.{name}") for name in PROTOCOL_MODULES)}
 
 
 def protocol(name: str) -> Protocol:

@@ -15,12 +15,12 @@ BICUBIC = transforms.InterpolationMode.BICUBIC
 
 @dataclass
 class AugmentConfig:
-    crop_scale_min: float = 0.08
-    crop_scale_max: float = 1.0
+    crop_scale_min: float = 0.08  # random resized crop: smallest area share of the global views
+    crop_scale_max: float = 1.0  # random resized crop: largest area share of the global views
     num_local_crops: int = 0  # multi-crop of the official ImageNet preset: 8
-    local_crop_size: int = 96
-    local_crop_scale_min: float = 0.05
-    local_crop_scale_max: float = 0.35
+    local_crop_size: int = 96  # side of the local crops in pixels
+    local_crop_scale_min: float = 0.05  # smallest area share of the local crops
+    local_crop_scale_max: float = 0.35  # largest area share of the local crops
     # Colour jitter, grayscale, blur and solarize batched on the training device (pretrain/gpu_augment.py);
     # the loader workers then only decode, crop and flip. The PIL path stays the default.
     gpu: bool = False

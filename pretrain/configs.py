@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,17 +39,17 @@ FLAVOURS = ("paper", "official")
 
 @dataclass
 class OptimConfig:
-    epochs: int = 300
-    warmup_epochs: int = 10
+    epochs: int = 300  # pretraining epochs (schedules span them all)
+    warmup_epochs: int = 10  # linear lr warmup from 0
     batch_size: int = 1024  # global, over all ranks; the lr rule uses it, so it is the same on 1 or 64 GPUs
     base_lr: float = 5e-4  # per 256 images: lr = base_lr * batch_size / 256
-    min_lr: float = 1e-6
+    min_lr: float = 1e-6  # the cosine schedule's final lr
     weight_decay: float = 0.04  # cosine per step to weight_decay_end; never on biases and 1-D params
-    weight_decay_end: float = 0.4
+    weight_decay_end: float = 0.4  # final weight decay of the cosine schedule
     beta1: float = 0.9  # AdamW betas (two fields: YAML has no tuples)
-    beta2: float = 0.999
+    beta2: float = 0.999  # AdamW beta2
     momentum: float = 0.996  # EMA coefficient, cosine to momentum_end
-    momentum_end: float = 1.0
+    momentum_end: float = 1.0  # final EMA coefficient
     momentum_update: str = "step"  # step | epoch (reproduces the published once-per-epoch update)
     max_steps: int = 0  # stop after this many steps (0 = all); schedules still span all epochs
 
@@ -247,10 +248,25 @@ def encoder_record(config: PretrainConfig, experiment_digest: str | None = None)
                        "pretrain_experiment_hash": experiment_digest}}
 
 
+def preset_summary(name: str) -> str:
+    """One line for --list-presets: the paper table it makes, the model, epochs, dataset and flavour."""
+    config = PRESETS[name]()
+    table = ("Table 2" if name.startswith("imagenet") else "Table 6" if re.search(r"ep_m\d_", name)
+             else "Table 7" if "_loss-" in name else "Table 5" if "_mix-" in name
+             else "Table 3 (and 5)" if name.startswith("cifar") else "demo" if name.startswith("demo") else "tests")
+    flavour = next((f for f in FLAVOURS if name.endswith(f"_{f}")), "-")
+    model = f"{config.model.arch}/{config.model.patch_size} ({config.model.num_heads or 'default'} heads)"
+    return (f"{table:16} {model:28} {config.optim.epochs:5} ep  {config.data.dataset:13} m={config.mix.num_mixed} "
+            f"{config.mix.method:12} {flavour}")
+
+
 def preset(name: str) -> PretrainConfig:
     """The named preset, with its name recorded in `config.preset` and `config.run.name`."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3)
+        # Every flavour of what was meant: a name without its flavour, or mistyped.
+        close = [n for n in PRESETS if n.startswith(name)][:4] or difflib.get_close_matches(name, PRESETS, n=4)
+        close = sorted({*close, *(n.rsplit("_", 1)[0] + f"_{f}" for n in close if n.endswith(FLAVOURS)
+                                 for f in FLAVOURS)} & set(PRESETS))
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"unknown preset {name!r}.{hint} List them with `python -m pretrain --list-presets`.")
     config = PRESETS[name]()

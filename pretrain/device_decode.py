@@ -12,6 +12,7 @@ The colour augmentations then follow as in `augment.gpu` (pretrain/gpu_augment.p
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,13 @@ from torchvision.transforms import RandomResizedCrop
 
 from common.encoded_images import EncodedImage, pixels_of
 from common.sampling import SeededViews
+
+# torchvision 0.29 marks its image decoding deprecated in favour of TorchCodec. Kept, with torchvision
+# pinned: the device pipeline's batched nvJPEG decode_jpeg is what was measured on the H200
+# (docs/measurements); TorchCodec's batched GPU decoding has not been measured against it (no GPU was
+# lent for that). Its notice on every call is silenced here, for this message only.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range, as in the PIL path
 BICUBIC_A = -0.5  # PIL's bicubic kernel coefficient

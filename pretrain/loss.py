@@ -18,7 +18,7 @@ from common.config import ConfigError, added_field
 
 @dataclass
 class LossConfig:
-    temperature: float = 0.2
+    temperature: float = 0.2  # tau of every InfoNCE term
     # Label smoothing of the origin-to-origin targets (global and local crops): the published code
     # builds them with its mixer's default smoothing 0.1 (0.9 + 0.1/N on the positive key, 0.1/N
     # elsewhere, N = gathered keys); the paper describes one-hot targets (0). Mix targets use mix.smoothing.
@@ -28,7 +28,7 @@ class LossConfig:
     mix_to_mix_weight: float = 0.5  # "m2m"
     # Multi-crop (official ImageNet preset): each group of terms is averaged over the local crops.
     local_origin_weight: float = 1.0
-    local_mix_to_origin_weight: float = 1.0
+    local_mix_to_origin_weight: float = 1.0  # weight of the mixed local crops' mix-to-origin terms
 
     def check(self) -> None:
         if self.temperature <= 0:

@@ -23,15 +23,15 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit_small"
-    patch_size: int = 16
-    image_size: int = 224
+    arch: str = "vit_small"  # vit_tiny | vit_small | vit_base (vit_debug, vit_mini: tests and the CPU demo)
+    patch_size: int = 16  # ViT patch side in pixels; also PatchMix's mix patch (16 ImageNet, 2 CIFAR)
+    image_size: int = 224  # training input side in pixels (global crops)
     num_heads: int = 0  # 0 = the arch's default (ViT-S: 12 as published; the paper's Table 8 says 6)
     drop_path_rate: float = 0.1  # base encoder only
-    projector_hidden_dim: int = 4096
-    predictor_hidden_dim: int = 4096
-    output_dim: int = 256
-    momentum_encoder: bool = True
+    projector_hidden_dim: int = 4096  # projector: Linear+BN+ReLU x2 of this width, then output_dim
+    predictor_hidden_dim: int = 4096  # predictor: Linear+BN+ReLU of this width, then output_dim
+    output_dim: int = 256  # embedding size of queries and keys (256 in Table 9)
+    momentum_encoder: bool = True  # keys from an EMA copy; false = from the base encoder (published ViT-T)
     # Position embeddings for inputs of another size (96 px local crops): timm (exact size,
     # antialiased) or dino (bicubic, scale (size + 0.1) / grid, no antialias: the published ViT).
     pos_embed_interpolation: str = added_field("timm")
@@ -44,9 +44,9 @@ class ModelConfig:
     # gradients within bf16 rounding, tests/gpu). grad_checkpointing: recompute block activations in the
     # backward pass (less memory, ~30 % more compute), for large batches of ViT-B/2.
     batch_views: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the encoders (falls back to eager on failure)
     compile_mode: str = "default"  # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune...
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass (less memory)
 
     def check(self) -> None:
         if self.arch not in VIT_SIZES:

@@ -24,7 +24,8 @@ from common import dist, preemption, schedules
 from common.checkpoint import atomic_write_text, checkpoint_path
 from common.datasets import build_dataset, count_bad_images
 from common.encoder import encoder_digest, record_spec, write_encoder_record
-from common.health import NonFiniteLossError, StepHealth, TrainingAborted, agree
+from common.errors import NonFiniteLossError, TrainingAborted
+from common.health import StepHealth, agree
 from common.lifecycle import RunLifecycle
 from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything

@@ -11,8 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.cli import RUN_FAILURES
-from common.config import ConfigError
+from common.cli import RUN_FAILURES, exit_status
 from common.rundir import RunDirectory
 from plans.tables import ALIASES, PLANS, build_plan
 from slurm.executors import load_cluster_config, resolve_executor
@@ -78,7 +77,6 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
 
     if arguments.command == "plans":
-
         for name in [*PLANS, *ALIASES]:
             plan = build_plan(name)
             print(f"{name:22} {len(plan.stages):3} stages  {plan.description}")
@@ -86,8 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.command == "status":
         status(arguments.output_root)
         return
-
-
     try:
         plan = build_plan(arguments.plan, arguments.flavour, tuple(int(s) for s in _list(arguments.seeds)),
                           tuple(_list(arguments.datasets)))
@@ -95,12 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         cluster = load_cluster_config(arguments.profile, arguments.cluster)
         outcome = launch(plan, executor, arguments.output_root, cluster, arguments.dry_run, arguments.set,
                          arguments.eval_set)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except RUN_FAILURES as error:  # a bad plan or setting, a stage run inline that failed, a busy plan
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except RUN_FAILURES as error:  # a stage run inline failed, or another launcher holds the plan
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(3) from None
+        raise SystemExit(exit_status(error)) from None
     counts: dict[str, int] = {}
     for what in outcome.values():
         category = what if what in ("complete", "ran", "would submit") else " ".join(what.split()[:2 if what.startswith(("queued", "not")) else 1])

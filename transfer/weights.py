@@ -31,13 +31,17 @@ def to_detectron2(state_dict: dict[str, torch.Tensor], prefix: str = PREFIX) -> 
 
 
 def backbone_arguments(spec: EncoderSpec, num_heads: int) -> dict:
-    """detectron2 ViT(...) arguments that make its shapes match the checkpoint."""
+    """detectron2 ViT(...) arguments that make its shapes match the checkpoint. A head count that
+    contradicts the encoder's is refused: the weights would load and compute other features."""
+    if num_heads and spec.num_heads and num_heads != spec.heads:
+        raise ValueError(f"num_heads={num_heads} contradicts the encoder's {spec.heads} heads ({spec.arch}); "
+                         "leave num_heads=0 to take the encoder's")
     size = VIT_SIZES[spec.arch]
     depth = size.depth
     # ViTDet: global attention closes each quarter of the blocks (2, 5, 8, 11 of 12), windows elsewhere;
     # the ViT-FPN neck reads its four stages at the same blocks.
     global_blocks = sorted({depth * (quarter + 1) // 4 - 1 for quarter in range(4)})
-    return {"embed_dim": size.embed_dim, "depth": depth, "num_heads": num_heads or spec.num_heads or size.default_heads,
+    return {"embed_dim": size.embed_dim, "depth": depth, "num_heads": num_heads or spec.heads,
             "patch_size": spec.patch_size, "pretrain_img_size": spec.image_size,
             "window_block_indexes": [i for i in range(depth) if i not in global_blocks],
             "global_blocks": global_blocks}

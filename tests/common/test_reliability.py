@@ -16,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from common.checkpoint import DiskWriteError, atomic_torch_save, remove_stale_temporaries
+from common.checkpoint import atomic_torch_save, remove_stale_temporaries
 from common.config import ConfigError, apply_overrides
 from common.datasets import DataConfig, RobustImageFolder, build_dataset, dataset_fingerprint, preflight_image_folder
 from common.encoded_images import read_encoded
-from common.rundir import RunDirectory, RunDirectoryBusy, releases_run_locks
+from common.errors import DiskWriteError, RunDirectoryBusy
+from common.rundir import RunDirectory, releases_run_locks
 from common.sampling import SeededViews
 from common.encoder import EncoderSpec, encoder_digest, state_digest
 from evaluate.features import cache_key, FeatureConfig

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from common.health import NonFiniteLossError
+from common.errors import NonFiniteLossError
 from common import lifecycle
 from evaluate import finetune, knn
 from evaluate.protocols import resolve_eval_config

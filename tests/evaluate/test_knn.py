@@ -96,3 +96,16 @@ def test_all_k_come_from_one_search(features, monkeypatch):
     knn_accuracy(torch.from_numpy(train), torch.from_numpy(train_labels), torch.from_numpy(test),
                  torch.from_numpy(test_labels), 7, KnnConfig(), "torch")
     assert calls == [200]
+
+
+def test_backend_choice(monkeypatch):
+    """auto: torch on a GPU (the measured backend; FAISS-GPU is opt-in), FAISS on a CPU when installed;
+    asking for FAISS without it is one clear config error."""
+    from common.config import ConfigError
+    from evaluate import knn
+
+    assert knn.resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    monkeypatch.setattr(knn, "faiss_available", lambda: False)
+    assert knn.resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ConfigError, match="knn.backend=faiss but FAISS is not installed"):
+        knn.resolve_backend("faiss", torch.device("cpu"))

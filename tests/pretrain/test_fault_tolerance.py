@@ -282,5 +282,5 @@ def test_cli_refuses_a_busy_run_directory_in_one_line(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert second.returncode == 3
+    assert second.returncode == 2  # refused before any work
     assert second.stderr.strip().splitlines()[-1].startswith(f"error: {run_dir} is in use by pid {holder.pid}")

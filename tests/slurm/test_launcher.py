@@ -164,7 +164,7 @@ def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from common.rundir import RunDirectoryBusy
+    from common.errors import RunDirectoryBusy
 
     registry = tmp_path / "runs" / ".jobs" / "smoke"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "

@@ -1,0 +1,48 @@
+"""Export that other tools load correctly: timm's public API alone rebuilds the exact encoder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+from common.config import apply_overrides
+from common.encoder import EncoderSpec, SourceConfig, load_source
+from evaluate.convert import export_run
+from pretrain.configs import preset
+from pretrain.train import main as pretrain
+from transfer.weights import backbone_arguments
+
+
+@pytest.fixture(scope="module")
+def twelve_head_run(tmp_path_factory):
+    """A run whose head count is not its arch's default (vit_mini: 3 by default, here 6)."""
+    config = apply_overrides(preset("debug_cpu"), [f"run.output_root={tmp_path_factory.mktemp('runs')}",
+                                                   "run.progress=false", "optim.max_steps=2", "model.arch=vit_mini",
+                                                   "model.num_heads=6"])
+    return pretrain(config)["run_dir"]
+
+
+def test_export_folder_loads_through_timm_alone(twelve_head_run, tmp_path):
+    folder = export_run(twelve_head_run, tmp_path / "exported")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_args"]["num_heads"] == 6 and config["architecture"].startswith("vit_")
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()  # no extra argument
+    ours = load_source(SourceConfig(run_dir=str(twelve_head_run))).build().eval()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), ours(images), rtol=1e-5, atol=1e-5)
+        # The same weights read with the arch's default heads compute other features: why the count travels.
+        wrong = timm.create_model(f"local-dir:{folder}", pretrained=True, num_heads=3).eval()
+        assert not torch.allclose(wrong(images), ours(images), atol=1e-3)
+
+
+def test_safetensors_export_names_the_heads_and_mismatches_fail(twelve_head_run, tmp_path):
+    from common.encoder import load_encoder_file
+
+    loaded = load_encoder_file(export_run(twelve_head_run, tmp_path / "encoder.safetensors"))
+    assert loaded.spec.heads == 6
+    with pytest.raises(ValueError, match="contradicts the encoder's 6 heads"):
+        backbone_arguments(EncoderSpec("vit_mini", 4, 32, 6), num_heads=3)
+    assert backbone_arguments(EncoderSpec("vit_mini", 4, 32, 6), num_heads=0)["num_heads"] == 6
