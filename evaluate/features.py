@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -52,7 +53,8 @@ def extract(encoder: nn.Module, dataset: Dataset, config: FeatureConfig, device:
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     features, labels = [], []
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    for images, targets in tqdm(loader, desc=description, disable=not dist.is_main_process(),
+    # A bar on a terminal only: in a batch log, bar redraws are noise.
+    for images, targets in tqdm(loader, desc=description, disable=not (dist.is_main_process() and sys.stderr.isatty()),
                                 dynamic_ncols=True, leave=False):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             output = encode(encoder, images.to(device, non_blocking=True), config.kind, config.last_n)

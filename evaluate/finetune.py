@@ -22,11 +22,11 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
-from tqdm import tqdm
 
 from common import dist
 from common.datasets import build_dataset
 from common.health import StepHealth
+from common.progress import Progress
 from common.encoder import EncoderSpec
 from common.runtime import autocast, batch_per_process, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
@@ -193,9 +193,9 @@ def run(session: EvalSession) -> dict:
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    epochs = tqdm(range(start_epoch, finetune.epochs), initial=start_epoch, total=finetune.epochs, desc="finetune",
-                  unit="epoch", disable=not (config.run.progress and dist.is_main_process()), dynamic_ncols=True)
-    for epoch in epochs:
+    epochs = Progress(finetune.epochs, start_epoch, "finetune", "epoch", config.run.progress and dist.is_main_process(),
+                      items_per_unit=steps_per_epoch * finetune.batch_size)
+    for epoch in range(start_epoch, finetune.epochs):
         model.train()
         sampler.set_epoch(epoch)
         loader = DataLoader(train_set, batch_size=batch_per_rank, sampler=sampler, drop_last=True,
@@ -220,7 +220,8 @@ def run(session: EvalSession) -> dict:
         if ema is not None:
             record["ema_top1"], record["ema_top5"] = evaluate_model(ema.module, test_loader, device, precision)
         history.append(record)
-        epochs.set_postfix(top1=f"{top1:.2f}", loss=f"{loss.item():.3f}")
+        epochs.update()
+        epochs.report(top1=f"{top1:.2f}", loss=f"{loss.item():.3f}")
         session.run.log(record)
         session.run.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "ema": ema.state_dict() if ema is not None else {}, "epoch": epoch + 1, "history": history})

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 from torchvision import transforms
 
 from common import dist
 from common.datasets import build_dataset
 from common.errors import NonFiniteLossError
 from common.health import StepHealth
+from common.progress import Progress
 from common.encoder import EncoderSpec
 from common.runtime import autocast, batch_per_process, derive_seed, resolve_precision
 from common.sampling import EpochSampler, SeededViews
@@ -131,10 +131,10 @@ def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Op
     Appends one record per epoch to `history` and calls on_epoch(record) after it.
     """
     total_steps, warmup_steps = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
-    bar = tqdm(range(start_epoch, epochs), initial=start_epoch, total=epochs, desc="linear probe",
-               unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = Progress(epochs, start_epoch, "linear probe", "epoch", progress, items_per_unit=steps_per_epoch,
+                   item_name="steps")
     health = StepHealth(test_features.device)
-    for epoch in bar:
+    for epoch in range(start_epoch, epochs):
         head.train()
         for batch_index, (features, labels) in enumerate(epoch_batches(epoch)):
             for group in optimizer.param_groups:
@@ -150,7 +150,8 @@ def fit_head(head: nn.Module, trained_head: nn.Module, optimizer: torch.optim.Op
         with torch.no_grad():
             top1, top5 = accuracy(head(test_features), test_labels)
         history.append({"epoch": epoch + 1, "top1": top1, "top5": top5, "train_loss": loss.item()})
-        bar.set_postfix(top1=f"{top1:.2f}", loss=f"{loss.item():.3f}")
+        bar.update()
+        bar.report(top1=f"{top1:.2f}", loss=f"{loss.item():.3f}")
         if on_epoch is not None:
             on_epoch(history[-1])
     bar.close()

@@ -18,7 +18,6 @@ from typing import Sequence
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from common import dist, preemption, schedules
 from common.checkpoint import atomic_write_text, checkpoint_path
@@ -27,6 +26,7 @@ from common.encoder import encoder_digest, record_spec, write_encoder_record
 from common.errors import NonFiniteLossError, TrainingAborted
 from common.health import StepHealth, agree
 from common.lifecycle import RunLifecycle
+from common.progress import Progress
 from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything
 from common.sampling import EpochSampler, SeededViews
@@ -320,8 +320,8 @@ def main(config: PretrainConfig) -> dict:
                 "skipped_steps": skipped_steps}
 
     health = StepHealth(device)
-    progress = tqdm(total=stop_step, initial=step, desc=f"pretrain {config.run.name}", unit="step",
-                    disable=not (config.run.progress and dist.is_main_process()), dynamic_ncols=True)
+    progress = Progress(stop_step, step, f"pretrain {config.run.name}", "step",
+                        config.run.progress and dist.is_main_process(), items_per_unit=config.optim.batch_size)
     last_metrics: dict[str, float] = {}
     started = time.time()
     for views in (data.batches_from(step) if step < stop_step else ()):
@@ -341,7 +341,7 @@ def main(config: PretrainConfig) -> dict:
             loss_value = dist.all_reduce_mean(loss.detach()).item()
             last_metrics = {"step": step, "epoch": step / data.steps_per_epoch, "loss": loss_value, "lr": lr,
                             "weight_decay": wd, "skipped_steps": skipped_steps, **reduced}
-            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            progress.report(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             run.log(last_metrics)
             if dist.is_main_process() and reduced["key_std"] < config.run.collapse_warning:
                 warnings.warn(f"step {step}: key embedding std x sqrt(dim) = {reduced['key_std']:.3f} "

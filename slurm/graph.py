@@ -11,6 +11,7 @@ submitted again.
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +24,9 @@ from common.stage import UnreadableData, Upstream
 from plans.registry import stage_record
 from plans.tables import Plan, Stage
 from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
+# SLURM job states that end a job (it will not run again by itself); any other counts as active.
+ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED", "REVOKED"}
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
 
@@ -81,13 +85,35 @@ class JobRegistry:
         path = self._path(key)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def active_job(self, key: str) -> str | None:
-        """The recorded job id when SLURM still has it pending or running."""
+    def active_job(self, key: str) -> tuple[str, str] | None:
+        """(job id, state) of the recorded job unless SLURM says it ended. A state that neither sacct
+        nor squeue knows (accounting disabled, slurmdbd lagging) counts as active: submitting a second
+        copy would train two jobs into one run directory (whose lock is the last guard)."""
         entry = self.read(key)
         if entry is None:
             return None
-        state = submitit.SlurmJob(folder=entry["log_folder"], job_id=entry["job_id"]).state
-        return entry["job_id"] if state.split()[0] in ACTIVE_STATES else None
+        state = job_state(entry["job_id"], entry["log_folder"])
+        return None if state in ENDED_STATES else (entry["job_id"], state)
+
+    def path(self, key: str) -> Path:
+        return self._path(key)
+
+
+def job_state(job_id: str, log_folder: str) -> str:
+    """The job's state from sacct (through submitit), else from squeue, else UNKNOWN."""
+    try:
+        state = submitit.SlurmJob(folder=log_folder, job_id=job_id).get_info(mode="force").get("State", "")
+    except Exception:  # sacct missing or failing: ask squeue
+        state = ""
+    state = (state.split() or ["UNKNOWN"])[0]
+    if state in ACTIVE_STATES or state in ENDED_STATES:
+        return state
+    try:
+        queued = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"
+    return (queued.stdout.split() or ["UNKNOWN"])[0] if queued.returncode == 0 else "UNKNOWN"
 
 
 @releases_run_locks
@@ -118,9 +144,12 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
         if executor == "slurm" and not dry_run:
             active = registry.active_job(stage.key)
             if active:
-                job_ids[stage.key] = active
-                outcome[stage.key] = f"queued as {active}"
-                echo(f"[queued] {stage.key}: job {active} is still pending or running")
+                job_id, state = active
+                job_ids[stage.key] = job_id
+                outcome[stage.key] = f"queued as {job_id}"
+                why = (f"state {state}" if state != "UNKNOWN" else "state unknown to sacct and squeue (accounting "
+                       f"off or lagging), counted as active; delete {registry.path(stage.key)} to submit it again")
+                echo(f"[queued] {stage.key}: job {job_id}, {why}")
                 continue
         dependencies = [job_ids[stage.after]] if stage.after in job_ids else []
         parameters = job_parameters(executor if executor != "inline" else "local", stage.key.replace("/", "."),

@@ -70,3 +70,23 @@ def test_every_preset_validates_and_builds_its_model():
             with torch.device("meta"):  # shapes only: no memory, no init cost
                 seen[key] = sum(p.numel() for p in PatchMixModel(config.model).base_encoder.parameters())
     assert len(seen) >= 8
+
+
+def test_batch_logs_get_lines_not_bar_redraws(debug_config, capsys):
+    """Output that is not a terminal (a SLURM log): one line per log step with step/total, loss, lr,
+    img/s and ETA, and no carriage-return bar."""
+    import dataclasses
+    import re
+
+    from pretrain.train import main
+
+    config = dataclasses.replace(debug_config, run=dataclasses.replace(debug_config.run, progress=True,
+                                                                        log_every_steps=4),
+                                 optim=dataclasses.replace(debug_config.optim, max_steps=8))
+    main(config)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("[pretrain debug] step")]
+    assert len(lines) == 2, captured.out
+    assert re.fullmatch(r"\[pretrain debug\] step 4/8 \(50%\) loss=\d+\.\d{4} lr=\S+ \d+\.\d img/s ETA \d+:\d\d:\d\d",
+                        lines[0]), lines[0]
+    assert "\r" not in captured.err and "\r" not in captured.out

@@ -179,3 +179,41 @@ def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     assert not any(p.name.startswith("smoke") for p in (tmp_path / "runs").iterdir())  # nothing ran
+
+
+SACCT = """#!/bin/sh
+echo "JobID|State|NodeList"
+[ -n "$SACCT_STATE" ] && echo "1001|$SACCT_STATE|node1"
+exit 0
+"""
+SQUEUE = """#!/bin/sh
+[ -n "$SQUEUE_STATE" ] && echo "$SQUEUE_STATE"
+exit 0
+"""
+
+
+@pytest.mark.parametrize("sacct, squeue, active", [
+    ("", "", True),               # accounting disabled: sacct knows nothing, nor does squeue -> never resubmit
+    ("UNKNOWN", "", True),
+    ("", "PENDING", True),        # sacct lagging, squeue has it queued
+    ("PENDING", "", True),
+    ("COMPLETED", "", False),     # ended: a stage without result.json may be submitted again
+    ("CANCELLED by 42", "", False),
+])
+def test_a_recorded_job_is_never_submitted_twice_while_slurm_may_run_it(tmp_path, monkeypatch, sacct, squeue, active):
+    from slurm.graph import JobRegistry
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("sacct", SACCT), ("squeue", SQUEUE)):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SACCT_STATE", sacct)
+    monkeypatch.setenv("SQUEUE_STATE", squeue)
+    registry = JobRegistry(tmp_path / "runs", "table6")
+    registry.record("table6/cifar100/m1/seed0/pretrain", "1001", tmp_path / "logs")
+    found = registry.active_job("table6/cifar100/m1/seed0/pretrain")
+    assert (found is not None) == active, found
+    if active:
+        assert found[0] == "1001" and found[1] == ((sacct or squeue or "UNKNOWN").split()[0])
