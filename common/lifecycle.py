@@ -7,6 +7,7 @@ meet at a barrier after it.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ class RunLifecycle:
                  milestone_every: int = 0):
         self.run_dir, self.stage, self.progress_key = run_dir, stage, progress_key
         self.keep_last, self.milestone_every = keep_last, milestone_every
+        self.total = 0  # steps (or epochs) the run will take, logged with every record for `status`
 
     @property
     def path(self) -> Path:
@@ -83,8 +85,9 @@ class RunLifecycle:
         dist.barrier()
 
     def log(self, record: dict) -> None:
+        """Append a metrics record, stamped with the time and the run's total (what `status` reads)."""
         if dist.is_main_process():
-            self.run_dir.append_metrics(record)
+            self.run_dir.append_metrics({**record, "time": round(time.time(), 3), "total": self.total})
 
     def finish(self, result: dict) -> dict:
         """Write result.json (main process) and return the record with its run directory."""

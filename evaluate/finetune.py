@@ -190,6 +190,7 @@ def run(session: EvalSession) -> dict:
         start_epoch, history = state["epoch"], state["history"]
     trained: nn.Module = model
     health = StepHealth(device)
+    session.run.total = finetune.epochs
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

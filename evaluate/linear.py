@@ -193,6 +193,8 @@ def run(session: EvalSession) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
 
+    session.run.total = linear.epochs
+
     def save_epoch(record: dict) -> None:
         session.run.log(record)
         session.run.save({"head": head.state_dict(), "optimizer": optimizer.state_dict(), "epoch": record["epoch"],

@@ -313,6 +313,7 @@ def main(config: PretrainConfig) -> dict:
     query_model = distributed_query_model(model, device)
     total_steps = config.optim.epochs * data.steps_per_epoch
     stop_step = min(config.optim.max_steps or total_steps, total_steps)
+    run.total = stop_step
 
     def checkpoint(at_step: int) -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),

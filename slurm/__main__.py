@@ -7,52 +7,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from common.cli import RUN_FAILURES, exit_status
-from common.rundir import RunDirectory
 from plans.tables import ALIASES, PLANS, build_plan
 from slurm.executors import load_cluster_config, resolve_executor
 from slurm.graph import launch
+from slurm.status import print_status
 
 
 def _list(text: str) -> list[str]:
     return [item for item in text.replace(",", " ").split() if item]
-
-
-def status(output_root: Path) -> None:
-    """Every run directory under output_root: its stage (from its provenance), complete or how far
-    it got; then the SLURM jobs recorded by launches."""
-    rows = []
-    for config_path in sorted(Path(output_root).glob("**/config.yaml")):
-        run_dir = config_path.parent
-        provenance = _read_json(run_dir / "provenance.json")
-        stage = provenance.get("stage") or "run"
-        if (run_dir / "result.json").is_file():
-            state = "complete"
-        else:
-            records = RunDirectory(run_dir).read_metrics()
-            last = records[-1] if records else {}
-            where = f"step {last['step']}" if "step" in last else f"epoch {last['epoch']}" if "epoch" in last else "started"
-            state = f"incomplete ({where})"
-        rows.append((stage, state, str(run_dir.relative_to(output_root))))
-    for plan_folder in sorted((Path(output_root) / ".jobs").glob("*")):
-        for record in sorted(plan_folder.glob("*.json")):
-            entry = json.loads(record.read_text())
-            rows.append(("job", f"slurm {entry['job_id']}", f"{plan_folder.name}/{record.stem.replace('__', '/')}"))
-    if not rows:
-        print(f"no runs under {output_root}")
-    for kind, state, where in rows:
-        print(f"{kind:20} {state:28} {where}")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:22} {len(plan.stages):3} stages  {plan.description}")
         return
     if arguments.command == "status":
-        status(arguments.output_root)
+        print_status(arguments.output_root)
         return
     try:
         plan = build_plan(arguments.plan, arguments.flavour, tuple(int(s) for s in _list(arguments.seeds)),

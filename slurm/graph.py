@@ -129,10 +129,14 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
                          + "\n  ".join(unreadable))
     for line in unreadable:
         echo(f"[warning] {line} (a real launch refuses this)")
+    if executor == "slurm" and not dry_run and not (cluster.partition and cluster.account):
+        raise ValueError("EXECUTOR=slurm needs a partition and an account: set PARTITION= and ACCOUNT= (or "
+                         "partition/account in the --profile file); nothing was queued")
     registry = JobRegistry(output_root, plan.name)
     if not dry_run:  # two launchers of one plan at once would both submit every stage
         RunDirectory(registry.folder).acquire()
     log_folder = Path(output_root) / ".submitit" / plan.name
+    gpu_hours = 0.0
     job_ids: dict[str, str] = {}
     outcome: dict[str, str] = {}
     for item in stages:
@@ -158,8 +162,10 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
             job_ids[stage.key] = f"<{stage.key}>"
             outcome[stage.key] = "would submit"
             shown = {k: v for k, v in parameters.items() if v not in ({}, None, "")}
+            gpu_hours += resources_of(stage, cluster)["gpu_hours"]
             echo(f"[dry-run] {stage.key}: {stage.kind} preset={stage.preset} "
-                 f"run_dir={item.run_dir or '(after ' + stage.after + ')'} {json.dumps(shown)}")
+                 f"run_dir={item.run_dir or '(after ' + stage.after + ')'} {describe_resources(stage, cluster)} "
+                 f"after={','.join(dependencies) or '-'} {json.dumps(shown)}")
             continue
         if executor == "inline":
             echo(f"[run] {stage.key}")
@@ -178,7 +184,24 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
         else:  # one machine: run stages one after the other, evaluations after their pretraining
             job.result()
             _refresh_downstream_dirs(stages, item)
+    if dry_run:
+        echo(f"[dry-run] {sum(v == 'would submit' for v in outcome.values())} job(s), at most {gpu_hours:,.0f} GPU-hours "
+             "(each job's GPUs x its time limit; requeued jobs add their extra attempts)")
     return outcome
+
+
+def resources_of(stage: Stage, cluster: ClusterConfig) -> dict:
+    """What one job of `stage` asks SLURM for, in total over its nodes (slurm/executors.job_parameters)."""
+    gpus = stage.nodes * stage.gpus_per_node
+    tasks = stage.nodes * max(stage.gpus_per_node, 1)
+    hours = min(stage.hours, cluster.max_hours)
+    return {"nodes": stage.nodes, "gpus": gpus, "cpus": tasks * cluster.cpus_per_gpu,
+            "memory_gb": tasks * cluster.mem_gb_per_gpu, "hours": hours, "gpu_hours": gpus * hours}
+
+
+def describe_resources(stage: Stage, cluster: ClusterConfig) -> str:
+    r = resources_of(stage, cluster)
+    return f"nodes={r['nodes']} gpus={r['gpus']} cpus={r['cpus']} mem={r['memory_gb']}GB time={r['hours']:g}h"
 
 
 def _refresh_downstream_dirs(stages: list[ResolvedStage], finished: ResolvedStage) -> None:

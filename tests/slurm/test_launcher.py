@@ -118,8 +118,15 @@ def test_dry_run_lists_jobs_with_dependencies(tmp_path):
     outcome = launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), dry_run=True,
                      echo=lines.append)
     warnings = [line for line in lines if line.startswith("[warning]")]
-    lines = [line for line in lines if line.startswith("[dry-run]")]
+    total = lines[-1]
+    lines = [line for line in lines[:-1] if line.startswith("[dry-run]")]
     assert set(outcome.values()) == {"would submit"} and len(lines) == 12
+    # Resources in one unit each, the dependency, and the plan's GPU-hours: 3 x (2 x 8 GPUs x 48 h)
+    # pretraining, then per run kNN 8 x 2 h, linear and finetune 8 x 24 h each.
+    assert "nodes=2 gpus=16 cpus=160 mem=960GB time=48h after=-" in lines[0]
+    assert "nodes=1 gpus=8 cpus=80 mem=480GB time=2h after=<table2/vit_s16/300ep/seed0/pretrain>" in lines[1]
+    assert total == "[dry-run] 12 job(s), at most 3,504 GPU-hours (each job's GPUs x its time limit; requeued " \
+                    "jobs add their extra attempts)"
     # No ImageNet here: the dry run says so for each pretraining stage; a real launch would refuse.
     assert len(warnings) == 3 and all("data.root data/imagenet does not exist" in w for w in warnings)
     with pytest.raises(ValueError, match="cannot be read from here"):
@@ -217,3 +224,9 @@ def test_a_recorded_job_is_never_submitted_twice_while_slurm_may_run_it(tmp_path
     assert (found is not None) == active, found
     if active:
         assert found[0] == "1001" and found[1] == ((sacct or squeue or "UNKNOWN").split()[0])
+
+
+def test_slurm_launch_without_partition_or_account_queues_nothing(tmp_path):
+    with pytest.raises(ValueError, match="needs a partition and an account"):
+        launch(build_plan("smoke"), "slurm", tmp_path / "runs", ClusterConfig(partition="gpu"), echo=_quiet)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -1,0 +1,67 @@
+"""`make status`: done / running / queued / failed / stale, progress with ETA, the job and its log."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.rundir import RunDirectory
+from slurm.graph import JobRegistry
+from slurm.status import run_statuses
+
+SACCT = """#!/bin/sh
+echo "JobID|State|NodeList"
+case "$*" in *2001*) echo "2001|PENDING|";; *2002*) echo "2002|FAILED|node1";; esac
+"""
+
+
+def _run(root: Path, name: str, experiment: str, records: list[dict] = ()) -> Path:
+    run = RunDirectory(root / name)
+    run.path.mkdir(parents=True)
+    (run.path / "config.yaml").write_text(f"run:\n  experiment: {experiment}\n")
+    (run.path / "provenance.json").write_text(json.dumps({"stage": "pretrain"}))
+    for record in records:
+        run.append_metrics(record)
+    return run.path
+
+
+def test_status_states_progress_and_errors(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(SACCT)
+    (bin_dir / "sacct").chmod(0o755)
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    root, now = tmp_path / "runs", time.time()
+    done = _run(root, "done", "p/done")
+    (done / "result.json").write_text("{}")
+    running = _run(root, "running", "p/running", [{"step": 100, "total": 1000, "time": now - 100},
+                                                  {"step": 300, "total": 1000, "time": now - 10}])
+    _run(root, "queued", "p/queued")
+    _run(root, "failed", "p/failed", [{"step": 5, "total": 10, "time": now - 3600}])
+    _run(root, "stale", "p/stale")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "2002_0_log.err").write_text("Traceback (most recent call last):\n  ...\nerror: non-finite loss at step 5\n")
+    for key, job in (("p/queued", "2001"), ("p/failed", "2002")):
+        JobRegistry(root, "p").record(key, job, logs)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
+                               "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(running)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        statuses = {status.run_dir.name: status for status in run_statuses(root)}
+    finally:
+        holder.kill()
+        holder.wait()
+    assert {name: status.state for name, status in statuses.items()} == {
+        "done": "done", "running": "running", "queued": "queued", "failed": "failed", "stale": "stale"}
+    progress = statuses["running"].progress
+    assert progress.startswith("step 300/1000 (30%) 2.22 step/s ETA 0:05:15") and "last metric 1" in progress
+    assert "job 2001 PENDING" in statuses["queued"].job
+    assert "job 2002 FAILED log:" in statuses["failed"].job
+    assert statuses["failed"].error[-1] == "error: non-finite loss at step 5"
