@@ -176,6 +176,13 @@ def check_fits(state_dict: dict[str, torch.Tensor], spec: EncoderSpec, where: st
 ENCODER_RECORD = "encoder.json"
 
 
+def encoder_prefixes(has_momentum_encoder: bool) -> dict[str, str]:
+    """{which encoder: its key prefix in a pretraining checkpoint's model state}, the default first."""
+    if has_momentum_encoder:
+        return {"momentum": "momentum_encoder.", "base": "base_encoder."}
+    return {"base": "base_encoder."}
+
+
 def write_encoder_record(run_dir: Path, record: dict) -> None:
     """The stage-neutral description of the encoders a training run produces (written by the stage
     that trains them): architecture (arch, patch_size, image_size, num_heads), where the weights are
@@ -199,8 +206,7 @@ def read_encoder_record(run_dir: Path) -> dict:
         experiment = json.loads((run_dir / "result.json").read_text())["experiment_hash"]
     except (OSError, ValueError, KeyError):
         experiment = experiment_hash(config, NON_RESULT_FIELDS)
-    encoders = {"momentum": "momentum_encoder.", "base": "base_encoder."} if model.get("momentum_encoder", True) \
-        else {"base": "base_encoder."}
+    encoders = encoder_prefixes(model.get("momentum_encoder", True))
     return {"arch": model["arch"], "patch_size": model["patch_size"], "image_size": model["image_size"],
             "num_heads": model.get("num_heads", 0), "checkpoints": "checkpoints", "encoders": encoders,
             "default": next(iter(encoders)), "data": config["data"],

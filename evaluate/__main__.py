@@ -23,8 +23,7 @@ USAGE = ("usage: python -m evaluate COMMAND ...\n\ncommands:\n"
 
 
 def run_protocol(protocol: str, argv: list[str]) -> None:
-    from evaluate.protocols import PROTOCOLS, resolve_eval_config  # imports torch: after the command is known
-    from evaluate.session import protocol_main
+    from evaluate.protocols import MAINS, PROTOCOLS, resolve_eval_config  # imports torch: after the command is known
 
     parser = argparse.ArgumentParser(prog=f"python -m evaluate {protocol}", epilog=EXIT_HELP)
     parser.add_argument("--from", dest="run_dir", help="pretraining run directory")
@@ -48,7 +47,7 @@ def run_protocol(protocol: str, argv: list[str]) -> None:
     if arguments.print_config:
         print(OmegaConf.to_yaml(OmegaConf.structured(config)))
         return
-    run_stage(protocol_main(PROTOCOLS[protocol]), config)
+    run_stage(MAINS[protocol], config)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from common.config import ConfigError, apply_overrides
 from common.datasets import DataConfig
@@ -17,10 +17,11 @@ from common.runtime import RunConfig
 from common.stage import StageRecord, Upstream
 from evaluate import PROTOCOL_MODULES
 from evaluate.configs import EvalConfig
-from evaluate.session import Protocol, eval_run_directory, protocol_main
+from evaluate.session import Protocol, eval_run_directory
 
-PROTOCOLS: dict[str, Protocol] = {module.PROTOCOL.name: module.PROTOCOL for module in (
-    importlib.import_module(f"evaluate.{name}") for name in PROTOCOL_MODULES)}
+_MODULES = [importlib.import_module(f"evaluate.{name}") for name in PROTOCOL_MODULES]
+PROTOCOLS: dict[str, Protocol] = {module.PROTOCOL.name: module.PROTOCOL for module in _MODULES}
+MAINS: dict[str, Callable[[EvalConfig], dict]] = {module.PROTOCOL.name: module.main for module in _MODULES}
 
 
 def protocol(name: str) -> Protocol:
@@ -68,7 +69,7 @@ def _stage(chosen: Protocol) -> StageRecord:
         source = config.source
         return eval_run_directory(config, planned_source(source.run_dir, source.encoder_file, source.encoder), chosen).path
 
-    return StageRecord(chosen.name, protocol_main(chosen), resolve, run_directory, chosen.headline,
+    return StageRecord(chosen.name, MAINS[chosen.name], resolve, run_directory, chosen.headline,
                        upstream=("pretrain",), presets=chosen.presets, hours=chosen.hours)
 
 

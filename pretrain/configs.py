@@ -27,6 +27,7 @@ from typing import Callable
 
 from common.config import ConfigError
 from common.datasets import DataConfig, dataset_fingerprint
+from common.encoder import encoder_prefixes
 from common.rundir import RunDirectory
 from common.runtime import NON_RESULT_FIELDS, RunConfig
 from pretrain.augment import AugmentConfig
@@ -239,8 +240,7 @@ def encoder_record(config: PretrainConfig, experiment_digest: str | None = None)
             experiment_digest = run_directory(config).experiment_digest
         except (FileNotFoundError, ValueError):  # the data cannot be read from here: a plan's guess
             experiment_digest = run_directory(config, data_fingerprint="unread").experiment_digest
-    encoders = {"momentum": "momentum_encoder.", "base": "base_encoder."} if config.model.momentum_encoder \
-        else {"base": "base_encoder."}
+    encoders = encoder_prefixes(config.model.momentum_encoder)
     return {"arch": config.model.arch, "patch_size": config.model.patch_size, "image_size": config.model.image_size,
             "num_heads": config.model.num_heads, "checkpoints": "checkpoints", "encoders": encoders,
             "default": next(iter(encoders)), "data": dataclasses.asdict(config.data),

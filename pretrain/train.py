@@ -292,7 +292,7 @@ def main(config: PretrainConfig) -> dict:
         raise ValueError(f"optim.batch_size {config.optim.batch_size} is not divisible by the {world_size} processes")
     run_dir = run_directory(config)  # reads the dataset folder's listing: a wrong root fails here
     run = RunLifecycle(run_dir, "pretrain", "step", config.run.keep_last_checkpoints)
-    if run.finished() is not None:
+    if run.finished() is not None:  # complete: say so without reading the dataset
         return run.start(config)
     bad_image_dir = run.path / "bad_images"  # the folder preflight fails here, before any training
     base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir,

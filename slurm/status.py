@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from common.rundir import RunDirectory
 from slurm.graph import ENDED_STATES, job_state
 
@@ -74,10 +76,7 @@ def run_statuses(output_root: Path) -> list[RunStatus]:
         except (OSError, ValueError):
             provenance = {}
         status = RunStatus(provenance.get("stage") or "run", "stale", run_dir, _progress(run_dir, now))
-        experiment = ""
-        for line in config_path.read_text().splitlines():  # run.experiment: the plan's stage key
-            if line.strip().startswith("experiment:"):
-                experiment = line.split(":", 1)[1].strip().strip("'\"")
+        experiment = OmegaConf.load(config_path).get("run", {}).get("experiment", "")  # the plan's stage key
         entry = jobs.get(experiment)
         scheduler = job_state(entry["job_id"], entry["log_folder"]) if entry else ""
         if entry:

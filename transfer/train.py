@@ -10,7 +10,6 @@ use it, so that the stage record and the rest of the suite work without it.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -172,7 +171,7 @@ def main(config: TransferConfig) -> dict:
         write_detectron2_checkpoint(loaded, run_dir.path / "backbone_init.pth", prefix)
     dist.barrier()
     setup_logger(cfg.train.output_dir, distributed_rank=dist.rank(), name="detectron2")
-    if threading_main():
+    if preemption.can_install():
         preemption.install()
 
     model = instantiate(cfg.model).to(cfg.train.device)
@@ -214,5 +213,3 @@ def main(config: TransferConfig) -> dict:
     return {**record, "run_dir": str(run_dir.path)}
 
 
-def threading_main() -> bool:
-    return threading.current_thread() is threading.main_thread()
