@@ -52,7 +52,7 @@ def releases_run_locks(function: Callable) -> Callable:
     return wrapper
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("torch", "torchvision", "timm", "numpy", "omegaconf", "faiss-cpu", "faiss-gpu")
+PACKAGES = ("torch", "torchvision", "timm", "numpy", "omegaconf", "faiss-cpu", "faiss-gpu", "detectron2", "pycocotools")
 
 
 def _git(*arguments: str) -> str:
@@ -61,6 +61,21 @@ def _git(*arguments: str) -> str:
                               text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+CODE_RECORD = "code.json"  # in a code snapshot (slurm/snapshot.py), which is no git checkout
+
+
+def code_identity() -> dict[str, Any]:
+    """Commit and dirty flag of the running code: from a snapshot's record (with the digest of its
+    uncommitted changes), else from git."""
+    record_path = REPOSITORY_ROOT / CODE_RECORD
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        return {"git_commit": record["commit"], "git_dirty": record["dirty"],
+                "code_diff_digest": record["diff_digest"], "code_snapshot": str(REPOSITORY_ROOT)}
+    return {"git_commit": _git("rev-parse", "HEAD") or "unknown",
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def provenance(world_size: int = 1) -> dict[str, Any]:
@@ -73,8 +88,7 @@ def provenance(world_size: int = 1) -> dict[str, Any]:
     devices = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
                if torch.cuda.is_available() else ["cpu"])
     return {
-        "git_commit": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        **code_identity(),
         "packages": versions,
         "python": sys.version.split()[0],
         "host": socket.gethostname(),

@@ -148,26 +148,30 @@ MAIN_TABLES = ("table2", "table3", "table4")  # where the paper compares with Mo
 
 def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str:
     """The paper's numbers for every method evaluated in the same settings (dataset and backbone)
-    as our rows: its main comparison tables plus the plan's own table."""
+    as our rows: its main comparison tables plus the plan's own table. The paper's notes on a row
+    (Table 4: the detector protocol; multi-crop; FLOPs) go in a Note column."""
     settings = {(r.dataset, r.backbone) for r in rows}
     subset = reference[reference.table.isin([*MAIN_TABLES, table])
                        & reference.apply(lambda r: (r.dataset, r.backbone) in settings, axis=1)]
     if subset.empty:
         return ""
-    pivot = subset.pivot_table(index=["dataset", "backbone", "table", "method", "epochs"], columns="protocol",
-                               values="value", aggfunc="first", sort=False)
+    index = ["dataset", "backbone", "table", "method", "epochs"]
+    pivot = subset.pivot_table(index=index, columns="protocol", values="value", aggfunc="first", sort=False)
+    notes = (subset.assign(note=subset["note"].fillna("").astype(str)).groupby(index, sort=False)["note"]
+             .agg(lambda values: "; ".join(dict.fromkeys(v for v in values if v))))
     columns = [c for c in PAPER_COLUMNS if c in pivot.columns]
-    lines = ["| Dataset | Backbone | Paper table | Method | Epochs | " + " | ".join(columns) + " |",
-             "|---|---|---|---|---|" + "---|" * len(columns)]
-    for (dataset, backbone, table, method, epochs), values in pivot.iterrows():
+    lines = ["| Dataset | Backbone | Paper table | Method | Epochs | " + " | ".join(columns) + " | Note |",
+             "|---|---|---|---|---|" + "---|" * (len(columns) + 1)]
+    for key, values in pivot.iterrows():
+        dataset, backbone, table, method, epochs = key
         cells = " | ".join(_number(None if pd.isna(values[c]) else float(values[c])) for c in columns)
-        lines.append(f"| {dataset} | {backbone} | {table} | {method} | {epochs} | {cells} |")
+        lines.append(f"| {dataset} | {backbone} | {table} | {method} | {epochs} | {cells} | {notes.get(key) or '—'} |")
     return "\n".join(lines)
 
 
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flavour: str,
                 figures: list[str] = (), superseded: pd.DataFrame | None = None,
-                damaged: list[tuple[str, str]] = ()) -> str:
+                damaged: list[tuple[str, str]] = (), unreported: str = "") -> str:
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
@@ -179,6 +183,8 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flav
     notes = [f"- {r.row.method} {r.row.dataset} {r.row.protocol}: {note}" for r in rows for note in r.notes]
     if notes:
         parts += ["", "\\* Seeds lists the seeds averaged. Notes:", "", *notes]
+    if unreported:
+        parts += ["", unreported]
     if damaged:
         parts += ["", f"Unreadable result files, reported nowhere ({len(damaged)}):", "",
                   *[f"- {path}: {reason}" for path, reason in damaged]]

@@ -3,12 +3,15 @@
 The run directory `<pretraining run>/transfer/<config>-<weights digest>-<hash>/` holds config.yaml,
 provenance, the converted backbone checkpoint, detectron2's own output (checkpoints, metrics) and
 finally result.json with box and mask AP (pycocotools, through detectron2's COCOEvaluator).
-Re-running resumes from detectron2's last checkpoint; a finished run does nothing.
+Re-running resumes from detectron2's last checkpoint; a finished run says so and does nothing.
+The class count and category mapping come from the training json, so any COCO-format data works.
 detectron2 is an optional dependency (no PyPI release): it is imported inside the functions that
 use it, so that the stage record and the rest of the suite work without it.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +28,8 @@ from transfer import require_detectron2
 from transfer.configs import CONFIGS
 from transfer.weights import (FPN_PREFIX, PREFIX, backbone_arguments, check_backbone_loaded, load_encoder,
                               to_detectron2, write_detectron2_checkpoint)
+
+NO_PREDICTIONS = "no detection above the score threshold on the validation set: COCOEvaluator reports no AP"
 
 TRAIN_NAME, VAL_NAME = "patchmix_coco_train", "patchmix_coco_val"
 
@@ -72,6 +77,26 @@ def dataset_files(config: TransferConfig) -> dict[str, Path]:
     return files
 
 
+def dataset_classes(files: dict[str, Path]) -> list[str]:
+    """The category names of the training json, in id order (detectron2 maps ids to contiguous
+    class indices in that order). The validation json must name the same categories: otherwise
+    the evaluator meets class ids it cannot map, after all the training."""
+    def categories(path: Path) -> dict[int, str]:
+        try:
+            listed = json.loads(path.read_text()).get("categories") or []
+            return {int(c["id"]): str(c["name"]) for c in listed}
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"{path}: not a readable COCO-format json with categories ({error})") from None
+
+    train, val = categories(files["train_json"]), categories(files["val_json"])
+    if not train:
+        raise ValueError(f"{files['train_json']} lists no categories")
+    if val != train:
+        raise ValueError(f"the validation json's categories differ from the training json's: "
+                         f"train {train}, val {val} ({files['val_json']})")
+    return [train[key] for key in sorted(train)]
+
+
 def register_datasets(files: dict[str, Path]) -> None:
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
@@ -85,8 +110,9 @@ def register_datasets(files: dict[str, Path]) -> None:
         register_coco_instances(name, {}, str(files[json_key]), str(files[images_key]))
 
 
-def build_lazy_config(config: TransferConfig, loaded, run_dir: Path):
-    """The LazyConfig of `config.config`, shaped to the checkpoint and pointed at our data and paths."""
+def build_lazy_config(config: TransferConfig, loaded, run_dir: Path, num_classes: int = 80):
+    """The LazyConfig of `config.config`, shaped to the checkpoint and the dataset's classes, and
+    pointed at our data and paths."""
     from detectron2.config import LazyConfig
     from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
 
@@ -100,6 +126,7 @@ def build_lazy_config(config: TransferConfig, loaded, run_dir: Path):
         backbone.bottom_up.stage_blocks = tuple(arguments["global_blocks"])
     cfg.optimizer.params.lr_factor_func = partial(get_vit_lr_decay_rate, num_layers=arguments["depth"],
                                                   lr_decay_rate=0.7)
+    cfg.model.roi_heads.num_classes = num_classes  # the box and mask predictors follow it
     cfg.dataloader.train.dataset.names = TRAIN_NAME
     cfg.dataloader.test.dataset.names = VAL_NAME
     cfg.dataloader.evaluator.dataset_name = VAL_NAME
@@ -124,16 +151,15 @@ def evaluate_model(cfg, model) -> dict:
     return inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
 
 
-def preemption_hook(checkpointer, device: str, period: int = 20):
-    """A detectron2 hook: after a recorded preemption signal (common.preemption), checkpoint at a
-    step boundary that every rank agrees on, then requeue."""
+def preemption_hook(checkpointer, device: str):
+    """A detectron2 hook: after a recorded preemption signal (common.preemption), checkpoint at the
+    next iteration boundary, which every rank agrees on, then requeue. One scalar all-reduce per
+    iteration: detectron2 already synchronises every iteration to log its losses."""
     from detectron2.engine import HookBase
 
     class PreemptionHook(HookBase):
         def after_step(self) -> None:
             iteration = self.trainer.iter
-            if (iteration + 1) % period:
-                return
             flag = torch.tensor(float(preemption.requested()), device=device)  # NCCL reduces CUDA tensors
             if dist.all_reduce_max(flag).item():
                 if dist.is_main_process():
@@ -144,6 +170,21 @@ def preemption_hook(checkpointer, device: str, period: int = 20):
     return PreemptionHook()
 
 
+def ap_metrics(results: dict) -> tuple[dict, dict]:
+    """(metrics, reasons): box and mask AP (pycocotools, percent) and every sub-metric; an AP that
+    could not be computed is null in result.json, with the reason, never NaN (not JSON)."""
+    metrics, reasons = {}, {}
+    for task, name in (("bbox", "box"), ("segm", "mask")):
+        values = {key: float(value) for key, value in results.get(task, {}).items()}
+        headline = values.get("AP")
+        if headline is None or not math.isfinite(headline):
+            metrics[f"ap_{name}"], reasons[f"ap_{name}"] = None, NO_PREDICTIONS
+        else:
+            metrics[f"ap_{name}"] = headline
+        metrics.update({f"{name}_{key}": value if math.isfinite(value) else None for key, value in values.items()})
+    return metrics, reasons
+
+
 @releases_run_locks
 def main(config: TransferConfig) -> dict:
     require_detectron2()
@@ -151,6 +192,7 @@ def main(config: TransferConfig) -> dict:
     from detectron2.config import instantiate
     from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
     from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,12 +200,16 @@ def main(config: TransferConfig) -> dict:
     if dist.is_distributed():
         comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
     loaded = load_encoder(config.source.run_dir, config.source.encoder_file, config.source.encoder)
+    backbone_arguments(loaded.spec, config.num_heads)  # an encoder the backbones cannot take fails before any write
     run_dir = transfer_run_directory(config, loaded)
     if run_dir.is_complete():
+        if dist.is_main_process():
+            print(f"[transfer] {run_dir.path} is complete; nothing to do (result: {run_dir.result_path})")
         return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
     files = dataset_files(config)  # before any work: missing COCO files fail here
+    classes = dataset_classes(files)
     register_datasets(files)
-    cfg = build_lazy_config(config, loaded, run_dir.path)
+    cfg = build_lazy_config(config, loaded, run_dir.path, len(classes))
     prefix = backbone_prefix(cfg)
     if dist.is_main_process():
         run_dir.acquire(config.run.wait_for_lock)
@@ -173,43 +219,54 @@ def main(config: TransferConfig) -> dict:
     setup_logger(cfg.train.output_dir, distributed_rank=dist.rank(), name="detectron2")
     if preemption.can_install():
         preemption.install()
+    # Head initialisation, sampling order and augmentations draw from the seeded generators (the
+    # sampler's shared seed comes from rank 0's numpy generator).
+    seed_all_rng(config.run.seed + dist.rank())
 
-    model = instantiate(cfg.model).to(cfg.train.device)
-    check_backbone_loaded(set(model.state_dict()), set(to_detectron2(loaded.state_dict, prefix)), prefix)
-    cfg.optimizer.params.model = model
+    detector = instantiate(cfg.model).to(cfg.train.device)
+    expected = to_detectron2(loaded.state_dict, prefix)
+    check_backbone_loaded(detector.state_dict(), expected, prefix, compare_values=False)  # names and shapes
+    cfg.optimizer.params.model = detector
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = create_ddp_model(detector, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    evaluations: dict[int, dict] = {}  # iteration -> results of detectron2's periodic evaluations
+
+    def evaluate_during_training() -> dict:
+        evaluations[trainer.iter] = evaluate_model(cfg, model)
+        return evaluations[trainer.iter]
+
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if dist.is_main_process() else None,
         preemption_hook(checkpointer, cfg.train.device),
-        hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_model(cfg, model)) if cfg.train.eval_period else None,
+        hooks.EvalHook(cfg.train.eval_period, evaluate_during_training) if cfg.train.eval_period else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if dist.is_main_process() else None,
     ])
     resumed = checkpointer.has_checkpoint()
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+    if not resumed:  # detectron2 skips a tensor of another shape with a log line: compare what it loaded
+        check_backbone_loaded(detector.state_dict(), expected, prefix)
     start_iter = trainer.iter + 1 if resumed else 0
     if start_iter < cfg.train.max_iter:
         trainer.train(start_iter, cfg.train.max_iter)
-    results = evaluate_model(cfg, model)
+    # The EvalHook already evaluated the final weights when it is on (in after_train, where the
+    # trainer's iter equals max_iter); evaluate once otherwise.
+    final = cfg.train.max_iter
+    results = evaluations[final] if final in evaluations else evaluate_model(cfg, model)
+    metrics, reasons = ap_metrics(results)
     record = {"stage": "transfer", "config": config.config, "experiment": config.run.experiment,
               "source": loaded.description, "source_digest": loaded.digest, **loaded.origin,
               "resumed_from_iteration": start_iter if resumed else None, "max_iter": cfg.train.max_iter,
-              # COCOEvaluator reports nothing for a task without a single prediction: NaN, not 0.
-              "metrics": {"ap_box": float(results.get("bbox", {}).get("AP", float("nan"))),
-                          "ap_mask": float(results.get("segm", {}).get("AP", float("nan"))),
-                          **{f"box_{k}": float(v) for k, v in results.get("bbox", {}).items()},
-                          **{f"mask_{k}": float(v) for k, v in results.get("segm", {}).items()}}}
+              "classes": classes, "metrics": metrics, **({"missing_metrics": reasons} if reasons else {})}
     if dist.is_main_process():
         run_dir.write_result(record)
-        print(f"[transfer] box AP {record['metrics']['ap_box']:.2f}, mask AP {record['metrics']['ap_mask']:.2f}; "
-              f"done: {run_dir.path}")
+        shown = ", ".join(f"{name} AP {'—' if metrics[f'ap_{name}'] is None else format(metrics[f'ap_{name}'], '.2f')}"
+                          for name in ("box", "mask"))
+        print(f"[transfer] {shown}; done: {run_dir.path}" + (f" ({NO_PREDICTIONS})" if reasons else ""))
     dist.barrier()
     return {**record, "run_dir": str(run_dir.path)}
-
-

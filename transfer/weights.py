@@ -38,6 +38,13 @@ def backbone_arguments(spec: EncoderSpec, num_heads: int) -> dict:
                          "leave num_heads=0 to take the encoder's")
     size = VIT_SIZES[spec.arch]
     depth = size.depth
+    if spec.patch_size != 16 or depth < 4:
+        raise ValueError(
+            f"the transfer backbones need a ViT with patch size 16 (the feature pyramid's strides 4 to 64 "
+            f"are built from stride 16) and at least 4 blocks (four stages); this encoder is {spec.arch} "
+            f"with patch size {spec.patch_size} and {depth} blocks. For a smoke run, pretrain a small one: "
+            "python -m pretrain --preset debug_cpu model.arch=vit_mini model.patch_size=16 model.image_size=64 "
+            "data.synthetic_image_size=64")
     # ViTDet: global attention closes each quarter of the blocks (2, 5, 8, 11 of 12), windows elsewhere;
     # the ViT-FPN neck reads its four stages at the same blocks.
     global_blocks = sorted({depth * (quarter + 1) // 4 - 1 for quarter in range(4)})
@@ -60,12 +67,20 @@ def write_detectron2_checkpoint(loaded: LoadedEncoder, path: Path, prefix: str =
     return path
 
 
-def check_backbone_loaded(model_keys: set[str], checkpoint_keys: set[str], prefix: str = PREFIX) -> None:
-    """Every converted weight must land in the model, and every backbone weight of the model must
-    come from the checkpoint, except the new relative-position tables."""
-    unexpected = sorted(checkpoint_keys - model_keys)
-    missing = sorted(k for k in model_keys - checkpoint_keys
-                     if k.startswith(prefix) and not k.endswith(("rel_pos_h", "rel_pos_w")))
-    if unexpected or missing:
-        raise ValueError(f"backbone weights do not match the detector: unexpected {unexpected[:10]}, "
-                         f"missing {missing[:10]}")
+def check_backbone_loaded(model_state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                          prefix: str = PREFIX, compare_values: bool = True) -> None:
+    """Every converted weight must be in the detector with its shape (and, after loading, its
+    values), and every backbone weight of the detector must come from the checkpoint, except the
+    new relative-position tables. detectron2's checkpointer only logs the tensors it skips."""
+    problems = [f"{key}: not in the detector" for key in sorted(set(expected) - set(model_state))]
+    problems += [f"{key}: in the detector, not in the checkpoint" for key in sorted(set(model_state) - set(expected))
+                 if key.startswith(prefix) and not key.endswith(("rel_pos_h", "rel_pos_w"))]
+    for key in sorted(set(expected) & set(model_state)):
+        loaded, wanted = model_state[key], expected[key]
+        if loaded.shape != wanted.shape:
+            problems.append(f"{key}: shape {tuple(loaded.shape)} in the detector, {tuple(wanted.shape)} in the checkpoint")
+        elif compare_values and not torch.equal(loaded.detach().cpu().to(wanted.dtype), wanted.detach().cpu()):
+            problems.append(f"{key}: not loaded (values differ from the checkpoint)")
+    if problems:
+        raise ValueError(f"backbone weights do not match the detector ({len(problems)}):\n  "
+                         + "\n  ".join(problems[:12]))

@@ -40,6 +40,22 @@ def test_environment_yml_agrees_with_the_requirements():
     assert "detectron2.git@" in (ROOT / "environment.yml").read_text()  # the tested commit, pinned
 
 
+# detectron2's install_requires at the pinned commit 02b5c4e (its setup.py), for the pins it shares with us.
+DETECTRON2_REQUIRES = {"omegaconf": ">=2.1,<2.4", "fvcore": ">=0.1.5,<0.1.6", "iopath": ">=0.1.7,<0.1.10",
+                       "hydra-core": ">=1.1"}
+
+
+def test_one_set_of_pins_holds_with_and_without_detectron2():
+    """Installing detectron2 must not move a pin (it once downgraded omegaconf 2.4.0 to 2.3.1)."""
+    from packaging.specifiers import SpecifierSet
+
+    pins = {**_pins(ROOT / "requirements.txt"), **_pins(ROOT / "requirements-transfer.txt")}
+    for package, requirement in DETECTRON2_REQUIRES.items():
+        assert package in pins, package
+        assert pins[package] in SpecifierSet(requirement), (package, pins[package], requirement)
+    assert pins["setuptools"] in SpecifierSet("<81")  # detectron2's model_zoo imports pkg_resources
+
+
 FAKE_PYTHON = """#!/bin/sh
 echo "$@" >> "$CALLS"
 case "$*" in

@@ -44,5 +44,5 @@ def test_safetensors_export_names_the_heads_and_mismatches_fail(twelve_head_run,
     loaded = load_encoder_file(export_run(twelve_head_run, tmp_path / "encoder.safetensors"))
     assert loaded.spec.heads == 6
     with pytest.raises(ValueError, match="contradicts the encoder's 6 heads"):
-        backbone_arguments(EncoderSpec("vit_mini", 4, 32, 6), num_heads=3)
-    assert backbone_arguments(EncoderSpec("vit_mini", 4, 32, 6), num_heads=0)["num_heads"] == 6
+        backbone_arguments(EncoderSpec("vit_mini", 16, 64, 6), num_heads=3)
+    assert backbone_arguments(EncoderSpec("vit_mini", 16, 64, 6), num_heads=0)["num_heads"] == 6

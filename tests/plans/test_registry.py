@@ -56,3 +56,11 @@ def test_a_run_without_encoder_record_is_read_from_its_config(pretrained_run, tm
     assert again["run_dir"] == first["run_dir"] and again["metrics"] == first["metrics"]
     assert Path(first["run_dir"]).parent == legacy / "eval"
     assert first["source_digest"] == written["final"]["digest"]
+
+
+def test_table4_runs_the_papers_vit_fpn_protocol_and_vitdet_as_its_own_row():
+    from plans.tables import build_plan
+
+    transfers = [stage for stage in build_plan("table4", seeds=(0,)).stages if stage.kind == "transfer"]
+    assert {stage.preset: {row.method for row in stage.rows} for stage in transfers} == {
+        "vit_fpn_100ep": {"PatchMix"}, "vitdet_100ep": {"PatchMix (ViTDet recipe)"}}

@@ -109,3 +109,18 @@ def test_rows_show_exactly_the_seeds_they_average_and_name_what_they_leave_out(t
     assert "seed 1 left out: top1_k20 is nan in" in text and "seed 2 left out: top1_k20 is missing in" in text
     assert f"- {damaged / 'result.json'}: JSONDecodeError" in text
     assert "seed 0 evaluated an unfinished pretraining run (checkpoint step 96)" in text
+
+
+def test_table4_reports_the_papers_protocol_row_and_a_labelled_vitdet_row(tmp_path):
+    """Our comparable row runs the ViT-FPN protocol of the paper's Table 4 rows; ViTDet is its own row,
+    and the reference table names each row's protocol."""
+    base = "table4/vit_b16/seed0"
+    for config, box, mask in (("vit_fpn_100ep", 50.1, 44.0), ("vitdet_100ep", 51.4, 45.2)):
+        write_result(tmp_path / "runs", f"{base}/transfer-{config}", "", {"ap_box": box, "ap_mask": mask}, 0)
+    (report,) = write_reports(["table4"], tmp_path / "runs", tmp_path / "out", seeds=(0,))
+    text = report.read_text()
+    assert "| PatchMix | ViT-B/16 | 300 | coco | ap_box | 51.9 | 50.1 | -1.8 |" in text
+    assert "transfer vit_fpn_100ep" in text
+    assert "| PatchMix (ViTDet recipe) | ViT-B/16 | 300 | coco | ap_box | — | 51.4 | — |" in text
+    assert "| Dataset | Backbone | Paper table | Method | Epochs | ap_box | ap_mask | Note |" in text
+    assert "| coco | ViT-B/16 | table4 | MAE | 1600 | 50.3 | 44.9 | Mask R-CNN with FPN |" in text

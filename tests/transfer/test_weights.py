@@ -1,6 +1,9 @@
 """Checkpoint conversion to detectron2 keys (runs without detectron2)."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -30,12 +33,55 @@ def test_backbone_arguments_follow_the_checkpoint():
 
 
 def test_load_check_names_what_is_missing_or_unexpected():
-    model_keys = {PREFIX + "pos_embed", PREFIX + "blocks.0.attn.rel_pos_h", "roi_heads.box_predictor.weight"}
-    check_backbone_loaded(model_keys, {PREFIX + "pos_embed"})  # rel_pos and heads are new: fine
-    with pytest.raises(ValueError, match="missing.*pos_embed"):
-        check_backbone_loaded(model_keys, set())
-    with pytest.raises(ValueError, match=r"unexpected \['backbone.net.cls_token'\]"):
-        check_backbone_loaded(model_keys, {PREFIX + "pos_embed", PREFIX + "cls_token"})
+    weight = torch.ones(2, 3)
+    model = {PREFIX + "pos_embed": weight, PREFIX + "blocks.0.attn.rel_pos_h": torch.zeros(3),
+             "roi_heads.box_predictor.weight": torch.zeros(4)}
+    check_backbone_loaded(model, {PREFIX + "pos_embed": weight.clone()})  # rel_pos and heads are new: fine
+    with pytest.raises(ValueError, match="pos_embed: in the detector, not in the checkpoint"):
+        check_backbone_loaded(model, {})
+    with pytest.raises(ValueError, match="backbone.net.cls_token: not in the detector"):
+        check_backbone_loaded(model, {PREFIX + "pos_embed": weight, PREFIX + "cls_token": weight})
+
+
+def test_load_check_compares_shapes_and_values_of_what_was_loaded():
+    """detectron2's checkpointer skips a tensor of another shape and only logs it: the check after
+    loading compares the detector's tensors with the checkpoint's."""
+    model = {PREFIX + "pos_embed": torch.zeros(1, 17, 8)}
+    with pytest.raises(ValueError, match=r"pos_embed: shape \(1, 17, 8\) in the detector, \(1, 65, 8\) in the checkpoint"):
+        check_backbone_loaded(model, {PREFIX + "pos_embed": torch.zeros(1, 65, 8)}, compare_values=False)
+    with pytest.raises(ValueError, match="pos_embed: not loaded"):
+        check_backbone_loaded(model, {PREFIX + "pos_embed": torch.ones(1, 17, 8)})
+    check_backbone_loaded(model, {PREFIX + "pos_embed": torch.ones(1, 17, 8)}, compare_values=False)  # before loading
+
+
+@pytest.mark.parametrize("spec,message", [(EncoderSpec("vit_mini", 8, 64), "patch size 8"),
+                                          (EncoderSpec("vit_debug", 16, 64), "2 blocks")])
+def test_unsupported_encoders_are_refused_with_the_requirement(spec, message):
+    with pytest.raises(ValueError, match=f"(?s)patch size 16.*at least 4 blocks.*{message}.*model.arch=vit_mini"):
+        backbone_arguments(spec, 0)
+
+
+def test_classes_come_from_the_training_json_and_must_match_validation(tmp_path):
+    from transfer.shapes import write_dataset
+    from transfer.train import dataset_classes
+
+    files = {key: Path(value) for key, value in write_dataset(tmp_path, train=2, val=1).items()}
+    assert dataset_classes(files) == ["box", "disc"]
+    val = json.loads(files["val_json"].read_text())
+    val["categories"].append({"id": 3, "name": "star"})
+    files["val_json"].write_text(json.dumps(val))
+    with pytest.raises(ValueError, match="validation json's categories differ"):
+        dataset_classes(files)
+
+
+def test_an_ap_without_predictions_is_null_with_its_reason_not_nan():
+    from transfer.train import NO_PREDICTIONS, ap_metrics
+
+    metrics, reasons = ap_metrics({"bbox": {"AP": 12.5, "AP50": 30.0}, "segm": {"AP": float("nan")}})
+    assert metrics["ap_box"] == 12.5 and metrics["box_AP50"] == 30.0
+    assert metrics["ap_mask"] is None and metrics["mask_AP"] is None
+    assert reasons == {"ap_mask": NO_PREDICTIONS}
+    json.dumps(metrics, allow_nan=False)  # valid JSON
 
 
 def test_missing_detectron2_says_what_to_install(monkeypatch):
