@@ -13,7 +13,7 @@ OUTPUT_ROOT ?= runs## where run directories go
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist## Debian's Fashion-MNIST files (the demo)
 PYTEST_ARGS ?=## extra pytest arguments of `make test`
 
-.PHONY: help setup test demo pretrain knn linear finetune evaluate bench bench-knn fashion-mnist clean report status \
+.PHONY: help setup test demo pretrain knn linear finetune evaluate bench bench-knn fashion-mnist clean report status sweep \
 	$(TABLES)
 
 help: ## this list
@@ -63,7 +63,7 @@ demo: setup fashion-mnist ## small real end-to-end run on CPU (Fashion-MNIST) ->
 TABLES := table2 table3 table4 table5 table6 table7 fig4 fig5 ablation-mix-number ablation-loss
 EXECUTOR ?= auto## auto | slurm | local | inline
 PRESET_FLAVOUR ?= official## official | paper presets of the plans
-SEEDS ?= 0## seeds of a plan, e.g. 0,1,2
+SEEDS ?=## seeds of a plan, e.g. 0,1,2 (runs: 0; make report: those launched)
 DATASET ?=## datasets of a plan, e.g. cifar100
 DRY_RUN ?=## 1: list the jobs, run nothing
 PROFILE ?=## cluster profile YAML
@@ -72,7 +72,7 @@ ACCOUNT ?=## SLURM account
 QOS ?=## SLURM QoS
 EVAL_ARGS ?=## overrides of a plan's evaluations
 REPORT_DIR ?= reports/out## where reports go
-PLAN_OPTIONS = --flavour $(PRESET_FLAVOUR) --seeds $(SEEDS) $(if $(DATASET),--datasets $(DATASET))
+PLAN_OPTIONS = --flavour $(PRESET_FLAVOUR) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATASET),--datasets $(DATASET))
 CLUSTER = $(if $(PARTITION),partition=$(PARTITION)) $(if $(ACCOUNT),account=$(ACCOUNT)) $(if $(QOS),qos=$(QOS))
 
 $(TABLES): setup ## table2..table7, fig4, fig5, ablation-mix-number, ablation-loss: the plan, then its report
@@ -83,6 +83,18 @@ $(TABLES): setup ## table2..table7, fig4, fig5, ablation-mix-number, ablation-lo
 
 report: setup ## markdown + plots from whatever results exist
 	$(PY) -m reports --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS)
+
+# A sweep: make sweep PRESET=cifar10_vit_s2_800ep_official GRID="loss.temperature=0.1,0.2 mix.num_mixed=2,3" SEEDS=0,1,2
+GRID ?=## sweep grid: key=v1,v2 ... (make sweep)
+EVALS ?= knn## evaluations of each sweep point, e.g. knn,linear
+SWEEP ?=## sweep name (default: preset-key1+key2)
+sweep: setup ## PRESET x GRID x SEEDS with EVALS on EXECUTOR, then the grouped report
+	@test -n "$(GRID)" || (echo 'usage: make sweep PRESET=... GRID="key=v1,v2 ..." [SEEDS=0,1] [EVALS=knn,linear]' && exit 2)
+	$(PY) -m slurm sweep --preset $(PRESET) --grid $(GRID) --evals $(EVALS) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(SWEEP),--name $(SWEEP)) --executor $(EXECUTOR) --output-root $(OUTPUT_ROOT) $(if $(DRY_RUN),--dry-run) \
+		$(if $(PROFILE),--profile $(PROFILE)) --cluster $(CLUSTER) --set $(ARGS) --eval-set $(EVAL_ARGS)
+	$(if $(DRY_RUN),,$(PY) -m reports sweep $(or $(SWEEP),$$($(PY) -m plans.sweeps $(PRESET) $(GRID))) \
+		--output-root $(OUTPUT_ROOT) --out $(REPORT_DIR))
 
 status: setup ## run directories and submitted jobs
 	$(PY) -m slurm status --output-root $(OUTPUT_ROOT)

@@ -15,6 +15,7 @@ from common import dist, preemption
 from common.checkpoint import (atomic_torch_save, checkpoint_path, latest_readable_checkpoint, list_checkpoints,
                                prune_checkpoints)
 from common.rundir import RunDirectory
+from common.tracking import Trackers
 
 
 class RunLifecycle:
@@ -26,6 +27,7 @@ class RunLifecycle:
         self.run_dir, self.stage, self.progress_key = run_dir, stage, progress_key
         self.keep_last, self.milestone_every = keep_last, milestone_every
         self.total = 0  # steps (or epochs) the run will take, logged with every record for `status`
+        self.trackers: Trackers | None = None  # TensorBoard / W&B views of the metrics (main process)
 
     @property
     def path(self) -> Path:
@@ -53,6 +55,7 @@ class RunLifecycle:
             return done
         if dist.is_main_process():
             self.run_dir.prepare(config, dist.world_size(), self.stage)
+            self.trackers = Trackers(self.path, self.stage, getattr(config, "run", None), config)
         dist.barrier()
         if preemption.can_install():
             preemption.install()
@@ -75,6 +78,8 @@ class RunLifecycle:
         state = None if found is None else found[1]
         if dist.is_main_process():
             self.run_dir.truncate_metrics(self.progress_key, state[self.progress_key] if state else 0)
+            if self.trackers is not None and state is not None and origin is None:
+                self.trackers.resume_at(state[self.progress_key])
         return state, origin
 
     def save(self, state: dict) -> None:
@@ -88,11 +93,15 @@ class RunLifecycle:
         """Append a metrics record, stamped with the time and the run's total (what `status` reads)."""
         if dist.is_main_process():
             self.run_dir.append_metrics({**record, "time": round(time.time(), 3), "total": self.total})
+            if self.trackers is not None:
+                self.trackers.log(record, int(record.get(self.progress_key, 0)))
 
     def finish(self, result: dict) -> dict:
         """Write result.json (main process) and return the record with its run directory."""
         if dist.is_main_process():
             self.run_dir.write_result(result)
+            if self.trackers is not None:
+                self.trackers.close()
             print(f"[{self.stage}] done: {self.path}")
         dist.barrier()
         return {**result, "run_dir": str(self.path)}

@@ -5,13 +5,14 @@ import contextlib
 import hashlib
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from common.config import ConfigError, added_field
 from common.dist import local_rank, world_size
+from common.tracking import check_loggers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +93,9 @@ class RunConfig:
     # Start this new run from the newest readable checkpoint of another run (its weights, optimizer
     # and step), e.g. after a NaN stop with a lower learning rate; recorded in provenance and result.
     resume_from: str = added_field("")
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # beside metrics.jsonl: tensorboard, wandb
+    wandb_project: str = "patchmix"  # W&B project of run.loggers=[wandb] (run id: the run directory's name)
+    wandb_mode: str = "online"  # online | offline (nodes without internet; `wandb sync` later) | disabled
 
     def check(self) -> None:
         if not RUN_NAME.fullmatch(self.name) or ".." in self.name:
@@ -101,6 +105,12 @@ class RunConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.wandb_mode not in ("online", "offline", "disabled"):
+            raise ConfigError(f"wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
+        try:
+            check_loggers(self.loggers)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.keep_last_checkpoints < 1:
             raise ConfigError("checkpoint_every_steps, log_every_steps and keep_last_checkpoints must be >= 1")
 
@@ -110,6 +120,7 @@ class RunConfig:
 NON_RESULT_FIELDS = (
     "run.name", "run.output_root", "run.experiment", "run.device", "run.checkpoint_every_steps",
     "run.keep_last_checkpoints", "run.milestone_every_epochs", "run.log_every_steps", "run.progress",
-    "run.max_skipped_steps", "run.collapse_warning", "run.wait_for_lock", "data.max_bad_images",
+    "run.max_skipped_steps", "run.collapse_warning", "run.wait_for_lock", "run.loggers", "run.wandb_project",
+    "run.wandb_mode", "data.max_bad_images",
     "data.root", "data.num_workers", "data.download",
 )

@@ -1,4 +1,5 @@
 """`python -m reports [PLAN ...] [--output-root runs] [--out reports/out]`: markdown + PNG per plan.
+`python -m reports sweep NAME [--output-root runs] [--out reports/out]`: a sweep's grouped table.
 
 Reads only result.json files under the output root; rows without results say "not run".
 """
@@ -11,7 +12,30 @@ from pathlib import Path
 from reports.collect import collect, load_reference, split_superseded
 from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
 from reports.tables import InconsistentResults, plan_report, row_results
+from plans.launches import launched
+from plans.sweeps import load_sweep
+from reports.sweeps import sweep_report
 from plans.tables import ALIASES, PLANS, build_plan
+
+PLANS_WITHOUT_DATASETS = ("table2", "table4", "demo", "smoke")
+
+
+def left_out(plan, results) -> str:
+    """A sentence naming the seeds and datasets of this plan's results that the report does not
+    show (results of other stage keys under the plan's name), or ""."""
+    if results.empty or "experiment" not in results:
+        return ""
+    keys = {stage.key for stage in plan.stages}
+    others = sorted({str(e) for e in results.experiment.dropna() if str(e).startswith(f"{plan.name}/")} - keys)
+    if not others:
+        return ""
+    seeds = sorted({int(part[4:]) for key in others for part in key.split("/")
+                    if part.startswith("seed") and part[4:].isdigit()})
+    shown = {part for stage in plan.stages for part in stage.key.split("/")[1:2]}
+    datasets = sorted({key.split("/")[1] for key in others} - shown)
+    parts = [f"seeds {', '.join(map(str, seeds))}" if seeds else "", f"datasets {', '.join(datasets)}" if datasets else ""]
+    return (f"Results of {len(others)} stage(s) exist that this report leaves out ({'; '.join(p for p in parts if p)}): "
+            "name them with --seeds / --datasets (make report SEEDS=... DATASET=...).")
 
 
 def figures_for(plan, rows, results, out: Path) -> list[str]:
@@ -45,7 +69,9 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
 
 
 def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
-                  seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ()) -> list[Path]:
+                  seeds: tuple[int, ...] = (), datasets: tuple[str, ...] = ()) -> list[Path]:
+    """One markdown report (+ figures) per plan. Seeds and datasets not given are those launched
+    for the plan (plans/launches.py), else seed 0 and the plan's datasets."""
     collected = collect(output_root)
     damaged = collected.attrs.get("damaged", [])
     for path, reason in damaged:
@@ -56,24 +82,48 @@ def write_reports(names: list[str], output_root: Path, out: Path, flavour: str =
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
-        plan = build_plan(name, flavour, seeds, datasets if name not in ("table2", "table4", "demo", "smoke") else ())
+        launched_seeds, launched_datasets = launched(output_root, name, flavour)
+        plan = build_plan(name, flavour, seeds or launched_seeds or (0,),
+                          (datasets or launched_datasets) if name not in PLANS_WITHOUT_DATASETS else ())
         rows = row_results(plan, results, reference)
+        unreported = left_out(plan, results)
+        if unreported:
+            print(f"note: {plan.name}: {unreported}", file=sys.stderr)
         text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out), superseded,
-                           damaged)
+                           damaged, unreported)
         path = out / f"{plan.name}.md"
         path.write_text(text)
         written.append(path)
     return written
 
 
+def sweep_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reports sweep", description="a sweep's table and figures")
+    parser.add_argument("name", help="the name `python -m slurm sweep` printed")
+    parser.add_argument("--output-root", default="runs", type=Path, help="where the runs are")
+    parser.add_argument("--out", default=Path("reports/out"), type=Path)
+    arguments = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(arguments.output_root, arguments.name)
+        results, _ = split_superseded(collect(arguments.output_root))
+        print(f"wrote {sweep_report(sweep, results, arguments.out)}")
+    except (InconsistentResults, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:
+        sweep_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m reports")
     parser.add_argument("plans", nargs="*", help=f"default: all of {', '.join(PLANS)}")
     parser.add_argument("--output-root", default="runs", type=Path, help="where the runs are")
     parser.add_argument("--out", default=Path("reports/out"), type=Path)
     parser.add_argument("--flavour", default="official")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--datasets", default="")
+    parser.add_argument("--seeds", default="", help="default: the seeds launched for each plan, else 0")
+    parser.add_argument("--datasets", default="", help="default: the datasets launched for each plan")
     arguments = parser.parse_args(argv)
     names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke")]
     seeds = tuple(int(s) for s in arguments.seeds.replace(",", " ").split())

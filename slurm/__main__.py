@@ -1,7 +1,9 @@
-"""`python -m slurm run PLAN ...`, `python -m slurm status`, `python -m slurm plans`.
+"""`python -m slurm run PLAN ...`, `python -m slurm sweep ...`, `python -m slurm status`, `python -m slurm plans`.
 
     python -m slurm run table6 --executor slurm --datasets cifar100 --cluster partition=gpu --dry-run
     python -m slurm run demo --executor inline
+    python -m slurm sweep --preset debug_cpu --grid loss.temperature=0.1,0.2 mix.num_mixed=2,3 --seeds 0,1 \
+        --evals knn,linear:fast
     python -m slurm status
 """
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 from pathlib import Path
 
 from common.cli import RUN_FAILURES, exit_status
+from plans.launches import record_launch
+from plans.sweeps import Sweep, default_name, parse_grid, save_sweep, sweep_plan
 from plans.tables import ALIASES, PLANS, build_plan
 from slurm.executors import load_cluster_config, resolve_executor
 from slurm.graph import launch
@@ -21,22 +25,37 @@ def _list(text: str) -> list[str]:
     return [item for item in text.replace(",", " ").split() if item]
 
 
+def _launch_options(command: argparse.ArgumentParser) -> None:
+    """Where and how a plan's or a sweep's jobs run."""
+    command.add_argument("--executor", default="auto", help="auto | slurm | local | inline")
+    command.add_argument("--dry-run", action="store_true", help="print the jobs that would be submitted")
+    command.add_argument("--output-root", default="runs", type=Path)
+    command.add_argument("--profile", help="cluster profile YAML (partition, account, qos, ...)")
+    command.add_argument("--cluster", nargs="*", default=[], metavar="key=value",
+                         help="cluster settings, e.g. partition=gpu")
+    command.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for pretraining stages")
+    command.add_argument("--eval-set", nargs="*", default=[], metavar="key=value", help="overrides for evaluations")
+    command.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+
+
 def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m slurm")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run or submit a plan's stages that are not complete")
     run.add_argument("plan", choices=[*PLANS, *ALIASES])
-    run.add_argument("--executor", default="auto", help="auto | slurm | local | inline")
-    run.add_argument("--dry-run", action="store_true", help="print the jobs that would be submitted")
     run.add_argument("--flavour", default="official", help="paper | official presets")
-    run.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     run.add_argument("--datasets", default="", help="comma-separated subset, e.g. cifar100")
-    run.add_argument("--output-root", default="runs", type=Path)
-    run.add_argument("--profile", help="cluster profile YAML (partition, account, qos, ...)")
-    run.add_argument("--cluster", nargs="*", default=[], metavar="key=value", help="cluster settings, e.g. partition=gpu")
-    run.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for pretraining stages")
-    run.add_argument("--eval-set", nargs="*", default=[], metavar="key=value", help="overrides for evaluations")
+    _launch_options(run)
+    sweep = commands.add_parser("sweep", help="run or submit a grid of pretraining overrides x seeds, with evaluations")
+    sweep.add_argument("--preset", required=True, help="the pretraining preset of every point")
+    sweep.add_argument("--grid", nargs="+", required=True, metavar="key=v1,v2", help="e.g. loss.temperature=0.1,0.2")
+    sweep.add_argument("--evals", default="knn", help="protocols of each point, e.g. knn,linear or linear:fast")
+    sweep.add_argument("--name", default="", help="the sweep's name (default: preset-key1+key2)")
+    sweep.add_argument("--nodes", type=int, default=1, help="nodes per job")
+    sweep.add_argument("--gpus-per-node", type=int, default=1)
+    sweep.add_argument("--hours", type=float, default=24.0, help="time limit of each pretraining job")
+    _launch_options(sweep)
     stat = commands.add_parser("status", help="list run directories and submitted jobs")
     stat.add_argument("--output-root", default="runs", type=Path)
     commands.add_parser("plans", help="list the plans")
@@ -50,11 +69,21 @@ def main(argv: list[str] | None = None) -> None:
     if arguments.command == "status":
         print_status(arguments.output_root)
         return
+    seeds = tuple(int(s) for s in _list(arguments.seeds))
     try:
-        plan = build_plan(arguments.plan, arguments.flavour, tuple(int(s) for s in _list(arguments.seeds)),
-                          tuple(_list(arguments.datasets)))
         executor = resolve_executor(arguments.executor)
         cluster = load_cluster_config(arguments.profile, arguments.cluster)
+        if arguments.command == "sweep":
+            grid = parse_grid(arguments.grid)
+            definition = Sweep(arguments.name or default_name(arguments.preset, grid), arguments.preset, grid, seeds,
+                               tuple(_list(arguments.evals)), arguments.nodes, arguments.gpus_per_node, arguments.hours)
+            plan = sweep_plan(definition)
+            if not arguments.dry_run:  # the report rebuilds the sweep from this file
+                save_sweep(arguments.output_root, definition)
+        else:
+            plan = build_plan(arguments.plan, arguments.flavour, seeds, tuple(_list(arguments.datasets)))
+            if not arguments.dry_run:  # `make report` reports what was launched without being told again
+                record_launch(arguments.output_root, plan.name, arguments.flavour, seeds, tuple(_list(arguments.datasets)))
         outcome = launch(plan, executor, arguments.output_root, cluster, arguments.dry_run, arguments.set,
                          arguments.eval_set)
     except RUN_FAILURES as error:  # a bad plan or setting, a stage run inline that failed, a busy plan
@@ -65,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         category = what if what in ("complete", "ran", "would submit") else " ".join(what.split()[:2 if what.startswith(("queued", "not")) else 1])
         counts[category] = counts.get(category, 0) + 1
     print(f"[{plan.name}] " + ", ".join(f"{n} {w}" for w, n in counts.items()))
+    if arguments.command == "sweep" and not arguments.dry_run:
+        print(f"report: python -m reports sweep {definition.name} --output-root {arguments.output_root}")
 
 
 if __name__ == "__main__":

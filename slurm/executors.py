@@ -9,7 +9,9 @@ which resumes from the run directory) and requeues.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,20 @@ def run_stage(kind: str, config: Any) -> dict:
 
 
 class StageTask(submitit.helpers.Checkpointable):
-    """What a submitit job runs. Resubmitting the same task resumes from the run directory."""
+    """What a submitit job runs. Resubmitting the same task resumes from the run directory.
 
-    def __init__(self, kind: str, config: Any):
+    `code_dir`: the code snapshot the job was submitted from (slurm/snapshot.py), kept first on
+    sys.path for imports made while the stage runs; `workdir`: the submission's working directory,
+    where the config's relative paths point."""
+
+    def __init__(self, kind: str, config: Any, code_dir: str = "", workdir: str = ""):
         self.kind, self.config = kind, config
+        self.code_dir, self.workdir = code_dir, workdir or os.getcwd()
 
     def __call__(self) -> dict:
+        if self.code_dir and sys.path[:1] != [self.code_dir]:
+            sys.path.insert(0, self.code_dir)
+        os.chdir(self.workdir)
         environment = submitit.JobEnvironment()
         if environment.num_tasks > 1:
             # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed; devices stay

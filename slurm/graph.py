@@ -19,11 +19,12 @@ from typing import Any, Callable
 import submitit
 
 from common.encoder import ENCODER_RECORD, read_encoder_record
-from common.rundir import RunDirectory, releases_run_locks
+from common.rundir import REPOSITORY_ROOT, RunDirectory, releases_run_locks
 from common.stage import UnreadableData, Upstream
 from plans.registry import stage_record
 from plans.tables import Plan, Stage
 from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
+from slurm.snapshot import CodeSnapshot, snapshot_code, submitting_from
 # SLURM job states that end a job (it will not run again by itself); any other counts as active.
 ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "REVOKED"}
@@ -119,8 +120,10 @@ def job_state(job_id: str, log_folder: str) -> str:
 @releases_run_locks
 def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
            pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
-           echo: Callable[[str], None] = print) -> dict[str, str]:
-    """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}."""
+           echo: Callable[[str], None] = print, snapshot_code_of: Path | None = REPOSITORY_ROOT) -> dict[str, str]:
+    """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}.
+    Submitted jobs run a snapshot of the code taken at their submission (`snapshot_code_of`, the
+    repository; None: the working tree as it is when each job starts)."""
     stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
     unreadable = [f"{item.stage.key}: {item.data_problem}" for item in stages
                   if item.data_problem and not item.is_complete()]
@@ -137,6 +140,8 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
         RunDirectory(registry.folder).acquire()
     log_folder = Path(output_root) / ".submitit" / plan.name
     gpu_hours = 0.0
+    snapshot: CodeSnapshot | None = None
+    snapshot_taken = snapshot_code_of is None  # taken (or not wanted): once per launch
     job_ids: dict[str, str] = {}
     outcome: dict[str, str] = {}
     for item in stages:
@@ -173,9 +178,13 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
             outcome[stage.key] = "ran"
             _refresh_downstream_dirs(stages, item)
             continue
+        if not snapshot_taken:
+            snapshot, snapshot_taken = _snapshot(snapshot_code_of, Path(output_root) / ".code", echo), True
         submitit_executor = make_executor(executor, log_folder, cluster)
         submitit_executor.update_parameters(**parameters)
-        job = submitit_executor.submit(StageTask(stage.kind, item.config))
+        task = StageTask(stage.kind, item.config, str(snapshot.folder) if snapshot else "")  # workdir: here
+        with submitting_from(snapshot.folder if snapshot else None):
+            job = submitit_executor.submit(task)
         job_ids[stage.key] = str(job.job_id)
         outcome[stage.key] = f"submitted {job.job_id}"
         echo(f"[submitted] {stage.key}: job {job.job_id}" + (f" after {dependencies}" if dependencies else ""))
@@ -188,6 +197,17 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
         echo(f"[dry-run] {sum(v == 'would submit' for v in outcome.values())} job(s), at most {gpu_hours:,.0f} GPU-hours "
              "(each job's GPUs x its time limit; requeued jobs add their extra attempts)")
     return outcome
+
+
+def _snapshot(repository: Path, root: Path, echo: Callable[[str], None]) -> CodeSnapshot | None:
+    try:
+        snapshot = snapshot_code(repository, root)
+    except (OSError, RuntimeError) as error:  # not a git checkout, or git missing
+        echo(f"[warning] no code snapshot ({error}); jobs run the working tree as it is when they start")
+        return None
+    changes = f", uncommitted changes {snapshot.diff_digest}" if snapshot.dirty else ""
+    echo(f"[code] jobs run from {snapshot.folder} (commit {snapshot.commit[:10]}{changes})")
+    return snapshot
 
 
 def resources_of(stage: Stage, cluster: ClusterConfig) -> dict:

@@ -230,3 +230,22 @@ def test_slurm_launch_without_partition_or_account_queues_nothing(tmp_path):
     with pytest.raises(ValueError, match="needs a partition and an account"):
         launch(build_plan("smoke"), "slurm", tmp_path / "runs", ClusterConfig(partition="gpu"), echo=_quiet)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_report_remembers_the_launched_seeds_and_names_what_it_leaves_out(tmp_path, capsys):
+    from slurm.__main__ import main as slurm_main
+
+    root = tmp_path / "runs"
+    slurm_main(["run", "smoke", "--executor", "inline", "--seeds", "0,1", "--output-root", str(root),
+                "--set", "optim.epochs=1", "run.progress=false", "--eval-set", "run.progress=false"])
+    (report,) = write_reports(["smoke"], root, tmp_path / "out")  # no seeds given: the launch's
+    text = report.read_text()
+    assert "2 of 2 rows have results" in text
+    assert all("| 0,1 |" in line for line in text.splitlines() if line.startswith("| PatchMix m=2"))
+    assert "leaves out" not in text
+
+    capsys.readouterr()
+    (report,) = write_reports(["smoke"], root, tmp_path / "out", seeds=(0,))
+    assert "Results of 3 stage(s) exist that this report leaves out (seeds 1)" in report.read_text()
+    assert "leaves out (seeds 1)" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""Sweeps: the product of a grid of pretraining overrides, over seeds, each point with its evaluations.
+
+    python -m slurm sweep --preset cifar10_vit_s2_800ep_official \\
+        --grid loss.temperature=0.1,0.2 mix.num_mixed=2,3 --seeds 0,1,2 --evals knn,linear
+
+A sweep is a plan (plans/tables.Plan) whose stage keys name the point, so every point's runs
+coexist (`sweep/<name>/loss.temperature=0.1,mix.num_mixed=2/seed0/pretrain`); its definition is
+kept in `<output_root>/.sweeps/<name>.json`, from which `python -m reports sweep <name>` rebuilds
+the plan and writes the table grouped by the swept keys.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common.checkpoint import atomic_write_text
+from plans.registry import stage_record
+from plans.tables import PRETRAIN, Plan, Row, Stage
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    preset: str  # the pretraining preset every point starts from
+    grid: tuple[tuple[str, tuple[str, ...]], ...]  # ((key, values), ...) in the order given
+    seeds: tuple[int, ...] = (0,)
+    evals: tuple[str, ...] = ("knn",)  # protocol, or protocol:preset (linear:fast)
+    nodes: int = 1
+    gpus_per_node: int = 1
+    hours: float = 24.0
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.grid)
+
+    def points(self) -> list[dict[str, str]]:
+        """Every combination of the grid's values, {key: value}, first key slowest."""
+        return [dict(zip(self.keys, values)) for values in itertools.product(*(values for _, values in self.grid))]
+
+    def protocols(self) -> list[tuple[str, str]]:
+        """(protocol, preset) of each evaluation; the protocol's default preset where none is named."""
+        pairs = []
+        for item in self.evals:
+            protocol, _, chosen = item.partition(":")
+            pairs.append((protocol, chosen or stage_record(protocol).presets[0]))
+        return pairs
+
+
+def point_label(point: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in point.items())
+
+
+def parse_grid(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """["loss.temperature=0.1,0.2", "mix.num_mixed=2,3"] -> (("loss.temperature", ("0.1", "0.2")), ...)."""
+    grid = []
+    for item in items:
+        key, separator, values = item.partition("=")
+        listed = tuple(value for value in values.split(",") if value)
+        if not separator or not key or not listed:
+            raise ValueError(f"grid entries are key=value1,value2,...; got {item!r}")
+        if "/" in values:
+            raise ValueError(f"grid values may not contain '/' (they name stages): {item!r}")
+        grid.append((key, listed))
+    if not grid:
+        raise ValueError("a sweep needs at least one --grid key=value1,value2")
+    if len({key for key, _ in grid}) != len(grid):
+        raise ValueError("each key may appear once in --grid")
+    return tuple(grid)
+
+
+def default_name(preset: str, grid: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+    return f"{preset}-" + "+".join(key.split(".")[-1] for key, _ in grid)
+
+
+def sweep_plan(sweep: Sweep) -> Plan:
+    """Per point and seed: the pretraining stage (the preset + the point's overrides + the seed) and
+    its evaluations, each evaluation filling the report row of its point."""
+    if not NAME.fullmatch(sweep.name):
+        raise ValueError(f"sweep name {sweep.name!r} must be a plain folder name (letters, digits, ._+=-)")
+    stage_record(PRETRAIN).resolve(sweep.preset, [], None)  # an unknown preset fails here, before any job
+    grid = ", ".join(f"{key} in {{{', '.join(values)}}}" for key, values in sweep.grid)
+    plan = Plan(f"sweep-{sweep.name}", f"Sweep of {sweep.preset}: {grid}; seeds {', '.join(map(str, sweep.seeds))}")
+    resources = {"nodes": sweep.nodes, "gpus_per_node": sweep.gpus_per_node}
+    for point in sweep.points():
+        label = point_label(point)
+        overrides = tuple(f"{key}={value}" for key, value in point.items())
+        for seed in sweep.seeds:
+            prefix = f"sweep/{sweep.name}/{label}/seed{seed}"
+            plan.stages.append(Stage(f"{prefix}/pretrain", PRETRAIN, sweep.preset, (*overrides, f"run.seed={seed}"),
+                                     seed=seed, hours=sweep.hours, **resources))
+            for protocol, preset in sweep.protocols():
+                plan.stages.append(Stage(f"{prefix}/{protocol}", protocol, preset, after=f"{prefix}/pretrain",
+                                         seed=seed, hours=stage_record(protocol).hours, **resources,
+                                         rows=(Row("sweep", label, sweep.preset, 0, "", protocol),)))
+    return plan
+
+
+def sweep_file(output_root: Path, name: str) -> Path:
+    return Path(output_root) / ".sweeps" / f"{name}.json"
+
+
+def save_sweep(output_root: Path, sweep: Sweep) -> Path:
+    """Keep the definition for the report. Relaunching a name with more seeds or values is allowed
+    (their runs coexist); the saved definition becomes the union of the grids and seeds."""
+    path = sweep_file(output_root, sweep.name)
+    if path.is_file():
+        old = load_sweep(output_root, sweep.name)
+        if old.preset != sweep.preset or old.keys != sweep.keys:
+            raise ValueError(f"sweep {sweep.name!r} exists with preset {old.preset} and keys {', '.join(old.keys)} "
+                             f"({path}); choose another --name")
+        grid = tuple((key, tuple(dict.fromkeys((*dict(old.grid)[key], *values)))) for key, values in sweep.grid)
+        evals = tuple(dict.fromkeys((*old.evals, *sweep.evals)))
+        sweep = Sweep(**{**asdict(sweep), "grid": grid, "seeds": tuple(sorted({*old.seeds, *sweep.seeds})),
+                         "evals": evals})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(asdict(sweep), indent=2), path)
+    return path
+
+
+def load_sweep(output_root: Path, name: str) -> Sweep:
+    path = sweep_file(output_root, name)
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"no sweep {name!r} under {output_root} (known: {', '.join(known) or 'none'})")
+    data = json.loads(path.read_text())
+    return Sweep(**{**data, "grid": tuple((key, tuple(values)) for key, values in data["grid"]),
+                    "seeds": tuple(data["seeds"]), "evals": tuple(data["evals"])})
+
+
+if __name__ == "__main__":  # `python -m plans.sweeps PRESET KEY=V1,V2 ...`: the default name (for make sweep)
+    import sys
+
+    print(default_name(sys.argv[1], parse_grid(sys.argv[2:])))
