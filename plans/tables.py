@@ -41,11 +41,23 @@ class Stage:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A claim the paper makes in a table: row `better` beats row `worse` (report methods), checked
+    per dataset and protocol on the paired difference over seeds (reports/statistics.py)."""
+
+    text: str
+    better: str
+    worse: str
+
+
 @dataclass
 class Plan:
     name: str
     description: str
     stages: list[Stage] = field(default_factory=list)
+    baseline: str = ""  # the method every other row is compared with (paired over seeds) in reports
+    claims: tuple[Claim, ...] = ()
 
     def stage(self, key: str) -> Stage:
         return next(s for s in self.stages if s.key == key)
@@ -55,7 +67,8 @@ class Plan:
 
 
 BACKBONE = {"vit_t2": "ViT-T/2", "vit_s2": "ViT-S/2", "vit_b2": "ViT-B/2", "vit_s16": "ViT-S/16", "vit_b16": "ViT-B/16"}
-DATASET_LABEL = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet1k"}
+DATASET_LABEL = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet": "imagenet1k",
+                 "fashion_mnist": "fashion_mnist", "fashion_mnist_gpu": "fashion_mnist"}
 # GPUs and hours per pretraining job (requeued until done); evaluation jobs are lighter.
 IMAGENET_RESOURCES = {"nodes": 2, "gpus_per_node": 8, "hours": 48.0}
 CIFAR_RESOURCES = {"nodes": 1, "gpus_per_node": 4, "hours": 24.0}
@@ -134,18 +147,45 @@ def table4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Pla
     return plan
 
 
+@dataclass(frozen=True)
+class AblationBase:
+    """Where the rows of Tables 5-7 (and Figure 4's Fashion-MNIST runs) come from, per dataset token."""
+
+    preset: str  # presets are `<preset>_<row suffix>_<flavour>` (pretrain/configs.py)
+    backbone: str
+    epochs: int
+    resources: dict
+    eval_presets: dict
+
+
+CPU_STUDY_RESOURCES = {"nodes": 1, "gpus_per_node": 0, "hours": 2.0}
+ABLATION_BASES = {
+    "cifar10": AblationBase("cifar10_vit_s2_800ep", "ViT-S/2", 800, CIFAR_RESOURCES, {}),
+    "cifar100": AblationBase("cifar100_vit_s2_800ep", "ViT-S/2", 800, CIFAR_RESOURCES, {}),
+    # Fashion-MNIST scale-downs of the CIFAR family (pretrain/configs.fashion_mnist): `fashion_mnist`
+    # is the cpu scale (about an hour for the study on 2 cores), `fashion_mnist_gpu` the gpu scale.
+    "fashion_mnist": AblationBase("fashion_mnist_cpu", "ViT-debug/4", 8, CPU_STUDY_RESOURCES, {"linear": "fast"}),
+    "fashion_mnist_gpu": AblationBase("fashion_mnist_gpu", "ViT-mini/4", 100,
+                                      {"nodes": 1, "gpus_per_node": 1, "hours": 2.0}, {}),
+}
+FASHION_MNIST = ("fashion_mnist", "fashion_mnist_gpu")
+
+
 def _cifar_ablation(name: str, description: str, rows: dict[str, tuple[str, str]], flavour: str,
-                    seeds: tuple[int, ...], datasets: tuple[str, ...]) -> Plan:
-    """Tables 5-7: ViT-S/2 on CIFAR, 800 epochs, linear and kNN, one pretraining run per row.
-    rows: {key: (method as in the paper's table, preset suffix before the flavour)}."""
-    plan = Plan(name, description)
+                    seeds: tuple[int, ...], datasets: tuple[str, ...], baseline: str,
+                    claims: tuple[Claim, ...]) -> Plan:
+    """Tables 5-7: ViT-S/2 on CIFAR (or its Fashion-MNIST scale-downs), linear and kNN, one
+    pretraining run per row. rows: {key: (method as in the paper's table, preset suffix before the flavour)}."""
+    plan = Plan(name, description, baseline=baseline, claims=claims)
     protocols = ("linear", "knn")
     for seed in seeds:
         for dataset in datasets:
+            base = ABLATION_BASES[dataset]
             for key, (method, suffix) in rows.items():
-                preset_name = f"{dataset}_vit_s2_800ep_{suffix + '_' if suffix else ''}{flavour}"
+                preset_name = f"{base.preset}_{suffix + '_' if suffix else ''}{flavour}"
                 _pretrain_with_evals(plan, f"{name}/{dataset}/{key}", preset_name, seed, protocols,
-                                     _rows(name, method, "ViT-S/2", 800, dataset, protocols), CIFAR_RESOURCES)
+                                     _rows(name, method, base.backbone, base.epochs, dataset, protocols),
+                                     base.resources, eval_presets=base.eval_presets)
     return plan
 
 
@@ -156,22 +196,32 @@ def table5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: t
     rows = {"baseline": ("Baseline", "m1"), "cutmix_mixup": ("CutMix+Mixup", "mix-cutmix_mixup"),
             "regionswap": ("RegionSwap", "mix-regionswap"), "resizemix": ("ResizeMix", "mix-resizemix"),
             "patchmix": ("PatchMix", "")}
+    claims = tuple(Claim(f"PatchMix beats {other}", "PatchMix", other)
+                   for other in ("Baseline", "CutMix+Mixup", "RegionSwap", "ResizeMix"))
     return _cifar_ablation("table5", "Mix strategies with ViT-S/2 on CIFAR, 800 epochs: linear and kNN", rows,
-                           flavour, seeds, datasets)
+                           flavour, seeds, datasets, "Baseline", claims)
 
 
 def table6(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
     rows = {f"m{m}": (f"PatchMix m={m}", f"m{m}") for m in (1, 2, 3, 4)}
+    claims = (Claim("m = 2 beats m = 1 (MoCo v3)", "PatchMix m=2", "PatchMix m=1"),
+              Claim("m = 3 beats m = 1 (MoCo v3)", "PatchMix m=3", "PatchMix m=1"),
+              Claim("m = 3 beats m = 2", "PatchMix m=3", "PatchMix m=2"),
+              Claim("m = 3 beats m = 4", "PatchMix m=3", "PatchMix m=4"))
     return _cifar_ablation("table6", "Number of mixed images m = 1..4 (m = 1 is MoCo v3), ViT-S/2 on CIFAR, 800 epochs",
-                           rows, flavour, seeds, datasets)
+                           rows, flavour, seeds, datasets, "PatchMix m=1", claims)
 
 
 def table7(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
     rows = {subset: (f"PatchMix {subset}", f"loss-{subset}") for subset in ("o2o", "m2o", "m2m", "o2o+m2o", "o2o+m2o+m2m")}
+    claims = (Claim("adding m2o to o2o helps", "PatchMix o2o+m2o", "PatchMix o2o"),
+              Claim("adding m2m to o2o+m2o helps", "PatchMix o2o+m2o+m2m", "PatchMix o2o+m2o"),
+              Claim("o2o alone beats m2o alone", "PatchMix o2o", "PatchMix m2o"),
+              Claim("o2o alone beats m2m alone", "PatchMix o2o", "PatchMix m2m"))
     return _cifar_ablation("table7", "Loss terms (o2o, m2o, m2m and combinations), ViT-S/2 on CIFAR, 800 epochs",
-                           rows, flavour, seeds, datasets)
+                           rows, flavour, seeds, datasets, "PatchMix o2o", claims)
 
 
 FIG5_EPOCHS = (100, 200, 400, 800, 1600)
@@ -192,16 +242,28 @@ def fig5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
     return plan
 
 
-def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
-    """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet: PatchMix against our
-    MoCo v3 baseline (m = 1); the paper's figure also shows DINO and SDMP, which are not run here."""
-    plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K")
+def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("imagenet",),
+         **_) -> Plan:
+    """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet (or of the Fashion-MNIST
+    scale-downs' m = 2 and m = 1 runs, shared with Table 6): PatchMix against our MoCo v3 baseline
+    (m = 1); the paper's figure also shows DINO and SDMP, which are not run here."""
+    plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K",
+                baseline="MoCo v3 (m=1)",
+                claims=(Claim("PatchMix gives related classes more similarity than MoCo v3", "PatchMix",
+                              "MoCo v3 (m=1)"),))
     for seed in seeds:
-        for label, overrides in (("PatchMix", ()), ("MoCo v3 (m=1)", ("mix.num_mixed=1",))):
-            name = "patchmix" if label == "PatchMix" else "mocov3"
-            _pretrain_with_evals(plan, f"fig4/{name}", f"imagenet_vit_s16_300ep_{flavour}", seed, ("similarity",),
-                                 _rows("fig4", label, "ViT-S/16", 300, "imagenet", ("similarity",)),
-                                 IMAGENET_RESOURCES, overrides=overrides)
+        for dataset in datasets:
+            for label, name in (("PatchMix", "patchmix"), ("MoCo v3 (m=1)", "mocov3")):
+                if dataset == "imagenet":
+                    _pretrain_with_evals(plan, f"fig4/{name}", f"imagenet_vit_s16_300ep_{flavour}", seed, ("similarity",),
+                                         _rows("fig4", label, "ViT-S/16", 300, dataset, ("similarity",)),
+                                         IMAGENET_RESOURCES, overrides=() if name == "patchmix" else ("mix.num_mixed=1",))
+                    continue
+                base = ABLATION_BASES[dataset]
+                _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", f"{base.preset}_m{2 if name == 'patchmix' else 1}_"
+                                     f"{flavour}", seed, ("similarity",),
+                                     _rows("fig4", label, base.backbone, base.epochs, dataset, ("similarity",)),
+                                     base.resources)
     return plan
 
 
@@ -237,6 +299,9 @@ def smoke(seeds: tuple[int, ...] = (0,), **_) -> Plan:
 PLANS = {"table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
          "table7": table7, "fig4": fig4, "fig5": fig5, "demo": demo, "smoke": smoke}
 ALIASES = {"ablation-mix-number": "table6", "ablation-loss": "table7"}
+# The datasets each plan can run (the others have fixed datasets and ignore the option).
+PLAN_DATASETS = {**{name: ("cifar10", "cifar100", *FASHION_MNIST) for name in ("table5", "table6", "table7")},
+                 "fig4": ("imagenet", *FASHION_MNIST), "fig5": ("cifar10", "cifar100"), "table3": ("cifar10", "cifar100")}
 
 
 def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0,),
@@ -247,9 +312,9 @@ def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0
     if flavour not in ("paper", "official"):
         raise ValueError(f"flavour must be paper or official, got {flavour!r}")
     keywords = {"flavour": flavour, "seeds": tuple(seeds)}
-    if datasets:
-        unknown = set(datasets) - {"cifar10", "cifar100"}
-        if unknown and name not in ("table2", "table4", "demo", "smoke"):
-            raise ValueError(f"datasets {sorted(unknown)} are not part of {name} (cifar10, cifar100)")
+    if datasets and name in PLAN_DATASETS:
+        unknown = set(datasets) - set(PLAN_DATASETS[name])
+        if unknown:
+            raise ValueError(f"datasets {sorted(unknown)} are not part of {name} ({', '.join(PLAN_DATASETS[name])})")
         keywords["datasets"] = tuple(datasets)
     return PLANS[name](**keywords)

@@ -6,6 +6,7 @@ Reads only result.json files under the output root; rows without results say "no
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,6 +98,21 @@ def write_reports(names: list[str], output_root: Path, out: Path, flavour: str =
     return written
 
 
+def export_csv(output_root: Path, path: Path) -> Path:
+    """Every completed run's result as one CSV row: stage key, seed, metrics, config hash, commit and
+    the run directory relative to the output root (a compact, diffable record of a study)."""
+    results = collect(output_root)
+    if not results.empty:
+        results = results.assign(run_dir=[os.path.relpath(d, output_root) for d in results.run_dir])
+        columns = [c for c in ("experiment", "stage", "protocol", "seed") if c in results]
+        columns += sorted(c for c in results if c.startswith("metric."))
+        columns += [c for c in ("config_hash", "experiment_hash", "git_commit", "git_dirty", "run_dir") if c in results]
+        results = results[columns].sort_values("experiment")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results.to_csv(path, index=False)
+    return path
+
+
 def sweep_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m reports sweep", description="a sweep's table and figures")
     parser.add_argument("name", help="the name `python -m slurm sweep` printed")
@@ -124,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flavour", default="official")
     parser.add_argument("--seeds", default="", help="default: the seeds launched for each plan, else 0")
     parser.add_argument("--datasets", default="", help="default: the datasets launched for each plan")
+    parser.add_argument("--csv", type=Path, help="also write every collected result (one row per run) to this CSV")
     arguments = parser.parse_args(argv)
     names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke")]
     seeds = tuple(int(s) for s in arguments.seeds.replace(",", " ").split())
@@ -131,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for path in write_reports(names, arguments.output_root, arguments.out, arguments.flavour, seeds, datasets):
             print(f"wrote {path}")
+        if arguments.csv:
+            print(f"wrote {export_csv(arguments.output_root, arguments.csv)}")
     except (InconsistentResults, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -64,3 +64,27 @@ def test_table4_runs_the_papers_vit_fpn_protocol_and_vitdet_as_its_own_row():
     transfers = [stage for stage in build_plan("table4", seeds=(0,)).stages if stage.kind == "transfer"]
     assert {stage.preset: {row.method for row in stage.rows} for stage in transfers} == {
         "vit_fpn_100ep": {"PatchMix"}, "vitdet_100ep": {"PatchMix (ViTDet recipe)"}}
+
+
+def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
+    """DATASET=fashion_mnist: the ablation rows are the CIFAR ViT-S/2 rows scaled down (same mixing and
+    loss, smaller model, images and schedule), and Figure 4 reuses Table 6's m = 2 and m = 1 runs."""
+    from pretrain.configs import PRESETS, preset
+    from plans.tables import build_plan
+
+    for name in ("table5", "table6", "table7", "fig4"):
+        for dataset in ("fashion_mnist", "fashion_mnist_gpu"):
+            plan = build_plan(name, seeds=(0, 1), datasets=(dataset,))
+            assert all(stage.preset in PRESETS for stage in plan.stages if stage.kind == "pretrain"), name
+            assert {row.dataset for stage in plan.reported() for row in stage.rows} == {"fashion_mnist"}
+    fig4 = {s.preset for s in build_plan("fig4", datasets=("fashion_mnist",)).stages if s.kind == "pretrain"}
+    assert fig4 == {"fashion_mnist_cpu_m2_official", "fashion_mnist_cpu_m1_official"}
+    for row in ("m3", "mix-resizemix", "loss-o2o+m2o"):
+        cifar, fashion = preset(f"cifar10_vit_s2_800ep_{row}_official"), preset(f"fashion_mnist_cpu_{row}_official")
+        assert fashion.mix == cifar.mix and fashion.loss == cifar.loss
+        assert fashion.augment == cifar.augment
+        assert (fashion.data.dataset, fashion.model.patch_size, fashion.model.image_size) == ("fashion_mnist", 4, 28)
+        assert (fashion.run.device, fashion.run.precision, fashion.model.compile) == ("cpu", "fp32", False)
+    assert preset("fashion_mnist_gpu_official").run.precision == "fp16"  # the official flavour's, on a GPU
+    with pytest.raises(ValueError, match="not part of table6"):
+        build_plan("table6", datasets=("imagenet",))
