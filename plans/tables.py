@@ -270,7 +270,9 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
 def demo(seeds: tuple[int, ...] = (0,), **_) -> Plan:
     """The CPU demo on Fashion-MNIST: m = 1 (MoCo v3), 2, 3; kNN and a linear probe on cached
     features; plus kNN of the randomly initialised encoder, to show what pretraining added."""
-    plan = Plan("demo", "Fashion-MNIST, tiny ViT on CPU: PatchMix m = 1, 2, 3; kNN and linear probe")
+    plan = Plan("demo", "Fashion-MNIST, tiny ViT on CPU: PatchMix m = 1, 2, 3; kNN and linear probe",
+                baseline="MoCo v3 (m=1)", claims=(Claim("m = 2 beats m = 1 (MoCo v3)", "PatchMix m=2", "MoCo v3 (m=1)"),
+                                                  Claim("m = 3 beats m = 1 (MoCo v3)", "PatchMix m=3", "MoCo v3 (m=1)")))
     protocols = ("knn", "linear")
     resources = {"nodes": 1, "gpus_per_node": 0, "hours": 1.0}
     for seed in seeds:

@@ -1,6 +1,8 @@
 """Markdown tables: for every row of a plan, the paper's number, ours (mean +- std over seeds),
-the difference, the protocol and preset, and provenance; then the paper's other methods (MoCo v3,
-DINO, SDMP, iBOT, ...) for the same setting as reference rows.
+the difference, the protocol and preset, and provenance; with several seeds, the 95 % interval of
+the mean and the paired difference with the plan's baseline row, then the verdict on each of the
+paper's claims (reports/statistics.py); then the paper's other methods (MoCo v3, DINO, SDMP, iBOT,
+...) for the same setting as reference rows.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pandas as pd
 
 from plans.registry import headline
 from plans.tables import Plan, Row
+from reports.statistics import Interval, mean_interval, paired_difference, verdict
 
 
 
@@ -29,6 +32,12 @@ class RowResult:
     experiment_hash: str
     commit: str
     notes: list[str] = field(default_factory=list)  # results left out of the mean, unfinished pretraining
+    values: dict[int, float] = field(default_factory=dict)  # seed -> the value averaged
+
+    @property
+    def interval(self) -> Interval | None:
+        """95 % t interval of the mean over seeds (None with fewer than two)."""
+        return mean_interval(list(self.values.values()))
 
     @property
     def delta(self) -> float | None:
@@ -90,7 +99,7 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
         mean = sum(values) / len(values) if values else None
         std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0) if values else None
         output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in averaged),
-                                presets[row], identity, commit[:10], notes))
+                                presets[row], identity, commit[:10], notes, dict(averaged)))
     return output
 
 
@@ -127,18 +136,68 @@ def preset_flavour(preset: str) -> str:
     return next((flavour for flavour in ("official", "paper") if pretraining.endswith(f"_{flavour}")), "other")
 
 
-def markdown_table(results: list[RowResult]) -> str:
-    lines = ["| Method | Backbone | Epochs | Dataset | Protocol | Paper | Ours | Δ | Seeds | Preset | Flavour | Config "
-             "| Commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def _interval(interval: Interval | None, scale: float | None) -> str:
+    if interval is None:
+        return "—"
+    return f"[{_number(interval.low, scale=scale)}, {_number(interval.high, scale=scale)}]"
+
+
+def counterpart(results: list[RowResult], row: Row, method: str) -> RowResult | None:
+    """The result of `method` in the same setting as `row` (backbone, epochs, dataset, protocol)."""
+    return next((r for r in results if r.row.method == method and (r.row.backbone, r.row.epochs, r.row.dataset,
+                                                                  r.row.protocol) ==
+                 (row.backbone, row.epochs, row.dataset, row.protocol)), None)
+
+
+def _paired(first: RowResult, second: RowResult | None) -> str:
+    """first - second over their common seeds: mean [95 % interval] (n)."""
+    if second is None or first is second:
+        return "—"
+    mean, interval, pairs = paired_difference(first.values, second.values)
+    if mean is None:
+        return "—"
+    shown = _number(mean, signed=True, scale=first.mean)
+    return f"{shown} {_interval(interval, first.mean)} (n={pairs})" if interval else f"{shown} (n={pairs})"
+
+
+def markdown_table(results: list[RowResult], baseline: str = "") -> str:
+    """One line per row. With more than one seed anywhere: the 95 % interval of the mean and the
+    paired difference with the `baseline` row (same seeds: same data order and initialisation)."""
+    statistics = any(len(r.seeds) > 1 for r in results)
+    extra = " 95 % CI | Δ vs baseline (paired, 95 % CI) |" if statistics else ""
+    lines = ["| Method | Backbone | Epochs | Dataset | Protocol | Paper | Ours | Δ | Seeds |" + extra
+             + " Preset | Flavour | Config | Commit |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|---|" * statistics + "---|---|---|---|"]
     for r in results:
         metric, meaning = headline(r.row.protocol)
         protocol = r.row.protocol if metric == r.row.protocol else f"{r.row.protocol} ({meaning})"
+        cells = (f" {_interval(r.interval, r.mean)} | {_paired(r, counterpart(results, r.row, baseline))} |"
+                 if statistics else "")
         lines.append(f"| {r.row.method} | {r.row.backbone} | {r.row.epochs or '—'} | {r.row.dataset} | {protocol} | "
                      f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True, scale=r.mean)} | "
-                     f"{','.join(map(str, r.seeds)) or '—'} | {r.preset} | {preset_flavour(r.preset)} | "
+                     f"{','.join(map(str, r.seeds)) or '—'} |{cells} {r.preset} | {preset_flavour(r.preset)} | "
                      f"{r.experiment_hash or '—'} | {r.commit or '—'} |")
     return "\n".join(lines)
+
+
+def claims_table(plan: Plan, results: list[RowResult]) -> str:
+    """Each claim of the paper in this table, per setting where both rows have results: the paired
+    difference (better - worse) over seeds with its 95 % interval, and the verdict: holds (interval
+    above 0), reversed (below 0), not resolved (contains 0, or a single seed)."""
+    lines = []
+    for claim in plan.claims:
+        for better in (r for r in results if r.row.method == claim.better and r.values):
+            worse = counterpart(results, better.row, claim.worse)
+            if worse is None or not worse.values:
+                continue
+            _, interval, pairs = paired_difference(better.values, worse.values)
+            outcome = verdict(interval) + (" (one seed)" if pairs == 1 else "")
+            lines.append(f"| {claim.text} | {better.row.dataset} | {better.row.backbone} | {better.row.protocol} | "
+                         f"{_paired(better, worse)} | {outcome} |")
+    if not lines:
+        return ""
+    return "\n".join(["| Claim of the paper | Dataset | Backbone | Protocol | Paired Δ (95 % CI, seeds) | At this scale |",
+                      "|---|---|---|---|---|---|", *lines])
 
 
 FIDELITY_DOC = "docs/fidelity.md"
@@ -179,7 +238,13 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flav
              "Ours: mean ± std over seeds (sample std); Δ = ours − paper. kNN: top-1 at k = 20 "
              "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json). "
              f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",
-             markdown_table(rows)]
+             markdown_table(rows, plan.baseline)]
+    claims = claims_table(plan, rows)
+    if claims:
+        parts += ["", "## The paper's claims at this scale", "",
+                  f"Baseline row: {plan.baseline}. Δ columns are paired over seeds (same seed: same data order and "
+                  "initialisation); a claim holds when the 95 % interval of its paired difference lies above 0, is "
+                  "reversed when it lies below 0, and is not resolved otherwise.", "", claims]
     notes = [f"- {r.row.method} {r.row.dataset} {r.row.protocol}: {note}" for r in rows for note in r.notes]
     if notes:
         parts += ["", "\\* Seeds lists the seeds averaged. Notes:", "", *notes]
