@@ -63,6 +63,21 @@ def _git(*arguments: str) -> str:
         return ""
 
 
+EXPERIMENTS_FILE = "experiments.json"  # further plan stages a finished run serves (see record_experiment)
+
+
+def record_experiment(run_dir: Path, key: str) -> None:
+    """Note that the plan stage `key` is served by the finished run `run_dir`, whose result.json
+    names the stage that ran it. Two plans asking for the same config share one run (e.g. Table 5's
+    Baseline and Table 6's m = 1); the reports find it under each stage key."""
+    run_dir = Path(run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    path = run_dir / EXPERIMENTS_FILE
+    known = json.loads(path.read_text()) if path.is_file() else []
+    if key != result.get("experiment") and key not in known:
+        atomic_write_text(json.dumps(sorted({*known, key}), indent=2), path)
+
+
 CODE_RECORD = "code.json"  # in a code snapshot (slurm/snapshot.py), which is no git checkout
 
 

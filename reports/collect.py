@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from common.rundir import EXPERIMENTS_FILE
+
 REFERENCE_CSV = Path(__file__).resolve().parent / "reference" / "paper_tables.csv"
 
 
@@ -41,6 +43,9 @@ def collect(output_root: Path) -> pd.DataFrame:
             if not isinstance(record, dict):
                 raise ValueError("not a JSON object")
             rows.append(_flatten(record, path))
+            aliases = path.parent / EXPERIMENTS_FILE  # other plan stages this run serves (same config)
+            if aliases.is_file():
+                rows += [{**rows[-1], "experiment": key} for key in json.loads(aliases.read_text())]
         except (OSError, ValueError) as error:  # written atomically, so damaged after the fact
             damaged.append((str(path), f"{type(error).__name__}: {error}"))
     frame = pd.DataFrame(rows)

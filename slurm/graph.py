@@ -19,7 +19,7 @@ from typing import Any, Callable
 import submitit
 
 from common.encoder import ENCODER_RECORD, read_encoder_record
-from common.rundir import REPOSITORY_ROOT, RunDirectory, releases_run_locks
+from common.rundir import REPOSITORY_ROOT, RunDirectory, record_experiment, releases_run_locks
 from common.stage import UnreadableData, Upstream
 from plans.registry import stage_record
 from plans.tables import Plan, Stage
@@ -148,6 +148,8 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
         stage = item.stage
         if item.is_complete():
             outcome[stage.key] = "complete"
+            if not dry_run:  # a run made for another stage (same config) serves this one too
+                record_experiment(item.run_dir, stage.key)
             echo(f"[done] {stage.key}: {item.run_dir}")
             continue
         if executor == "slurm" and not dry_run:

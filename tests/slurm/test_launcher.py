@@ -249,3 +249,25 @@ def test_report_remembers_the_launched_seeds_and_names_what_it_leaves_out(tmp_pa
     (report,) = write_reports(["smoke"], root, tmp_path / "out", seeds=(0,))
     assert "Results of 3 stage(s) exist that this report leaves out (seeds 1)" in report.read_text()
     assert "leaves out (seeds 1)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_run_shared_by_two_plans_is_reported_under_both_stage_keys(tmp_path):
+    """Table 5's Baseline and Table 6's m = 1 are one config: the second plan finds the run complete
+    and the reports find its result under the second plan's key too."""
+    import dataclasses
+
+    from plans.tables import Plan
+    from reports.collect import collect
+
+    first = build_plan("smoke")
+    common = {"pretrain_overrides": ["optim.epochs=1", "run.progress=false"], "eval_overrides": ["run.progress=false"],
+              "echo": _quiet}
+    launch(first, "inline", tmp_path / "runs", ClusterConfig(), **common)
+    renamed = {stage.key: stage.key.replace("smoke/", "other/") for stage in first.stages}
+    second = Plan("other", "the same runs", [dataclasses.replace(stage, key=renamed[stage.key],
+                                                                 after=renamed.get(stage.after, ""))
+                                               for stage in first.stages])
+    assert set(launch(second, "inline", tmp_path / "runs", ClusterConfig(), **common).values()) == {"complete"}
+    experiments = collect(tmp_path / "runs").experiment.tolist()
+    assert sorted(experiments) == sorted([*renamed, *renamed.values()])
