@@ -181,7 +181,7 @@ def demo_fashion_mnist(num_mixed: int = 2) -> PretrainConfig:
         model=ModelConfig(arch="vit_debug", patch_size=4, image_size=28, drop_path_rate=0.0,
                           projector_hidden_dim=256, predictor_hidden_dim=256, output_dim=64),
         data=DataConfig(dataset="fashion_mnist", root="data/fashion-mnist", num_workers=1,
-                        train_subset=8192, test_subset=2000),
+                        train_subset=6144, test_subset=2000),
         augment=AugmentConfig(crop_scale_min=0.3),
         mix=MixConfig(num_mixed=num_mixed),
         optim=OptimConfig(epochs=8, warmup_epochs=1, batch_size=128, base_lr=3e-3,
