@@ -42,8 +42,7 @@ class Trackers:
 
     def __init__(self, run_dir: Path, stage: str, run: Any, config: Any = None):
         self.run_dir, self.stage, self.config = Path(run_dir), stage, config
-        self.names = list(getattr(run, "loggers", []) or [])
-        check_loggers(self.names)
+        self.names = list(getattr(run, "loggers", []) or [])  # validated by RunConfig.check
         self.wandb_project = getattr(run, "wandb_project", "patchmix")
         self.wandb_mode = getattr(run, "wandb_mode", "online")
         self.resume_step = 0
