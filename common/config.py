@@ -111,12 +111,20 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def added_field(default: Any, **kwargs: Any) -> Any:
+def added_field(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
     """A dataclass field added after runs were made: at its default it is left out of the config
     hash, so that every run made before it existed keeps its identity (its directory is still found
     complete); any other value changes the hash as usual. The default must be what the code computed
-    before the field existed."""
-    return dataclasses.field(default=default, metadata={"hash_neutral_at_default": True}, **kwargs)
+    before the field existed. A section (a dataclass) takes `default_factory=` instead of a default."""
+    if default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    return dataclasses.field(metadata={"hash_neutral_at_default": True}, **kwargs)
+
+
+def _field_default(spec: dataclasses.Field) -> Any:
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
 
 
 def _hashed_dict(config: Any) -> Any:
@@ -126,7 +134,7 @@ def _hashed_dict(config: Any) -> Any:
     data = {}
     for spec in dataclasses.fields(config):
         value = getattr(config, spec.name)
-        if spec.metadata.get("hash_neutral_at_default") and value == spec.default:
+        if spec.metadata.get("hash_neutral_at_default") and value == _field_default(spec):
             continue
         data[spec.name] = _hashed_dict(value)
     return data

@@ -38,6 +38,10 @@ VIT_SIZES: dict[str, VitSize] = {
 
 
 POS_EMBED_INTERPOLATIONS = ("timm", "dino")
+# How a pretraining method initialises and trains the ViT's stem (the evaluated architecture is the
+# same whatever the choice: these change starting values and which parameters learn).
+INITIALISATIONS = ("moco", "dino")  # MoCo v3's (PatchMix, SDMP) or DINO's (timm's default + cls N(0, .02))
+POSITION_EMBEDDINGS = ("learned", "sincos")  # sincos: MoCo v3's fixed 2-D sin-cos table, not trained
 
 
 def dino_resample_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -87,6 +91,9 @@ def build_vit(
     num_heads: int = 0,
     drop_path_rate: float = 0.0,
     pos_embed_interpolation: str = "timm",
+    initialisation: str = "moco",
+    position_embedding: str = "learned",
+    freeze_patch_embedding: bool = False,
 ) -> VisionTransformer:
     """A timm ViT without classifier head, initialised as in MoCo v3.
 
@@ -98,7 +105,17 @@ def build_vit(
         drop_path_rate: stochastic depth (0.1 on the pretraining base encoder, 0 on the momentum one).
         pos_embed_interpolation: how position embeddings are resampled for other input sizes
             (`timm` or `dino`, see PatchMixVisionTransformer); the build size is never resampled.
+        initialisation: `moco` (MoCo v3: xavier linears with the qkv fan split in three, cls N(0, 1e-6),
+            patch projection as a linear layer) or `dino` (DINO's ViT: truncated N(0, .02) linears and
+            position embedding, cls token truncated N(0, .02), the patch convolution at torch's default).
+        position_embedding: `learned`, or `sincos` (MoCo v3's fixed 2-D sin-cos table, frozen).
+        freeze_patch_embedding: MoCo v3's stop-grad-conv1: the patch projection keeps its random init.
     """
+    if initialisation not in INITIALISATIONS:
+        raise ConfigError(f"initialisation must be one of {', '.join(INITIALISATIONS)}, got {initialisation!r}")
+    if position_embedding not in POSITION_EMBEDDINGS:
+        raise ConfigError(f"position_embedding must be one of {', '.join(POSITION_EMBEDDINGS)}, "
+                          f"got {position_embedding!r}")
     if arch not in VIT_SIZES:
         raise ConfigError(f"unknown ViT arch {arch!r}; choose one of {sorted(VIT_SIZES)}")
     if image_size % patch_size:
@@ -121,10 +138,39 @@ def build_vit(
         global_pool="token",
         dynamic_img_size=True,
         drop_path_rate=drop_path_rate,
-        weight_init="moco",
+        weight_init="moco" if initialisation == "moco" else "",
     )
-    _init_patch_projection(model)
+    if initialisation == "moco":
+        _init_patch_projection(model)
+    else:  # DINO's ViT draws its cls token like its position embedding (timm: N(0, 1e-6))
+        nn.init.trunc_normal_(model.cls_token, std=0.02)
+    if position_embedding == "sincos":
+        with torch.no_grad():
+            model.pos_embed.copy_(sincos_position_embedding(model.patch_embed.grid_size, model.embed_dim))
+        model.pos_embed.requires_grad_(False)
+    if freeze_patch_embedding:
+        model.patch_embed.proj.weight.requires_grad_(False)
+        model.patch_embed.proj.bias.requires_grad_(False)
     return model
+
+
+def sincos_position_embedding(grid_size: tuple[int, int], width: int, temperature: float = 10000.0) -> torch.Tensor:
+    """MoCo v3's fixed 2-D sin-cos position embedding: (1, 1 + rows * cols, width), zeros for the cls token.
+
+    As published, the first half of the channels encodes `token index // rows` and the second half
+    `token index % rows` (its meshgrid's axis order), sin then cos in each half.
+    """
+    rows, cols = grid_size
+    if width % 4:
+        raise ConfigError(f"a 2-D sin-cos position embedding needs a width divisible by 4, got {width}")
+    first_axis, second_axis = torch.meshgrid(torch.arange(cols, dtype=torch.float32),
+                                             torch.arange(rows, dtype=torch.float32), indexing="ij")
+    quarter = width // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    out_first = first_axis.flatten()[:, None] * omega[None, :]
+    out_second = second_axis.flatten()[:, None] * omega[None, :]
+    table = torch.cat([out_first.sin(), out_first.cos(), out_second.sin(), out_second.cos()], dim=1)
+    return torch.cat([torch.zeros(1, width), table], dim=0)[None]
 
 
 def _init_patch_projection(model: VisionTransformer) -> None:

@@ -6,11 +6,12 @@ from typing import Callable
 
 from torchvision import transforms
 
-from common.config import ConfigError
+from common.config import ConfigError, added_field
 from common.transforms import NORMALIZE, RandomGaussianBlur
 from pretrain.device_decode import CropBox
 
 BICUBIC = transforms.InterpolationMode.BICUBIC
+CROP_INTERPOLATIONS = {"bicubic": BICUBIC, "bilinear": transforms.InterpolationMode.BILINEAR}
 
 
 @dataclass
@@ -21,6 +22,9 @@ class AugmentConfig:
     local_crop_size: int = 96  # side of the local crops in pixels
     local_crop_scale_min: float = 0.05  # smallest area share of the local crops
     local_crop_scale_max: float = 0.35  # largest area share of the local crops
+    # Resampling of the random resized crop: bicubic (PatchMix, DINO) or bilinear (torchvision's
+    # default, which MoCo v3 and SDMP use).
+    crop_interpolation: str = added_field("bicubic")
     # Colour jitter, grayscale, blur and solarize batched on the training device (pretrain/gpu_augment.py);
     # the loader workers then only decode, crop and flip. The PIL path stays the default.
     gpu: bool = False
@@ -37,16 +41,22 @@ class AugmentConfig:
                 raise ConfigError(f"{what}_min/max must satisfy 0 < min <= max <= 1, got {low}, {high}")
         if self.num_local_crops < 0:
             raise ConfigError("num_local_crops must be >= 0")
+        if self.crop_interpolation not in CROP_INTERPOLATIONS:
+            raise ConfigError(f"crop_interpolation must be one of {', '.join(CROP_INTERPOLATIONS)}, "
+                              f"got {self.crop_interpolation!r}")
+        if self.gpu_decode and self.crop_interpolation != "bicubic":
+            raise ConfigError("augment.gpu_decode=true resamples crops bicubically only: set "
+                              "augment.crop_interpolation=bicubic or augment.gpu_decode=false")
         if self.gpu_decode and not self.gpu:
             raise ConfigError("augment.gpu_decode=true needs augment.gpu=true (the colour augmentations "
                               "then run on the device too)")
 
 
 def view_transform(size: int, scale: tuple[float, float], blur_probability: float,
-                   solarize_probability: float) -> Callable:
+                   solarize_probability: float, interpolation: str = "bicubic") -> Callable:
     """PIL image -> normalised (3, size, size) tensor with Table 10's random augmentations."""
     return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC),
+        transforms.RandomResizedCrop(size, scale=scale, interpolation=CROP_INTERPOLATIONS[interpolation]),
         transforms.RandomHorizontalFlip(),
         transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
         transforms.RandomGrayscale(p=0.2),
@@ -63,9 +73,10 @@ def view_probabilities(config: AugmentConfig) -> list[tuple[float, float]]:
     return [(1.0, 0.0), (0.1, 0.2)] + [(0.5, 0.0)] * config.num_local_crops
 
 
-def crop_transform(size: int, scale: tuple[float, float]) -> Callable:
+def crop_transform(size: int, scale: tuple[float, float], interpolation: str = "bicubic") -> Callable:
     """The CPU half of the GPU path: PIL image -> uint8 (3, size, size) tensor, cropped and flipped."""
-    return transforms.Compose([transforms.RandomResizedCrop(size, scale=scale, interpolation=BICUBIC),
+    return transforms.Compose([transforms.RandomResizedCrop(size, scale=scale,
+                                                            interpolation=CROP_INTERPOLATIONS[interpolation]),
                                transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
 
 
@@ -84,6 +95,6 @@ def pretraining_views(config: AugmentConfig, image_size: int) -> list[Callable]:
     if config.gpu_decode:
         return [CropBox(crop_scale) for _, crop_scale in sizes]
     if config.gpu:
-        return [crop_transform(size, crop_scale) for size, crop_scale in sizes]
-    return [view_transform(size, crop_scale, blur, solarize)
+        return [crop_transform(size, crop_scale, config.crop_interpolation) for size, crop_scale in sizes]
+    return [view_transform(size, crop_scale, blur, solarize, config.crop_interpolation)
             for (size, crop_scale), (blur, solarize) in zip(sizes, view_probabilities(config))]

@@ -25,15 +25,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from common.config import ConfigError
+from common.config import ConfigError, added_field
 from common.datasets import DataConfig, dataset_fingerprint
 from common.encoder import encoder_prefixes
 from common.rundir import RunDirectory
 from common.runtime import NON_RESULT_FIELDS, RunConfig
 from pretrain.augment import AugmentConfig
 from pretrain.loss import LossConfig
-from pretrain.model import ModelConfig
+from pretrain.methods import METHODS, method_named
+from pretrain.methods.dino import DinoConfig
+from pretrain.methods.sdmp import SdmpConfig
 from pretrain.mixers import MixConfig
+from pretrain.model import ModelConfig
 
 FLAVOURS = ("paper", "official")
 
@@ -68,23 +71,43 @@ class OptimConfig:
 
 @dataclass
 class PretrainConfig:
+    # The pretraining method (pretrain/methods/): patchmix (mix, loss sections) | dino (dino) | sdmp (sdmp)
+    method: str = added_field("patchmix")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    mix: MixConfig = field(default_factory=MixConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    mix: MixConfig = field(default_factory=MixConfig)  # PatchMix only
+    loss: LossConfig = field(default_factory=LossConfig)  # PatchMix only
+    dino: DinoConfig = added_field(default_factory=DinoConfig)  # DINO only
+    sdmp: SdmpConfig = added_field(default_factory=SdmpConfig)  # SDMP only
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="patchmix"))
     preset: str = ""  # the preset this config was derived from, recorded for reports
 
     def check(self) -> None:
-        """Checks that span sections (each section checks its own fields first)."""
-        tokens = (self.model.image_size // self.model.patch_size) ** 2
-        if self.mix.num_mixed > tokens:
-            raise ConfigError(f"mix.num_mixed={self.mix.num_mixed} exceeds the {tokens} tokens per image")
+        """Checks that span sections (each section checks its own fields first): the method exists,
+        no other method's field is set, local crops only where the method uses them."""
+        method = method_named(self.method)
+        for other in METHODS.values():
+            for section in set(other.sections) - set(method.sections):
+                changed = _changed_fields(getattr(self, section), section)
+                if changed:
+                    raise ConfigError(f"{changed[0]} is a field of method {other.name}; this run's method is "
+                                      f"{self.method} (set method={other.name}, or leave {section}.* at its defaults)")
+        if self.augment.num_local_crops and not method.uses_local_crops:
+            raise ConfigError(f"augment.num_local_crops={self.augment.num_local_crops}: method {self.method} has no "
+                              "local crops (set augment.num_local_crops=0)")
         if self.augment.num_local_crops and self.augment.local_crop_size % self.model.patch_size:
             raise ConfigError(f"augment.local_crop_size {self.augment.local_crop_size} must be a "
                               f"multiple of model.patch_size {self.model.patch_size}")
+        method.check(self)
+
+
+def _changed_fields(section, name: str) -> list[str]:
+    """Dotted names of the fields of a section that differ from the section's defaults."""
+    default = type(section)()
+    return [f"{name}.{spec.name}" for spec in dataclasses.fields(section)
+            if getattr(section, spec.name) != getattr(default, spec.name)]
 
 
 def _with(config: PretrainConfig, **sections) -> PretrainConfig:
@@ -144,6 +167,79 @@ def _published(config: PretrainConfig) -> PretrainConfig:
     """What every official preset shares with the published code whatever the table: smoothed o2o
     targets (its mixer's default 0.1) and fp16 autocast with a GradScaler (whatever its flag says)."""
     return _with(config, loss={"origin_smoothing": 0.1}, run={"precision": "fp16"})
+
+
+def dino_imagenet(arch: str, epochs: int) -> PretrainConfig:
+    """DINO's published ImageNet recipes (facebookresearch/dino README): ViT-S/16 as its "full command"
+    (teacher temperature 0.04 -> 0.07 over 30 epochs, norm_last_layer off), ViT-B/16 as its ViT-B command
+    (main_dino.py's defaults); 16 GPUs x 64 = batch 1024, 2 x 224 px + 8 x 96 px crops, fp16. Its ViT-S
+    has 6 heads. The device augmentation path of the PatchMix ImageNet presets (same transforms)."""
+    small = arch == "vit_s"
+    return PretrainConfig(
+        method="dino",
+        model=ModelConfig(arch=ARCHES[arch], patch_size=16, image_size=224, num_heads=6 if small else 0,
+                          initialisation="dino", pos_embed_interpolation="dino", compile=True),
+        data=DataConfig(dataset="imagenet", root="data/imagenet", num_workers=10),
+        augment=AugmentConfig(crop_scale_min=0.4, num_local_crops=8, local_crop_scale_min=0.05,
+                              local_crop_scale_max=0.4, gpu=True, gpu_decode=True, gpu_compile=True),
+        dino=DinoConfig(norm_last_layer=not small, teacher_temp=0.07 if small else 0.04,
+                        warmup_teacher_temp_epochs=30 if small else 0),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=10, batch_size=1024, base_lr=5e-4),
+        run=RunConfig(name="dino", precision="fp16"),
+    )
+
+
+def dino_cifar(dataset: str, arch: str, epochs: int) -> PretrainConfig:
+    """DINO's recipe at the CIFAR presets' size: 32 px, patch 2, batch 512 and the CIFAR schedule
+    (warm-up 100 of 800 epochs) of the PatchMix rows; two 32 px global crops and no local crops (the
+    paper's Table 3 "2x32"), at main_dino.py's recommended scale 0.14-1 without multi-crop; the
+    ViT-S/16 README recipe's head and teacher settings (docs/fidelity.md)."""
+    return PretrainConfig(
+        method="dino",
+        model=ModelConfig(arch=ARCHES[arch], patch_size=2, image_size=32, num_heads=6 if arch == "vit_s" else 0,
+                          initialisation="dino", pos_embed_interpolation="dino", compile=True),
+        data=DataConfig(dataset=dataset, root="data/cifar", num_workers=8),
+        augment=AugmentConfig(crop_scale_min=0.14),
+        dino=DinoConfig(norm_last_layer=False, teacher_temp=0.07, warmup_teacher_temp_epochs=30),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=100, batch_size=512, base_lr=5e-4),
+        run=RunConfig(name="dino", precision="fp16"),
+    )
+
+
+def sdmp_imagenet(arch: str, epochs: int, flavour: str) -> PretrainConfig:
+    """SDMP's published ImageNet command (OliverRensu/SDMP README, moco/): MoCo v3's ViT (12 heads,
+    fixed sin-cos positions, frozen patch projection: --stop-grad-conv1, no drop path), AdamW lr 1.5e-4
+    x batch / 256 with 40 warm-up epochs and a cosine to 0, weight decay 0.1 on every parameter,
+    momentum 0.99 -> 1 (--moco-m-cos), tau 0.2, two 224 px views (crop 0.08-1, bilinear), fp16."""
+    return PretrainConfig(
+        method="sdmp",
+        model=ModelConfig(arch=ARCHES[arch], patch_size=16, image_size=224, drop_path_rate=0.0,
+                          position_embedding="sincos", freeze_patch_embedding=True, compile=True),
+        data=DataConfig(dataset="imagenet", root="data/imagenet", num_workers=10),
+        augment=AugmentConfig(crop_scale_min=0.08, crop_interpolation="bilinear", gpu=True, gpu_compile=True),
+        sdmp=_sdmp_flavour(flavour),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=40, batch_size=1024, base_lr=1.5e-4, min_lr=0.0,
+                          weight_decay=0.1, weight_decay_end=0.1, momentum=0.99),
+        run=RunConfig(name="sdmp", precision="fp16"),
+    )
+
+
+def sdmp_cifar(dataset: str, arch: str, epochs: int, flavour: str) -> PretrainConfig:
+    """SDMP's recipe at the CIFAR presets' size: 32 px, patch 2, batch 512 and the CIFAR schedule
+    (warm-up 100 of 800 epochs); everything else as its ImageNet command."""
+    return _with(sdmp_imagenet(arch, epochs, flavour),
+                 model={"patch_size": 2, "image_size": 32},
+                 data={"dataset": dataset, "root": "data/cifar", "num_workers": 8},
+                 augment={"gpu": False, "gpu_compile": False},
+                 optim={"warmup_epochs": 100, "batch_size": 512})
+
+
+def _sdmp_flavour(flavour: str) -> SdmpConfig:
+    """official: the newest release (no pasting, the mixture-likelihood loss); paper: pasting and the
+    weighted cross-entropy of the paper and the first release."""
+    if flavour == "official":
+        return SdmpConfig(paste_partner=False, mix_loss="mixture_likelihood")
+    return SdmpConfig(paste_partner=True, mix_loss="weighted_cross_entropy")
 
 
 # Table 7 rows: which loss terms are on (published weights 1, 1/2, 1/2).
@@ -232,6 +328,35 @@ def fashion_mnist(scale: str, flavour: str) -> PretrainConfig:
     )
 
 
+def fashion_mnist_baseline(method: str, scale: str, flavour: str) -> PretrainConfig:
+    """DINO or SDMP at a Fashion-MNIST scale: the data, model, epochs, batch and precision of the PatchMix
+    preset of that scale, and each method's own recipe scaled down by the same rules (docs/fidelity.md):
+    its learning rate x 6 (PatchMix's scale-down: 5e-4 -> 3e-3), EMA momentum at most 0.99, its crop
+    scale, initialisation and stem; DINO's head narrowed like the PatchMix heads (hidden and bottleneck
+    to the projector's width and output, 4,096 prototypes) and its teacher-temperature warm-up scaled
+    with the epochs (30 of 800)."""
+    patchmix_scaled = fashion_mnist(scale, "official")
+    epochs = patchmix_scaled.optim.epochs
+    published = dino_cifar("cifar10", "vit_s", 800) if method == "dino" else sdmp_cifar("cifar10", "vit_s", 800, flavour)
+    head = patchmix_scaled.model
+    method_sections = {"dino": {"dino": dataclasses.replace(
+        published.dino, hidden_dim=head.projector_hidden_dim, bottleneck_dim=head.output_dim, out_dim=4096,
+        warmup_teacher_temp_epochs=round(epochs * 30 / 800))}, "sdmp": {"sdmp": published.sdmp}}[method]
+    config = dataclasses.replace(patchmix_scaled, method=method, mix=MixConfig(), loss=LossConfig(), **method_sections)
+    return _with(
+        config,
+        model={"initialisation": published.model.initialisation,
+               "position_embedding": published.model.position_embedding,
+               "freeze_patch_embedding": published.model.freeze_patch_embedding},
+        augment={"crop_scale_min": published.augment.crop_scale_min,
+                 "crop_interpolation": published.augment.crop_interpolation},
+        optim={"base_lr": published.optim.base_lr * 6, "min_lr": published.optim.min_lr,
+               "weight_decay": published.optim.weight_decay, "weight_decay_end": published.optim.weight_decay_end,
+               "momentum": min(published.optim.momentum, 0.99), "momentum_update": "step"},
+        run={"name": f"fashion_mnist_{scale}_{method}_{flavour}"},
+    )
+
+
 def _ablation_variants(presets: dict, base: str, build: Callable[[str], PretrainConfig], flavour: str) -> None:
     """The rows of Tables 5-7 as presets `<base>_<row>_<flavour>` of one base config (CIFAR ViT-S/2
     800 epochs, or its Fashion-MNIST scale-downs)."""
@@ -264,7 +389,32 @@ def _build_registry() -> dict[str, Callable[[], PretrainConfig]]:
         for scale in FASHION_MNIST_SCALES:
             presets[f"fashion_mnist_{scale}_{flavour}"] = lambda s=scale, f=flavour: fashion_mnist(s, f)
             _ablation_variants(presets, f"fashion_mnist_{scale}", lambda f, s=scale: fashion_mnist(s, f), flavour)
+    _baseline_presets(presets)
     return presets
+
+
+# Which flavours each baseline has: DINO's recipe is its published one (the paper trains no DINO);
+# SDMP's newest release differs from its paper (pretrain/methods/sdmp.py).
+BASELINE_FLAVOURS = {"dino": ("official",), "sdmp": FLAVOURS}
+
+
+def _baseline_presets(presets: dict) -> None:
+    """DINO and SDMP: Table 2 (ImageNet, 300 epochs), Table 3 (CIFAR, 800 epochs) and the Fashion-MNIST
+    scales, named `<dataset>_<method>_<arch><patch>_<epochs>ep_<flavour>` (`fashion_mnist_<scale>_<method>_<flavour>`)."""
+    for method, flavours in BASELINE_FLAVOURS.items():
+        for flavour in flavours:
+            for arch in ("vit_s", "vit_b"):
+                if method == "dino" or arch == "vit_s":
+                    presets[f"imagenet_{method}_{arch}16_300ep_{flavour}"] = (
+                        lambda a=arch, m=method, f=flavour: dino_imagenet(a, 300) if m == "dino" else sdmp_imagenet(a, 300, f))
+            for dataset in ("cifar10", "cifar100"):
+                for arch in ("vit_t", "vit_s", "vit_b"):
+                    presets[f"{dataset}_{method}_{arch}2_800ep_{flavour}"] = (
+                        lambda d=dataset, a=arch, m=method, f=flavour:
+                        dino_cifar(d, a, 800) if m == "dino" else sdmp_cifar(d, a, 800, f))
+            for scale in FASHION_MNIST_SCALES:
+                presets[f"fashion_mnist_{scale}_{method}_{flavour}"] = (
+                    lambda m=method, s=scale, f=flavour: fashion_mnist_baseline(m, s, f))
 
 
 PRESETS = _build_registry()
@@ -286,7 +436,7 @@ def encoder_record(config: PretrainConfig, experiment_digest: str | None = None)
             experiment_digest = run_directory(config).experiment_digest
         except (FileNotFoundError, ValueError):  # the data cannot be read from here: a plan's guess
             experiment_digest = run_directory(config, data_fingerprint="unread").experiment_digest
-    encoders = encoder_prefixes(config.model.momentum_encoder)
+    encoders = encoder_prefixes(method_named(config.method).has_momentum_encoder(config))
     return {"arch": config.model.arch, "patch_size": config.model.patch_size, "image_size": config.model.image_size,
             "num_heads": config.model.num_heads, "checkpoints": "checkpoints", "encoders": encoders,
             "default": next(iter(encoders)), "data": dataclasses.asdict(config.data),
@@ -299,11 +449,14 @@ def preset_summary(name: str) -> str:
     config = PRESETS[name]()
     table = ("Table 2" if name.startswith("imagenet") else "Table 6" if re.search(r"ep_m\d_", name)
              else "Table 7" if "_loss-" in name else "Table 5" if "_mix-" in name
-             else "Table 3 (and 5)" if name.startswith("cifar") else "demo" if name.startswith("demo") else "tests")
+             else "Table 3" if name.startswith("cifar") and config.method != "patchmix"
+             else "Table 3 (and 5)" if name.startswith("cifar") else "demo" if name.startswith("demo")
+             else "study" if name.startswith("fashion") else "tests")
     flavour = next((f for f in FLAVOURS if name.endswith(f"_{f}")), "-")
     model = f"{config.model.arch}/{config.model.patch_size} ({config.model.num_heads or 'default'} heads)"
-    return (f"{table:16} {model:28} {config.optim.epochs:5} ep  {config.data.dataset:13} m={config.mix.num_mixed} "
-            f"{config.mix.method:12} {flavour}")
+    mixing = f"m={config.mix.num_mixed} {config.mix.method:12}" if config.method == "patchmix" else f"{'':15}"
+    return (f"{table:16} {config.method:9} {model:28} {config.optim.epochs:5} ep  {config.data.dataset:13} "
+            f"{mixing} {flavour}")
 
 
 def preset(name: str) -> PretrainConfig:

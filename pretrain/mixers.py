@@ -66,7 +66,7 @@ class MixResult:
     info: dict  # what a test needs to check provenance: partner, lam, box, ...
 
 
-def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
+def numpy_generator(generator: torch.Generator) -> np.random.Generator:
     """A numpy generator derived from the torch one (torch has no Beta sampler taking a generator)."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
     return np.random.default_rng(seed)
@@ -95,7 +95,7 @@ def _box_mask(height: int, width: int, top: int, left: int, box_height: int, box
 
 def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.8) -> MixResult:
     batch = images.shape[0]
-    lam = float(_numpy_rng(generator).beta(alpha, alpha))
+    lam = float(numpy_generator(generator).beta(alpha, alpha))
     partner = _flipped(batch, images.device)
     mixed = lam * images + (1.0 - lam) * images[partner]
     share = torch.full((batch,), lam, device=images.device)
@@ -104,7 +104,7 @@ def mixup(images: torch.Tensor, generator: torch.Generator, alpha: float = 0.8) 
 
 def cutmix(images: torch.Tensor, generator: torch.Generator, alpha: float = 1.0) -> MixResult:
     batch, _, height, width = images.shape
-    rng = _numpy_rng(generator)
+    rng = numpy_generator(generator)
     lam = float(rng.beta(alpha, alpha))
     cut = np.sqrt(1.0 - lam)
     cut_height, cut_width = int(height * cut), int(width * cut)
@@ -137,7 +137,7 @@ def regionswap(images: torch.Tensor, generator: torch.Generator, patch_size: int
     """RegionCL's region swapping, snapped to the patch grid of side `patch_size` (1 = pixels)."""
     batch, _, height, width = images.shape
     rows, cols = height // patch_size, width // patch_size
-    rng = _numpy_rng(generator)
+    rng = numpy_generator(generator)
     # RegionCL draws the width first, then the height, then the left and the top position.
     cells_wide, cells_high = (int(rng.integers(REGION_CELLS[0], REGION_CELLS[-1] + 1)) for _ in range(2))
     box_cols = min(cols, max(1, round(cols * cells_wide / REGION_GRID)))
@@ -160,7 +160,7 @@ def resizemix(images: torch.Tensor, generator: torch.Generator, own_share_range:
     sqrt(1 - lam) x (H, W) centred uniformly and clipped at the border, filled with the bilinearly
     resized partner. The shares follow the clipped (pasted) area."""
     batch, _, height, width = images.shape
-    rng = _numpy_rng(generator)
+    rng = numpy_generator(generator)
     low, high = own_share_range
     lam = low + (high - low) * rng.uniform(size=batch)  # SDMP: 0.1 + 0.8 Beta(1, 1)
     partner = _flipped(batch, images.device)

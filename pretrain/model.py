@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from common.config import ConfigError, added_field
-from common.vit import POS_EMBED_INTERPOLATIONS, VIT_SIZES, build_vit
+from common.vit import INITIALISATIONS, POS_EMBED_INTERPOLATIONS, POSITION_EMBEDDINGS, VIT_SIZES, build_vit
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -38,6 +38,12 @@ class ModelConfig:
     # Multi-crop: all local crops pass the projector/predictor as one batch (BatchNorm statistics over
     # n x B samples), and all mixed local crops as another, as published; off = each view alone.
     batch_local_heads: bool = added_field(False)
+    # The encoders' starting values and which stem parameters learn (common/vit.py build_vit): moco |
+    # dino initialisation; learned | sincos (fixed) position embedding; a frozen patch projection
+    # (MoCo v3's stop-grad-conv1, as SDMP's published code trains). The evaluated ViT is the same.
+    initialisation: str = added_field("moco")
+    position_embedding: str = added_field("learned")
+    freeze_patch_embedding: bool = added_field(False)
     # Speed switches (make bench measures them). batch_views: one encoder call per group of
     # same-size views (the heads still see each view alone: BatchNorm keeps per-view statistics).
     # compile: torch.compile the encoders (on in the ImageNet and CIFAR presets; same loss and
@@ -58,8 +64,50 @@ class ModelConfig:
         if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
             raise ConfigError(f"pos_embed_interpolation {self.pos_embed_interpolation!r} is not one of "
                               f"{', '.join(POS_EMBED_INTERPOLATIONS)}")
+        if self.initialisation not in INITIALISATIONS:
+            raise ConfigError(f"initialisation {self.initialisation!r} is not one of {', '.join(INITIALISATIONS)}")
+        if self.position_embedding not in POSITION_EMBEDDINGS:
+            raise ConfigError(f"position_embedding {self.position_embedding!r} is not one of "
+                              f"{', '.join(POSITION_EMBEDDINGS)}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
+
+
+def build_encoder(config: ModelConfig, drop_path_rate: float) -> nn.Module:
+    """The ViT of `config` (student / base encoder with drop path, teacher / momentum encoder without)."""
+    return build_vit(config.arch, config.patch_size, config.image_size, config.num_heads, drop_path_rate,
+                     config.pos_embed_interpolation, config.initialisation, config.position_embedding,
+                     config.freeze_patch_embedding)
+
+
+def encode_views(encoder: nn.Module, views: Sequence[torch.Tensor], batch_views: bool = True) -> list[torch.Tensor]:
+    """CLS features of each view; same-size views share one encoder call when `batch_views` is on
+    (DINO's multi-crop wrapper does the same).
+
+    The ViT has no batch statistics (LayerNorm is per token), so this equals encoding each view
+    alone; only drop path's random draws are laid out differently."""
+    if not batch_views or len(views) == 1:
+        return [encoder(view) for view in views]
+    groups: dict[tuple, list[int]] = {}
+    for index, view in enumerate(views):
+        groups.setdefault(tuple(view.shape[1:]), []).append(index)
+    features: list[torch.Tensor | None] = [None] * len(views)
+    for indices in groups.values():
+        outputs = encoder(torch.cat([views[i] for i in indices])) if len(indices) > 1 else encoder(views[indices[0]])
+        for index, output in zip(indices, outputs.split([views[i].shape[0] for i in indices])):
+            features[index] = output
+    return features
+
+
+def compile_encoders(encoders: Sequence[nn.Module | None], mode: str) -> None:
+    """torch.compile each encoder in place (parameter names and checkpoints stay as they are).
+
+    Where compilation fails (no Triton or C compiler, an unsupported op), dynamo runs the encoder
+    eagerly and logs why, instead of stopping the run."""
+    torch._dynamo.config.suppress_errors = True
+    for encoder in encoders:
+        if encoder is not None:
+            encoder.compile(mode=None if mode == "default" else mode)
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> nn.Sequential:
@@ -86,8 +134,7 @@ class PatchMixModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.base_encoder = build_vit(config.arch, config.patch_size, config.image_size,
-                                      config.num_heads, config.drop_path_rate, config.pos_embed_interpolation)
+        self.base_encoder = build_encoder(config, config.drop_path_rate)
         width = self.base_encoder.embed_dim
         self.projector = mlp_head(width, config.projector_hidden_dim, config.output_dim, 3)
         self.predictor = mlp_head(config.output_dim, config.predictor_hidden_dim, config.output_dim, 2)
@@ -95,8 +142,7 @@ class PatchMixModel(nn.Module):
         self.momentum_projector: nn.Module | None = None
         if config.momentum_encoder:
             # Same weights, no drop path: stochastic depth regularises the base encoder only.
-            self.momentum_encoder = build_vit(config.arch, config.patch_size, config.image_size,
-                                              config.num_heads, 0.0, config.pos_embed_interpolation)
+            self.momentum_encoder = build_encoder(config, 0.0)
             self.momentum_encoder.load_state_dict(self.base_encoder.state_dict())
             self.momentum_projector = copy.deepcopy(self.projector)
             for parameter in self.momentum_parameters():
@@ -104,13 +150,7 @@ class PatchMixModel(nn.Module):
         if config.grad_checkpointing:
             self.base_encoder.set_grad_checkpointing(True)
         if config.compile:
-            # Fallback: where compilation fails (no Triton or C compiler, an unsupported op), dynamo
-            # runs the encoder eagerly and logs why, instead of stopping the run.
-            torch._dynamo.config.suppress_errors = True
-            # In place (nn.Module.compile): parameter names and checkpoints stay as they are.
-            for encoder in (self.base_encoder, self.momentum_encoder):
-                if encoder is not None:
-                    encoder.compile(mode=None if config.compile_mode == "default" else config.compile_mode)
+            compile_encoders((self.base_encoder, self.momentum_encoder), config.compile_mode)
 
     def momentum_parameters(self) -> list[nn.Parameter]:
         if self.momentum_encoder is None:
@@ -121,21 +161,8 @@ class PatchMixModel(nn.Module):
         return [*self.base_encoder.parameters(), *self.projector.parameters()]
 
     def encode(self, encoder: nn.Module, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """CLS features of each view; same-size views share one encoder call when batch_views is on.
-
-        The ViT has no batch statistics (LayerNorm is per token), so this equals encoding each view
-        alone; only drop path's random draws are laid out differently."""
-        if not self.config.batch_views or len(views) == 1:
-            return [encoder(view) for view in views]
-        groups: dict[tuple, list[int]] = {}
-        for index, view in enumerate(views):
-            groups.setdefault(tuple(view.shape[1:]), []).append(index)
-        features: list[torch.Tensor | None] = [None] * len(views)
-        for indices in groups.values():
-            outputs = encoder(torch.cat([views[i] for i in indices])) if len(indices) > 1 else encoder(views[indices[0]])
-            for index, output in zip(indices, outputs.split([views[i].shape[0] for i in indices])):
-                features[index] = output
-        return features
+        """CLS features of each view (encode_views with this model's batch_views switch)."""
+        return encode_views(encoder, views, self.config.batch_views)
 
     def forward(self, views: Sequence[torch.Tensor], head_groups: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Queries of each view. head_groups: sizes of consecutive groups of views that share one

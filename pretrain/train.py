@@ -1,10 +1,10 @@
-"""The PatchMix pretraining loop: `main(config) -> result dict`.
+"""The pretraining loop of every method: `main(config) -> result dict`.
 
-One step (recipes.md): update the momentum encoder, mix both views at patch level with a permutation
-drawn from a generator seeded by (seed, step, rank), compute queries for view 1 and mixed view 2 and
-keys for view 1, view 2 and mixed view 1, and minimise the weighted soft-target InfoNCE terms.
-All randomness derives from (seed, step) or (seed, epoch, sample index), so a run resumed from a
-checkpoint repeats the uninterrupted run.
+The method (`config.method`, pretrain/methods/) builds the networks, sets each step's schedules and
+computes the loss of a batch of views; this loop owns the rest: data and views, the optimizer step
+and fp16 scaling, checkpoints and resume, DDP, the run directory's lock, logs and trackers, the
+encoder record. All randomness derives from (seed, step) or (seed, epoch, sample index), so a run
+resumed from a checkpoint repeats the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import math
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from common import dist, preemption, schedules
+from common import dist, preemption
 from common.checkpoint import atomic_write_text, checkpoint_path
 from common.datasets import build_dataset, count_bad_images
 from common.encoder import encoder_digest, record_spec, write_encoder_record
@@ -34,135 +35,52 @@ from pretrain.augment import pretraining_views, view_probabilities, view_sizes
 from pretrain.configs import OptimConfig, PretrainConfig, encoder_record, run_directory
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
 from pretrain.gpu_augment import augment_views
-from pretrain.loss import soft_target_cross_entropy
-from pretrain.mixers import MixResult, apply_mixer, mix_to_mix_from_compositions, place_targets
-from pretrain.model import PatchMixModel
-from pretrain.patchmix import origin_targets
+from pretrain.methods import LossContext, PretrainingMethod, StepSchedule, method_named
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with two groups: weights (decayed) and biases / 1-D parameters such as norms and
-    tokens' scales (never decayed). Frozen (momentum) parameters are left out."""
-    decayed, not_decayed = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (decayed if parameter.ndim >= 2 else not_decayed).append(parameter)
-    groups = [{"params": decayed, "apply_weight_decay": True},
-              {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False}]
+def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device,
+                    parameter_groups: list[dict] | None = None) -> torch.optim.AdamW:
+    """AdamW over the method's parameter groups (default: weights decayed, biases and 1-D parameters
+    such as norms never; frozen momentum parameters left out)."""
+    groups = parameter_groups if parameter_groups is not None else PretrainingMethod().parameter_groups(model, None)
     return torch.optim.AdamW(groups, lr=config.peak_lr(), betas=(config.beta1, config.beta2),
                              weight_decay=config.weight_decay, fused=device.type == "cuda")
 
 
-def set_schedules(optimizer: torch.optim.Optimizer, config: OptimConfig, step: int,
-                  steps_per_epoch: int) -> tuple[float, float]:
-    """Set this step's learning rate and weight decay on every group; returns (lr, wd)."""
-    total = config.epochs * steps_per_epoch
-    lr = schedules.learning_rate(step, total, config.warmup_epochs * steps_per_epoch,
-                                 config.peak_lr(), config.min_lr)
-    wd = schedules.weight_decay(step, total, config.weight_decay, config.weight_decay_end)
+def apply_schedule(optimizer: torch.optim.Optimizer, schedule: StepSchedule) -> None:
+    """Set this step's learning rate on every group and its weight decay on the decayed groups."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = schedule.learning_rate
         if group["apply_weight_decay"]:
-            group["weight_decay"] = wd
-    return lr, wd
+            group["weight_decay"] = schedule.weight_decay
 
 
-def momentum_at(config: OptimConfig, step: int, steps_per_epoch: int) -> float:
-    """Cosine EMA coefficient; `momentum_update=epoch` holds it for a whole epoch as published."""
-    if config.momentum_update == "epoch":
-        step = (step // steps_per_epoch) * steps_per_epoch
-    return schedules.momentum(step, config.epochs * steps_per_epoch, config.momentum, config.momentum_end)
-
-
-def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[torch.Tensor],
-                  config: PretrainConfig, generator: torch.Generator, rank: int = 0,
-                  world_size: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The PatchMix objective for one per-device batch (any mixer of pretrain/mixers.py).
-
-    Args:
-        model: the query network (maybe DDP-wrapped); `model(list of batches)` -> list of queries.
-        keys_model: the unwrapped PatchMixModel, for the gradient-free key path.
-        views: [view1, view2, local crops...], each (B, 3, H, W) on the training device.
-        generator: draws the mixing randomness (view 1, view 2, then each local crop).
-    Returns:
-        (scalar loss, {term name: detached scalar}) -- no host synchronisation.
-    """
-    weights, mix = config.loss, config.mix
-    view1, view2, local_views = views[0], views[1], list(views[2:])
-    batch, device = view1.shape[0], view1.device
-
-    def mixed(images: torch.Tensor) -> MixResult:
-        return apply_mixer(mix.method, images, generator, mix.num_mixed, config.model.patch_size)
-
-    mixed1, mixed2 = mixed(view1), mixed(view2)
-    gather = dist.all_gather_no_grad
-    tau = weights.temperature
-    to_origin_self = origin_targets(batch, rank, world_size, device, weights.origin_smoothing)
-
-    need_mixed_query = weights.mix_to_origin_weight > 0 or weights.mix_to_mix_weight > 0
-    # m = 1 (the MoCo v3 baseline) leaves the views unmixed: reuse the view-1 keys instead of recomputing them.
-    need_mixed_key = need_mixed_query and weights.mix_to_mix_weight > 0 and mixed1.images is not view1
-    key1, key2, *key_mixed = (gather(k) for k in keys_model.keys([view1, view2] + ([mixed1.images] if need_mixed_key else [])))
-    query_inputs = ([view1] if weights.origin_weight > 0 else []) + ([mixed2.images] if need_mixed_query else [])
-    local_mixed = [mixed(v) for v in local_views]
-    count = len(local_views)
-    # Published multi-crop: the local crops pass the heads as one batch, the mixed local crops as another.
-    local_groups = [count, count] if count and config.model.batch_local_heads else [1] * (2 * count)
-    queries = model(query_inputs + local_views + [m.images for m in local_mixed],
-                    [1] * len(query_inputs) + local_groups)
-    terms: dict[str, torch.Tensor] = {}
-    if weights.origin_weight > 0:
-        terms["origin"] = soft_target_cross_entropy(queries.pop(0), key2, to_origin_self, tau)
-    if need_mixed_query:
-        query_mixed2 = queries.pop(0)
-        if weights.mix_to_origin_weight > 0:
-            to_origin = place_targets(mixed2.composition, rank, world_size, mix.smoothing)
-            terms["mix_to_origin"] = soft_target_cross_entropy(query_mixed2, key1, to_origin, tau)
-        if weights.mix_to_mix_weight > 0:
-            key_mixed1 = key_mixed[0] if key_mixed else key1
-            to_mix = place_targets(mix_to_mix_from_compositions(mixed2.composition, mixed1.composition),
-                                   rank, world_size, mix.smoothing)
-            terms["mix_to_mix"] = soft_target_cross_entropy(query_mixed2, key_mixed1, to_mix, tau)
-    if local_views:
-        local_queries, local_mixed_queries = queries[:count], queries[count:]
-        terms["local_origin"] = sum(soft_target_cross_entropy(q, key1, to_origin_self, tau)
-                                    + soft_target_cross_entropy(q, key2, to_origin_self, tau)
-                                    for q in local_queries) / count
-        local_to_origin = [place_targets(m.composition, rank, world_size, mix.smoothing) for m in local_mixed]
-        terms["local_mix_to_origin"] = sum(soft_target_cross_entropy(q, key1, t, tau)
-                                           + soft_target_cross_entropy(q, key2, t, tau)
-                                           for q, t in zip(local_mixed_queries, local_to_origin)) / count
-    weight_of = {"origin": weights.origin_weight, "mix_to_origin": weights.mix_to_origin_weight,
-                 "mix_to_mix": weights.mix_to_mix_weight, "local_origin": weights.local_origin_weight,
-                 "local_mix_to_origin": weights.local_mix_to_origin_weight}
-    loss = sum(weight_of[name] * value for name, value in terms.items())
-    metrics = {name: value.detach() for name, value in terms.items()}
-    # Collapse monitor: std of the normalised keys x sqrt(dim) is ~1 for spread embeddings, -> 0 at collapse.
-    metrics["key_std"] = torch.nn.functional.normalize(key1.float(), dim=1).std(dim=0).mean() * math.sqrt(key1.shape[1])
-    return loss, metrics
-
-
-def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch.optim.Optimizer,
+def training_step(model: nn.Module, query_model: nn.Module, optimizer: torch.optim.Optimizer,
                   scaler: torch.amp.GradScaler, views: Sequence[torch.Tensor], config: PretrainConfig, step: int,
                   steps_per_epoch: int, precision: torch.dtype, rank: int = 0, world_size: int = 1):
-    """One optimisation step on views already on the device (the training loop and `make bench`).
+    """One optimisation step of the configured method on views already on the device (the training
+    loop and `make bench`).
 
     Returns (loss, metrics, lr, weight decay, skipped): tensors stay on the device; `skipped` is
     1 when fp16 loss scaling skipped the update (known only with fp16, at the cost of a sync).
     """
+    method = method_named(config.method)
     device = views[0].device
     if config.augment.gpu:  # the loader sent cropped, flipped uint8 views: colour, blur and solarize here
         views = augment_views(list(views), view_probabilities(config.augment),
                               derive_seed(config.run.seed, "gpu-augment", step, rank), config.augment.gpu_compile)
-    lr, wd = set_schedules(optimizer, config.optim, step, steps_per_epoch)
-    model.update_momentum(momentum_at(config.optim, step, steps_per_epoch))  # before the forward pass
+    schedule = method.schedule(config, step, steps_per_epoch)
+    apply_schedule(optimizer, schedule)
+    method.before_forward(model, schedule)
     # Drop path draws from the global generator: seed it per step so resuming repeats it.
     torch.manual_seed(derive_seed(config.run.seed, "step", step, rank))
-    mix_generator = torch.Generator().manual_seed(derive_seed(config.run.seed, "mix", step, rank))
+    context = LossContext(step, steps_per_epoch, schedule,
+                          torch.Generator().manual_seed(derive_seed(config.run.seed, "mix", step, rank)), rank, world_size)
     with autocast(device, precision):
-        loss, metrics = patchmix_loss(query_model, model, views, config, mix_generator, rank, world_size)
+        loss, metrics = method.loss(query_model, model, views, config, context)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    method.before_optimizer_step(model, optimizer, scaler, config, context)
     skipped = 0
     if scaler.is_enabled():
         scale_before = scaler.get_scale()
@@ -171,7 +89,8 @@ def training_step(model: PatchMixModel, query_model: nn.Module, optimizer: torch
         skipped = int(scaler.get_scale() < scale_before)
     else:
         optimizer.step()
-    return loss, metrics, lr, wd, skipped
+    method.after_optimizer_step(model, schedule)
+    return loss, metrics, schedule.learning_rate, schedule.weight_decay, skipped
 
 
 def loss_curve(records: list[dict], points: int = 200) -> list[list[float]]:
@@ -179,15 +98,6 @@ def loss_curve(records: list[dict], points: int = 200) -> list[list[float]]:
     curve = [[r["step"], r["loss"]] for r in records if "loss" in r]
     stride = max(1, -(-len(curve) // points))
     return curve[::stride] + ([curve[-1]] if curve and (len(curve) - 1) % stride else [])
-
-
-def _convert_heads_to_sync_batchnorm(model: PatchMixModel) -> None:
-    """Head BatchNorm statistics over the global batch (SyncBatchNorm exists on GPUs only; on CPU
-    each process normalises its own batch)."""
-    for name in ("projector", "predictor", "momentum_projector"):
-        head = getattr(model, name)
-        if head is not None:
-            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
 
 
 class TrainingData:
@@ -223,34 +133,43 @@ class TrainingData:
                 step += 1
 
 
-def build_training(config: PretrainConfig, device: torch.device, precision: torch.dtype):
-    """Model, optimizer and fp16 loss scaler with identical initial weights on every rank."""
+@dataclass
+class TrainingState:
+    """What a checkpoint holds and the loop advances: networks, optimizer, fp16 scaler, step."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int = 0
+    skipped_steps: int = 0  # fp16 steps whose update the loss scaler skipped
+
+    def checkpoint(self, config_digest: str, world_size: int) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": self.step, "config_hash": config_digest,
+                "world_size": world_size, "skipped_steps": self.skipped_steps}
+
+
+def build_training(config: PretrainConfig, device: torch.device, precision: torch.dtype) -> TrainingState:
+    """The method's networks, the optimizer over its parameter groups and the fp16 loss scaler, with
+    identical initial weights on every rank."""
+    method = method_named(config.method)
     seed_everything(config.run.seed)
-    model = PatchMixModel(config.model).to(device)
-    optimizer = build_optimizer(model, config.optim, device)
+    model = method.build_model(config).to(device)
+    optimizer = build_optimizer(model, config.optim, device, method.parameter_groups(model, config))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
-    return model, optimizer, scaler
+    return TrainingState(model, optimizer, scaler)
 
 
-def restore(model: PatchMixModel, optimizer, scaler, state: dict, world_size: int, where: Path) -> tuple[int, int]:
-    """Load a checkpoint state; returns (step, skipped fp16 steps)."""
+def restore(training: TrainingState, state: dict, world_size: int, where: Path) -> None:
+    """Load a checkpoint state into `training` (weights, optimizer, scaler, step)."""
     if state["world_size"] != world_size:
         raise ValueError(f"{where} was checkpointed with {state['world_size']} processes; resuming with "
                          f"{world_size} would change the per-device mixing. Resume with the same number of "
                          "processes or start a new run directory.")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    return state["step"], state.get("skipped_steps", 0)
-
-
-def distributed_query_model(model: PatchMixModel, device: torch.device) -> nn.Module:
-    """The query path under DDP (head BatchNorms synchronised on GPUs), or the model itself."""
-    if dist.world_size() == 1:
-        return model
-    if device.type == "cuda":
-        _convert_heads_to_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    training.model.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scaler.load_state_dict(state["scaler"])
+    training.step, training.skipped_steps = state["step"], state.get("skipped_steps", 0)
 
 
 def check_health(health: StepHealth, config: PretrainConfig, step: int, skipped_steps: int,
@@ -278,6 +197,117 @@ def check_health(health: StepHealth, config: PretrainConfig, step: int, skipped_
     return preempted
 
 
+def open_run(config: PretrainConfig) -> tuple[RunLifecycle, object | None, dict | None]:
+    """The run directory, locked, and the training images; or the result if the run is complete
+    (then nothing else is read). Returns (run, dataset, finished result or None)."""
+    run_dir = run_directory(config)  # reads the dataset folder's listing: a wrong root fails here
+    run = RunLifecycle(run_dir, "pretrain", "step", config.run.keep_last_checkpoints)
+    if run.finished() is not None:  # complete: say so without reading the dataset
+        return run, None, run.start(config)
+    # The bad-image folder's preflight fails here, before any training.
+    dataset = build_dataset(config.data, "train", None, bad_image_log=run.path / "bad_images",
+                            decode=not config.augment.gpu_decode)
+    return run, dataset, run.start(config, config.run.wait_for_lock)  # not None: finished while we waited
+
+
+def start_training(config: PretrainConfig, run: RunLifecycle, device: torch.device, precision: torch.dtype,
+                   world_size: int) -> tuple[TrainingState, dict | None]:
+    """Networks and optimizer, the encoder record, and the newest checkpoint (this run's, or the
+    --resume-from run's) loaded. Returns (state, what it resumed from when that is another run)."""
+    training = build_training(config, device, precision)
+    if dist.is_main_process():
+        write_encoder_record(run.path, encoder_record(config, run.run_dir.experiment_digest))
+    state, resumed_from = run.resume(Path(config.run.resume_from) if config.run.resume_from else None)
+    if state:
+        restore(training, state, world_size, run.path)
+        if dist.is_main_process():
+            source = f"the checkpoint of {config.run.resume_from} (a new run)" if resumed_from else "its checkpoint"
+            print(f"[pretrain] resuming {run.path} from {source} at step {training.step}")
+    return training, resumed_from
+
+
+def log_step(config: PretrainConfig, run: RunLifecycle, progress: Progress, step: int, steps_per_epoch: int,
+             loss: torch.Tensor, metrics: dict, lr: float, wd: float, skipped_steps: int) -> dict:
+    """Average the step's loss and metrics over ranks, log them, warn of a collapsing representation."""
+    reduced = {name: dist.all_reduce_mean(value).item() for name, value in metrics.items()}
+    loss_value = dist.all_reduce_mean(loss.detach()).item()
+    record = {"step": step, "epoch": step / steps_per_epoch, "loss": loss_value, "lr": lr, "weight_decay": wd,
+              "skipped_steps": skipped_steps, **reduced}
+    progress.report(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+    run.log(record)
+    if dist.is_main_process() and reduced.get("key_std", math.inf) < config.run.collapse_warning:
+        warnings.warn(f"step {step}: key embedding std x sqrt(dim) = {reduced['key_std']:.3f} "
+                      f"< {config.run.collapse_warning}: the representation may be collapsing")
+    return record
+
+
+def train_steps(config: PretrainConfig, run: RunLifecycle, training: TrainingState, data: TrainingData,
+                device: torch.device, precision: torch.dtype, stop_step: int) -> dict:
+    """Train from `training.step` to `stop_step`, with periodic health checks, logs and checkpoints;
+    hands over to the launcher on preemption. Returns the last logged metrics."""
+    world_size = dist.world_size()
+    query_model = method_named(config.method).distributed(training.model, device)
+    health = StepHealth(device)
+    progress = Progress(stop_step, training.step, f"pretrain {config.run.name}", "step",
+                        config.run.progress and dist.is_main_process(), items_per_unit=config.optim.batch_size)
+    last_metrics: dict = {}
+    for views in (data.batches_from(training.step) if training.step < stop_step else ()):
+        loss, metrics, lr, wd, skipped = training_step(training.model, query_model, training.optimizer, training.scaler,
+                                                       views, config, training.step, data.steps_per_epoch, precision,
+                                                       dist.rank(), world_size)
+        health.observe(loss, training.step + 1)
+        training.skipped_steps += skipped
+        training.step += 1
+        progress.update(1)
+        step = training.step
+        log_now = step % config.run.log_every_steps == 0
+        checkpoint_now = step % config.run.checkpoint_every_steps == 0 or step == stop_step
+        if not (log_now or checkpoint_now):
+            continue
+        preempted = check_health(health, config, step, training.skipped_steps, run.path / "bad_images", run)
+        if log_now or step == stop_step:
+            last_metrics = log_step(config, run, progress, step, data.steps_per_epoch, loss, metrics, lr, wd,
+                                    training.skipped_steps)
+        if checkpoint_now or preempted:
+            run.save(training.checkpoint(run.run_dir.config_digest, world_size))
+        if preempted:
+            progress.close()
+            if dist.is_main_process():
+                print(f"[pretrain] preemption: checkpoint saved at step {step}; exiting for requeue")
+            preemption.hand_over()
+        if step >= stop_step:
+            break
+    progress.close()
+    return last_metrics
+
+
+def finish(config: PretrainConfig, run: RunLifecycle, training: TrainingState, steps_per_epoch: int,
+           last_metrics: dict, resumed_from: dict | None, started: float) -> dict:
+    """The final encoder's record (checkpoint and digest evaluations will see) and the result record."""
+    step, checkpoint_dir = training.step, run.run_dir.checkpoint_dir
+    records = run.run_dir.read_metrics()
+    if not last_metrics and records:  # resumed at the very end: nothing left to log
+        last_metrics = records[-1]
+    if dist.is_main_process():
+        record = encoder_record(config, run.run_dir.experiment_digest)
+        digest = encoder_digest(training.model.evaluation_encoder().state_dict(), record_spec(record))
+        write_encoder_record(run.path, {**record, "final": {"checkpoint": checkpoint_path(checkpoint_dir, step).name,
+                                                             "step": step, "digest": digest}})
+    total_steps = config.optim.epochs * steps_per_epoch
+    result = {"stage": "pretrain", "preset": config.preset, "experiment": config.run.experiment,
+              "seed": config.run.seed, "dataset": config.data.dataset, "method": config.method,
+              "arch": config.model.arch, "patch_size": config.model.patch_size,
+              "num_mixed": config.mix.num_mixed if config.method == "patchmix" else None,
+              "epochs": config.optim.epochs, "steps": step, "total_steps": total_steps,
+              "epochs_completed": step / steps_per_epoch, "final_metrics": last_metrics,
+              "checkpoint": str(checkpoint_path(checkpoint_dir, step)),
+              "skipped_steps": training.skipped_steps, "bad_images": len(count_bad_images(run.path / "bad_images")),
+              "loss_curve": loss_curve(records), "seconds_this_session": round(time.time() - started, 1)}
+    if config.run.resume_from:
+        result["resumed_from"] = resumed_from or {"run_dir": config.run.resume_from}
+    return run.finish(result)
+
+
 @releases_run_locks
 def main(config: PretrainConfig) -> dict:
     """Pretrain as configured, resuming from the run directory's newest checkpoint if there is one.
@@ -290,89 +320,15 @@ def main(config: PretrainConfig) -> dict:
     world_size, precision = dist.world_size(), resolve_precision(config.run.precision, device)
     if config.optim.batch_size % world_size:
         raise ValueError(f"optim.batch_size {config.optim.batch_size} is not divisible by the {world_size} processes")
-    run_dir = run_directory(config)  # reads the dataset folder's listing: a wrong root fails here
-    run = RunLifecycle(run_dir, "pretrain", "step", config.run.keep_last_checkpoints)
-    if run.finished() is not None:  # complete: say so without reading the dataset
-        return run.start(config)
-    bad_image_dir = run.path / "bad_images"  # the folder preflight fails here, before any training
-    base_dataset = build_dataset(config.data, "train", None, bad_image_log=bad_image_dir,
-                                 decode=not config.augment.gpu_decode)
-    done = run.start(config, config.run.wait_for_lock)
-    if done is not None:  # finished by the process we waited for
-        return done
-    data = TrainingData(config, base_dataset, config.optim.batch_size // world_size, device)
+    run, dataset, finished = open_run(config)
+    if finished is not None:
+        return finished
+    data = TrainingData(config, dataset, config.optim.batch_size // world_size, device)
     run.milestone_every = config.run.milestone_every_epochs * data.steps_per_epoch
-    model, optimizer, scaler = build_training(config, device, precision)
-    if dist.is_main_process():
-        write_encoder_record(run.path, encoder_record(config, run_dir.experiment_digest))
-    state, resumed_from = run.resume(Path(config.run.resume_from) if config.run.resume_from else None)
-    step, skipped_steps = restore(model, optimizer, scaler, state, world_size, run.path) if state else (0, 0)
-    if dist.is_main_process() and state:
-        source = f"the checkpoint of {config.run.resume_from} (a new run)" if resumed_from else "its checkpoint"
-        print(f"[pretrain] resuming {run.path} from {source} at step {step}")
-    query_model = distributed_query_model(model, device)
+    training, resumed_from = start_training(config, run, device, precision, world_size)
     total_steps = config.optim.epochs * data.steps_per_epoch
     stop_step = min(config.optim.max_steps or total_steps, total_steps)
     run.total = stop_step
-
-    def checkpoint(at_step: int) -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "step": at_step, "config_hash": run_dir.config_digest, "world_size": world_size,
-                "skipped_steps": skipped_steps}
-
-    health = StepHealth(device)
-    progress = Progress(stop_step, step, f"pretrain {config.run.name}", "step",
-                        config.run.progress and dist.is_main_process(), items_per_unit=config.optim.batch_size)
-    last_metrics: dict[str, float] = {}
     started = time.time()
-    for views in (data.batches_from(step) if step < stop_step else ()):
-        loss, metrics, lr, wd, skipped = training_step(model, query_model, optimizer, scaler, views, config, step,
-                                                       data.steps_per_epoch, precision, dist.rank(), world_size)
-        health.observe(loss, step + 1)
-        skipped_steps += skipped
-        step += 1
-        progress.update(1)
-        log_now = step % config.run.log_every_steps == 0
-        checkpoint_now = step % config.run.checkpoint_every_steps == 0 or step == stop_step
-        if not (log_now or checkpoint_now):
-            continue
-        preempted = check_health(health, config, step, skipped_steps, bad_image_dir, run)
-        if log_now or step == stop_step:
-            reduced = {name: dist.all_reduce_mean(value).item() for name, value in metrics.items()}
-            loss_value = dist.all_reduce_mean(loss.detach()).item()
-            last_metrics = {"step": step, "epoch": step / data.steps_per_epoch, "loss": loss_value, "lr": lr,
-                            "weight_decay": wd, "skipped_steps": skipped_steps, **reduced}
-            progress.report(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            run.log(last_metrics)
-            if dist.is_main_process() and reduced["key_std"] < config.run.collapse_warning:
-                warnings.warn(f"step {step}: key embedding std x sqrt(dim) = {reduced['key_std']:.3f} "
-                              f"< {config.run.collapse_warning}: the representation may be collapsing")
-        if checkpoint_now or preempted:
-            run.save(checkpoint(step))
-        if preempted:
-            progress.close()
-            if dist.is_main_process():
-                print(f"[pretrain] preemption: checkpoint saved at step {step}; exiting for requeue")
-            preemption.hand_over()
-        if step >= stop_step:
-            break
-    progress.close()
-    records = run.run_dir.read_metrics()
-    if not last_metrics and records:  # resumed at the very end: nothing left to log
-        last_metrics = records[-1]
-    if dist.is_main_process():  # the finished encoder: which checkpoint, and the digest evaluations will see
-        record = encoder_record(config, run_dir.experiment_digest)
-        digest = encoder_digest(model.evaluation_encoder().state_dict(), record_spec(record))
-        write_encoder_record(run.path, {**record, "final": {"checkpoint": checkpoint_path(run_dir.checkpoint_dir, step).name,
-                                                             "step": step, "digest": digest}})
-    result = {"stage": "pretrain", "preset": config.preset, "experiment": config.run.experiment,
-              "seed": config.run.seed, "dataset": config.data.dataset, "arch": config.model.arch,
-              "patch_size": config.model.patch_size, "num_mixed": config.mix.num_mixed,
-              "epochs": config.optim.epochs, "steps": step, "total_steps": total_steps,
-              "epochs_completed": step / data.steps_per_epoch, "final_metrics": last_metrics,
-              "checkpoint": str(checkpoint_path(run_dir.checkpoint_dir, step)),
-              "skipped_steps": skipped_steps, "bad_images": len(count_bad_images(bad_image_dir)),
-              "loss_curve": loss_curve(records), "seconds_this_session": round(time.time() - started, 1)}
-    if config.run.resume_from:
-        result["resumed_from"] = resumed_from or {"run_dir": config.run.resume_from}
-    return run.finish(result)
+    last_metrics = train_steps(config, run, training, data, device, precision, stop_step)
+    return finish(config, run, training, data.steps_per_epoch, last_metrics, resumed_from, started)

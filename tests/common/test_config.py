@@ -78,4 +78,6 @@ def test_presets_cover_tables():
             assert preset(f"{dataset}_vit_s2_800ep_m{m}_official").mix.num_mixed == m
         only_m2m = preset(f"{dataset}_vit_s2_800ep_loss-m2m_paper").loss
         assert (only_m2m.origin_weight, only_m2m.mix_to_origin_weight, only_m2m.mix_to_mix_weight) == (0, 0, 0.5)
-    assert len([p for p in PRESETS if p.startswith("imagenet")]) == 6
+    patchmix_imagenet = [p for p in PRESETS if p.startswith("imagenet") and preset(p).method == "patchmix"]
+    assert len(patchmix_imagenet) == 6
+    assert {preset(p).method for p in PRESETS if p.startswith("imagenet")} == {"patchmix", "dino", "sdmp"}

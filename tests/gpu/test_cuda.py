@@ -24,7 +24,7 @@ def test_patch_mix_on_cuda_equals_cpu():
 
 def test_loss_on_cuda_matches_cpu_fp32_and_bf16():
     from pretrain.model import PatchMixModel
-    from pretrain.train import patchmix_loss
+    from pretrain.methods.patchmix import patchmix_loss
 
     config = apply_overrides(preset("debug_cpu"), ["model.drop_path_rate=0.0"])
     torch.manual_seed(0)
@@ -69,14 +69,15 @@ def test_training_runs_on_cuda(tmp_path, precision):
 
 def test_fp16_skipped_steps_are_counted_and_abort_past_the_limit(tmp_path, monkeypatch):
     from pretrain import train
+    from pretrain.methods import patchmix
 
-    original = train.patchmix_loss
+    original = patchmix.patchmix_loss
 
     def overflowing(*args, **kwargs):  # a finite loss whose fp16 gradients overflow: the scaler skips
         loss, metrics = original(*args, **kwargs)
         return loss * 1e30, metrics
 
-    monkeypatch.setattr(train, "patchmix_loss", overflowing)
+    monkeypatch.setattr(patchmix, "patchmix_loss", overflowing)
     config = apply_overrides(preset("debug_cpu"), ["run.device=cuda", "run.precision=fp16", "run.max_skipped_steps=1",
                                                    f"run.output_root={tmp_path}", "run.progress=false"])
     with pytest.raises(train.TrainingAborted, match="2 skipped fp16 steps"):
@@ -122,7 +123,7 @@ def test_device_decode_on_cuda_matches_the_cpu_decode():
 def test_compiled_encoders_keep_the_bf16_loss_and_gradients():
     """model.compile on CUDA in bf16 against the eager model: same loss and gradients within bf16 rounding."""
     from pretrain.model import PatchMixModel
-    from pretrain.train import patchmix_loss
+    from pretrain.methods.patchmix import patchmix_loss
 
     results = []
     for compiled in (False, True):

@@ -17,6 +17,7 @@ from PIL import Image
 from common.checkpoint import atomic_torch_save, checkpoint_path, list_checkpoints, load_latest_checkpoint
 from common.config import apply_overrides
 from pretrain import train
+from pretrain.methods import patchmix
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ["--preset", "debug_cpu", "data.num_workers=2", "optim.epochs=4", "run.log_every_steps=1",
@@ -227,7 +228,7 @@ def test_preemption_saves_at_the_next_step_boundary_then_hands_over(debug_config
     launcher_calls = []
     if with_launcher_handler:
         signals.signal(signals.SIGUSR1, lambda signum, frame: launcher_calls.append(signum))
-    original, calls = train.patchmix_loss, {"n": 0}
+    original, calls = patchmix.patchmix_loss, {"n": 0}
 
     def signal_at_step_6(*args, **kwargs):
         calls["n"] += 1
@@ -235,12 +236,12 @@ def test_preemption_saves_at_the_next_step_boundary_then_hands_over(debug_config
             os.kill(os.getpid(), signals.SIGUSR1)  # delivered to the recorder, mid-step
         return original(*args, **kwargs)
 
-    train.patchmix_loss = signal_at_step_6
+    patchmix.patchmix_loss = signal_at_step_6
     try:
         with pytest.raises(SystemExit) as exit_info:
             train.main(config)
     finally:
-        train.patchmix_loss = original
+        patchmix.patchmix_loss = original
     assert exit_info.value.code == 128 + signals.SIGUSR1
     assert launcher_calls == ([signals.SIGUSR1] if with_launcher_handler else [])
     run_dir = Path(config.run.output_root) / f"debug-{Path(uninterrupted['run_dir']).name.split('-')[-1]}"

@@ -15,7 +15,7 @@ from common.vit import build_vit
 from pretrain.configs import PRESETS, preset
 from pretrain.loss import soft_target_cross_entropy
 from pretrain.model import PatchMixModel
-from pretrain.train import patchmix_loss
+from pretrain.methods.patchmix import patchmix_loss
 from tests.pretrain.test_loss import hand_written_cross_entropy
 
 

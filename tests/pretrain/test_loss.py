@@ -11,7 +11,7 @@ from pretrain.configs import PretrainConfig
 from pretrain.loss import soft_target_cross_entropy
 from pretrain.model import PatchMixModel
 from pretrain.patchmix import mix_to_mix_targets, mix_to_origin_targets, origin_targets, patch_mix
-from pretrain.train import patchmix_loss
+from pretrain.methods.patchmix import patchmix_loss
 
 
 def hand_written_cross_entropy(queries, keys, targets, temperature) -> float:

@@ -8,7 +8,9 @@ from common.vit import build_vit, count_parameters
 from common import schedules
 from pretrain.configs import OptimConfig
 from pretrain.model import ModelConfig, PatchMixModel
-from pretrain.train import build_optimizer, momentum_at, set_schedules
+from pretrain.configs import PretrainConfig
+from pretrain.methods import method_named
+from pretrain.train import apply_schedule, build_optimizer
 
 
 @pytest.mark.parametrize("arch,patch,size,millions", [
@@ -88,9 +90,15 @@ def test_optimizer_groups_and_schedule_application():
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in not_decayed["params"])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
-    lr, wd = set_schedules(optimizer, config, step=10, steps_per_epoch=10)
-    assert lr == pytest.approx(2e-3)  # peak = base_lr * 512 / 256, reached at the end of warmup
-    assert decayed["weight_decay"] == wd and not_decayed["weight_decay"] == 0.0
+    schedule = method_named("patchmix").schedule(PretrainConfig(optim=config), step=10, steps_per_epoch=10)
+    apply_schedule(optimizer, schedule)
+    assert schedule.learning_rate == pytest.approx(2e-3)  # peak = base_lr * 512 / 256, reached at the end of warmup
+    assert decayed["lr"] == not_decayed["lr"] == schedule.learning_rate
+    assert decayed["weight_decay"] == schedule.weight_decay and not_decayed["weight_decay"] == 0.0
+
+
+def momentum_at(optim: OptimConfig, step: int, steps_per_epoch: int) -> float:
+    return method_named("patchmix").schedule(PretrainConfig(optim=optim), step, steps_per_epoch).momentum
 
 
 def test_published_per_epoch_momentum_holds_within_an_epoch():

@@ -19,6 +19,7 @@ from common import dist  # noqa: E402
 from common.config import apply_overrides  # noqa: E402
 from pretrain import train  # noqa: E402
 from pretrain.configs import preset  # noqa: E402
+from pretrain.methods import patchmix  # noqa: E402
 
 
 def fixed_views(global_batch: int, size: int) -> list[torch.Tensor]:
@@ -37,7 +38,7 @@ def one_step(config, output: Path) -> None:
     batch = config.optim.batch_size // world
     views = [v[rank * batch:(rank + 1) * batch].double()
              for v in fixed_views(config.optim.batch_size, config.model.image_size)]
-    loss, _ = train.patchmix_loss(ddp, model, views, config, torch.Generator().manual_seed(100 + rank), rank, world)
+    loss, _ = patchmix.patchmix_loss(ddp, model, views, config, torch.Generator().manual_seed(100 + rank), rank, world)
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     torch.save({"loss": loss.detach(), "grads": grads}, output / f"rank{rank}.pt")
@@ -59,7 +60,7 @@ def main() -> None:
         one_step(config, arguments.output)
         return
     if arguments.nan_at_step >= 0:
-        original = train.patchmix_loss
+        original = patchmix.patchmix_loss
         calls = {"count": 0}
 
         def poisoned(*args, **kwargs):
@@ -68,7 +69,7 @@ def main() -> None:
             if calls["count"] == arguments.nan_at_step and int(os.environ.get("RANK", 0)) == arguments.nan_rank:
                 loss = loss * float("nan")
             return loss, metrics
-        train.patchmix_loss = poisoned
+        patchmix.patchmix_loss = poisoned
     try:
         train.main(config)
     except train.NonFiniteLossError as error:

@@ -1,0 +1,298 @@
+"""DINO (Caron et al., ICCV 2021) as its authors published it (facebookresearch/dino, main_dino.py,
+vision_transformer.py and utils.py), as a pretraining method of the suite.
+
+Each computation is a small function with the meaning of its published counterpart, so that the two
+can be compared one to one on the same inputs:
+
+| here                          | published                                    |
+|-------------------------------|----------------------------------------------|
+| `DinoHead`                    | vision_transformer.DINOHead                  |
+| `DinoModel.forward` / `teacher` | utils.MultiCropWrapper on student / teacher |
+| `dino_loss`                   | DINOLoss.forward (before its center update)  |
+| `updated_center`              | DINOLoss.update_center                       |
+| `teacher_temperatures`        | DINOLoss.teacher_temp_schedule               |
+| `cosine_schedule_value`       | utils.cosine_scheduler (one entry)           |
+| `clip_gradients`              | utils.clip_gradients                         |
+| `cancel_gradients_last_layer` | utils.cancel_gradients_last_layer            |
+| `DinoModel.update_teacher`    | the EMA loop at the end of train_one_epoch   |
+
+Student and teacher ViTs are `base_encoder` and `momentum_encoder` (the names the encoder record
+uses); evaluations read the teacher, as DINO's do.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from common import dist
+from common.config import ConfigError
+from pretrain.methods.base import LossContext, PretrainingMethod, StepSchedule
+from pretrain.model import build_encoder, compile_encoders, encode_views
+
+if TYPE_CHECKING:
+    from pretrain.configs import PretrainConfig
+
+
+@dataclass
+class DinoConfig:
+    """DINO's own fields (main_dino.py's arguments of the same names); used when method=dino."""
+
+    out_dim: int = 65536  # prototypes: width of the weight-normalised last layer
+    hidden_dim: int = 2048  # head MLP width (3 layers, GELU)
+    bottleneck_dim: int = 256  # head output before l2 normalisation and the last layer
+    num_layers: int = 3  # head MLP layers
+    use_bn_in_head: bool = False  # BatchNorm in the head MLP (published default: off)
+    norm_last_layer: bool = True  # the last layer's weight-norm gain fixed at 1 (README: off for ViT-S)
+    student_temp: float = 0.1  # student softmax temperature
+    teacher_temp: float = 0.04  # teacher temperature after its warm-up
+    warmup_teacher_temp: float = 0.04  # teacher temperature at epoch 0
+    warmup_teacher_temp_epochs: int = 0  # linear teacher-temperature warm-up, in epochs
+    center_momentum: float = 0.9  # EMA of the teacher-output center
+    clip_grad: float = 3.0  # per-parameter gradient-norm clipping (0 = off)
+    freeze_last_layer: int = 1  # epochs during which the last layer gets no update
+    # Host memory guard: the (batch x out_dim) logits of every crop must fit; checked at launch.
+    max_logit_gib: float = 64.0
+
+    def check(self) -> None:
+        if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1 or self.num_layers < 1:
+            raise ConfigError("out_dim, hidden_dim, bottleneck_dim and num_layers must be >= 1")
+        if self.student_temp <= 0 or self.teacher_temp <= 0 or self.warmup_teacher_temp <= 0:
+            raise ConfigError("student_temp, teacher_temp and warmup_teacher_temp must be > 0")
+        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer < 0 or self.clip_grad < 0:
+            raise ConfigError("warmup_teacher_temp_epochs, freeze_last_layer and clip_grad must be >= 0")
+        if not 0.0 <= self.center_momentum < 1.0:
+            raise ConfigError(f"center_momentum must be in [0, 1), got {self.center_momentum}")
+
+
+class DinoHead(nn.Module):
+    """x: (B, in_dim) -> (B, out_dim): MLP (GELU; truncated-normal init), l2-normalised bottleneck,
+    then a weight-normalised linear layer without bias whose gain is fixed at 1 if `norm_last_layer`."""
+
+    def __init__(self, in_dim: int, config: DinoConfig, norm_last_layer: bool):
+        super().__init__()
+        if config.num_layers == 1:
+            self.mlp = nn.Linear(in_dim, config.bottleneck_dim)
+        else:
+            layers: list[nn.Module] = []
+            widths = [in_dim] + [config.hidden_dim] * (config.num_layers - 1)
+            for width_in, width_out in zip(widths[:-1], widths[1:]):
+                layers.append(nn.Linear(width_in, width_out))
+                if config.use_bn_in_head:
+                    layers.append(nn.BatchNorm1d(width_out))
+                layers.append(nn.GELU())
+            layers.append(nn.Linear(config.hidden_dim, config.bottleneck_dim))
+            self.mlp = nn.Sequential(*layers)
+        for module in self.mlp.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        self.last_layer = weight_norm(nn.Linear(config.bottleneck_dim, config.out_dim, bias=False))
+        gain = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            gain.fill_(1.0)
+        if norm_last_layer:
+            gain.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1, p=2))
+
+
+class DinoModel(nn.Module):
+    """Student (base_encoder + head) and EMA teacher (momentum_encoder + momentum_head), with the
+    center of the teacher outputs as a buffer (so checkpoints carry it)."""
+
+    def __init__(self, config: "PretrainConfig"):
+        super().__init__()
+        self.config = config.model
+        self.base_encoder = build_encoder(config.model, config.model.drop_path_rate)
+        self.head = DinoHead(self.base_encoder.embed_dim, config.dino, config.dino.norm_last_layer)
+        # The teacher starts as a copy of the student (its head built with the default norm_last_layer,
+        # then overwritten with the student's state, as published) and never gets gradients.
+        self.momentum_encoder = build_encoder(config.model, 0.0)
+        self.momentum_encoder.load_state_dict(self.base_encoder.state_dict())
+        self.momentum_head = copy.deepcopy(self.head)
+        for parameter in self.teacher_parameters():
+            parameter.requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, config.dino.out_dim))
+        if config.model.compile:
+            compile_encoders((self.base_encoder, self.momentum_encoder), config.model.compile_mode)
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        return [*self.base_encoder.parameters(), *self.head.parameters()]
+
+    def teacher_parameters(self) -> list[nn.Parameter]:
+        return [*self.momentum_encoder.parameters(), *self.momentum_head.parameters()]
+
+    def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Student outputs of every crop, each (B, out_dim): the backbone on each resolution, the
+        head once on all of them (MultiCropWrapper)."""
+        features = encode_views(self.base_encoder, views, batch_views=True)
+        return list(self.head(torch.cat(features)).split([f.shape[0] for f in features]))
+
+    @torch.no_grad()
+    def teacher(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Teacher outputs of the global crops, each (B, out_dim)."""
+        features = encode_views(self.momentum_encoder, views, batch_views=True)
+        return list(self.momentum_head(torch.cat(features)).split([f.shape[0] for f in features]))
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- momentum * teacher + (1 - momentum) * student, every parameter (one foreach call)."""
+        torch._foreach_lerp_(self.teacher_parameters(), [p.detach() for p in self.student_parameters()],
+                             1.0 - momentum)
+
+    def evaluation_encoder(self) -> nn.Module:
+        return self.momentum_encoder
+
+
+def teacher_temperatures(warmup_teacher_temp: float, teacher_temp: float, warmup_epochs: int,
+                         epochs: int) -> np.ndarray:
+    """Teacher temperature of each epoch: linear from warmup to final over `warmup_epochs` (both ends
+    included, as np.linspace), then constant."""
+    return np.concatenate((np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs),
+                           np.ones(max(epochs - warmup_epochs, 0)) * teacher_temp))
+
+
+def cosine_schedule_value(base_value: float, final_value: float, total_steps: int, step: int,
+                          warmup_steps: int = 0, start_warmup_value: float = 0.0) -> float:
+    """Entry `step` of DINO's cosine_scheduler: linear warm-up from `start_warmup_value` to `base_value`
+    over `warmup_steps` entries (both ends included), then a cosine from base to final over the rest."""
+    if step < warmup_steps:
+        if warmup_steps == 1:
+            return float(start_warmup_value)
+        return float(start_warmup_value + (base_value - start_warmup_value) * step / (warmup_steps - 1))
+    remaining = total_steps - warmup_steps
+    return float(final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * (step - warmup_steps) / remaining)))
+
+
+def dino_loss(student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor],
+              center: torch.Tensor, student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """Cross-entropy between the centred, sharpened teacher distribution of each global crop and the
+    student distribution of every other crop, averaged over the pairs.
+
+    student_outputs: n crops of (B, K); teacher_outputs: 2 global crops of (B, K); center: (1, K).
+    Computed in at least fp32 (the published code's softmax and log-softmax run in fp32 under autocast)."""
+    dtype = torch.promote_types(student_outputs[0].dtype, torch.float32)
+    teacher_probabilities = [F.softmax((t.to(dtype) - center) / teacher_temp, dim=-1).detach() for t in teacher_outputs]
+    student_log_probabilities = [F.log_softmax(s.to(dtype) / student_temp, dim=-1) for s in student_outputs]
+    total, terms = 0.0, 0
+    for teacher_index, target in enumerate(teacher_probabilities):
+        for student_index, log_probability in enumerate(student_log_probabilities):
+            if student_index == teacher_index:  # never the same view
+                continue
+            total = total + torch.sum(-target * log_probability, dim=-1).mean()
+            terms += 1
+    return total / terms
+
+
+@torch.no_grad()
+def updated_center(center: torch.Tensor, teacher_outputs: Sequence[torch.Tensor], momentum: float) -> torch.Tensor:
+    """center * m + mean of the teacher outputs over every process's global crops * (1 - m)."""
+    outputs = torch.cat(list(teacher_outputs)).to(center.dtype)
+    batch_center = torch.sum(outputs, dim=0, keepdim=True)
+    if dist.is_distributed():
+        torch.distributed.all_reduce(batch_center)
+    batch_center = batch_center / (len(outputs) * dist.world_size())
+    return center * momentum + batch_center * (1 - momentum)
+
+
+@torch.no_grad()
+def clip_gradients(parameters: Sequence[nn.Parameter], clip: float) -> list[torch.Tensor]:
+    """Each parameter's gradient scaled to norm <= clip on its own (not a global norm); returns the norms.
+    The coefficient is applied on the device without a host synchronisation."""
+    norms = []
+    for parameter in parameters:
+        if parameter.grad is None:
+            continue
+        norm = parameter.grad.norm(2)
+        norms.append(norm)
+        coefficient = clip / (norm + 1e-6)
+        parameter.grad.mul_(torch.clamp(coefficient, max=1.0))
+    return norms
+
+
+def cancel_gradients_last_layer(epoch: int, head: nn.Module, freeze_last_layer: int) -> None:
+    """During the first `freeze_last_layer` epochs the last layer gets no gradient (hence no update)."""
+    if epoch >= freeze_last_layer:
+        return
+    for parameter in head.last_layer.parameters():
+        parameter.grad = None
+
+
+def logits_bytes(config: "PretrainConfig", batch_per_process: int) -> int:
+    """Bytes of the fp32 head outputs, probabilities and their gradients of one step (the dominant
+    activations of a large out_dim): crops x batch x out_dim x 4 bytes x 3."""
+    crops = 2 + config.augment.num_local_crops
+    return crops * batch_per_process * config.dino.out_dim * 4 * 3
+
+
+class Dino(PretrainingMethod):
+    name = "dino"
+    sections = ("dino",)
+    uses_local_crops = True
+
+    def check(self, config: "PretrainConfig") -> None:
+        if config.dino.warmup_teacher_temp_epochs > config.optim.epochs:
+            raise ConfigError(f"dino.warmup_teacher_temp_epochs {config.dino.warmup_teacher_temp_epochs} exceeds "
+                              f"optim.epochs {config.optim.epochs}")
+        needed = logits_bytes(config, config.optim.batch_size) / 2**30
+        if needed > config.dino.max_logit_gib:
+            raise ConfigError(
+                f"dino.out_dim {config.dino.out_dim} needs about {needed:.0f} GiB of head outputs for a batch of "
+                f"{config.optim.batch_size} x {2 + config.augment.num_local_crops} crops (limit dino.max_logit_gib="
+                f"{config.dino.max_logit_gib:g}): lower dino.out_dim or optim.batch_size, or raise the limit on "
+                "several devices")
+
+    def build_model(self, config: "PretrainConfig") -> DinoModel:
+        return DinoModel(config)
+
+    def schedule(self, config: "PretrainConfig", step: int, steps_per_epoch: int) -> StepSchedule:
+        optim, total = config.optim, config.optim.epochs * steps_per_epoch
+        lr = cosine_schedule_value(optim.peak_lr(), optim.min_lr, total, step, optim.warmup_epochs * steps_per_epoch)
+        wd = cosine_schedule_value(optim.weight_decay, optim.weight_decay_end, total, step)
+        momentum = cosine_schedule_value(optim.momentum, optim.momentum_end, total, step)
+        temperatures = teacher_temperatures(config.dino.warmup_teacher_temp, config.dino.teacher_temp,
+                                            config.dino.warmup_teacher_temp_epochs, optim.epochs)
+        return StepSchedule(lr, wd, momentum, {"teacher_temp": float(temperatures[step // steps_per_epoch])})
+
+    def before_forward(self, model: nn.Module, schedule: StepSchedule) -> None:
+        """DINO updates its teacher after the optimizer step, not before the forward pass."""
+
+    def loss(self, query_model: nn.Module, model: DinoModel, views: Sequence[torch.Tensor],
+             config: "PretrainConfig", context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher_outputs = model.teacher(views[:2])  # only the 2 global crops pass through the teacher
+        student_outputs = query_model(list(views))
+        temperature = context.schedule.extra["teacher_temp"]
+        loss = dino_loss(student_outputs, teacher_outputs, model.center, config.dino.student_temp, temperature)
+        metrics = {"dino": loss.detach(), "teacher_entropy": _mean_entropy(teacher_outputs, model.center, temperature)}
+        model.center.copy_(updated_center(model.center, teacher_outputs, config.dino.center_momentum))
+        return loss, metrics
+
+    def before_optimizer_step(self, model: DinoModel, optimizer: torch.optim.Optimizer,
+                              scaler: torch.amp.GradScaler, config: "PretrainConfig", context: LossContext) -> None:
+        if config.dino.clip_grad:
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)  # clip the true gradients, as published
+            clip_gradients(model.student_parameters(), config.dino.clip_grad)
+        cancel_gradients_last_layer(context.epoch, model.head, config.dino.freeze_last_layer)
+
+    def after_optimizer_step(self, model: DinoModel, schedule: StepSchedule) -> None:
+        model.update_teacher(schedule.momentum)
+
+
+@torch.no_grad()
+def _mean_entropy(teacher_outputs: Sequence[torch.Tensor], center: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean entropy of the teacher's centred distributions (a collapse monitor: log K when uniform,
+    0 when one prototype takes everything)."""
+    probabilities = F.softmax((torch.cat(list(teacher_outputs)).float() - center) / temperature, dim=-1)
+    return -(probabilities * torch.log(probabilities.clamp(min=1e-12))).sum(dim=-1).mean()
+
+
+METHOD = Dino()

@@ -1,0 +1,194 @@
+"""SDMP (Ren et al., CVPR 2022, "A Simple Data Mixing Prior for Improving Self-Supervised Learning")
+as its authors published it for ViTs (OliverRensu/SDMP, folder moco/: MoCo v3 plus data mixing), as
+a pretraining method of the suite.
+
+Each computation is a small function with the meaning of its published counterpart (moco/moco/builder.py):
+
+| here                       | published                                                  |
+|----------------------------|------------------------------------------------------------|
+| `mixing_box`               | rand_bbox                                                  |
+| `mix_batch`                | datamixing                                                 |
+| `contrastive_loss`         | MoCo.contrastive_loss (cross-entropy x 2 tau)              |
+| `mixture_loss`             | MoCo.contrastive_mix_loss (release 8615686)                |
+| `weighted_contrastive_loss`| the lam-weighted pair of contrastive_loss calls (release cd26a51) |
+| `mix_to_mix_weights`       | the `common` overlap and its 1/(1+c), c/(1+c) weights      |
+| `Sdmp.loss`                | MoCo.forward                                               |
+
+The published release (8615686, the newest) never pastes the partner: its paste condition
+`rank * bz <= i < rank * bz` is empty, so its "mixed" views are the views themselves, trained towards
+the mixed targets. The `official` presets reproduce that (`sdmp.paste_partner=false`); the `paper`
+presets paste as the paper describes and as the first release (cd26a51) did. docs/fidelity.md lists both.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import dist
+from common.config import ConfigError
+from pretrain.methods.base import LossContext, PretrainingMethod
+from pretrain.mixers import numpy_generator
+from pretrain.model import PatchMixModel
+
+if TYPE_CHECKING:
+    from pretrain.configs import PretrainConfig
+
+MIX_LOSSES = ("mixture_likelihood", "weighted_cross_entropy")
+
+
+@dataclass
+class SdmpConfig:
+    """SDMP's own fields; used when method=sdmp (the networks are model.*'s MoCo v3 heads)."""
+
+    temperature: float = 0.2  # --moco-t
+    # Paste the resized partner into each image (the paper, release cd26a51); the newest release never does.
+    paste_partner: bool = True
+    # mixture_likelihood: -log(w_own p_own + w_partner p_partner) (release 8615686); weighted_cross_entropy:
+    # w_own CE(own) + w_partner CE(partner) (release cd26a51 and the paper's equation).
+    mix_loss: str = "weighted_cross_entropy"
+    swap_views: bool = True  # swap the two views of the whole batch with probability 1/2, as published
+    mix_to_source_weight: float = 0.5  # weight of the mixed view 2 vs the sources' view-1 keys
+    mix_to_mix_weight: float = 0.5  # weight of the mixed view 2 vs the mixed view-1 keys
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.mix_loss not in MIX_LOSSES:
+            raise ConfigError(f"mix_loss must be one of {', '.join(MIX_LOSSES)}, got {self.mix_loss!r}")
+        if self.mix_to_source_weight < 0 or self.mix_to_mix_weight < 0:
+            raise ConfigError("mix_to_source_weight and mix_to_mix_weight must be >= 0")
+
+
+def mixing_box(height: int, width: int, own_share: float, rng: np.random.Generator) -> tuple[int, int, int, int, int]:
+    """(top, bottom, left, right, area) of the partner's box: sides int(size x sqrt(1 - own_share)),
+    centre drawn so that the box stays inside the image. As published, the pasted box spans
+    2 x (side // 2) pixels while `area` is side_h x side_w (they differ by a row or column for odd sides)."""
+    ratio = math.sqrt(1.0 - own_share)
+    cut_height, cut_width = int(height * ratio), int(width * ratio)
+    centre_y = int(rng.integers(cut_height // 2, height - cut_height // 2))
+    centre_x = int(rng.integers(cut_width // 2, width - cut_width // 2))
+    return (centre_y - cut_height // 2, centre_y + cut_height // 2, centre_x - cut_width // 2,
+            centre_x + cut_width // 2, cut_height * cut_width)
+
+
+def mix_batch(images: torch.Tensor, lam: torch.Tensor, rng: np.random.Generator, first_row: int,
+              every_image: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ResizeMix against the flipped batch of every process (partner of image i: N - 1 - i).
+
+    images: (B, C, H, W), this process's images, rows first_row .. first_row + B - 1 of the whole batch;
+    lam: (N,) draws of Beta(1, 1), N = every process's images; every_image: (N, C, H, W) to paste the
+    partners from, or None to paste nothing (the newest release). Returns (mixed images (B, C, H, W),
+    own shares (N,) = 1 - box area / image area for the box of own share 0.1 + 0.8 lam)."""
+    height, width = images.shape[-2:]
+    own_shares = lam * 0.8 + 0.1
+    mixed = images.clone()
+    new_shares = own_shares.clone()
+    for index in range(lam.shape[0]):
+        top, bottom, left, right, area = mixing_box(height, width, float(own_shares[index]), rng)
+        new_shares[index] = 1.0 - area / float(height * width)
+        row = index - first_row
+        if every_image is not None and 0 <= row < images.shape[0] and bottom > top and right > left:
+            partner = every_image[lam.shape[0] - 1 - index: lam.shape[0] - index]
+            mixed[row, :, top:bottom, left:right] = F.interpolate(
+                partner, (bottom - top, right - left), mode="bilinear", align_corners=False)[0].to(mixed.dtype)
+    return mixed, new_shares
+
+
+def _logits(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """normalize(q) @ normalize(k).T / tau in at least fp32: (B, N)."""
+    dtype = torch.promote_types(queries.dtype, torch.float32)
+    return F.normalize(queries.to(dtype), dim=1) @ F.normalize(keys.to(dtype), dim=1).detach().T / temperature
+
+
+def contrastive_loss(queries: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, temperature: float,
+                     reduction: str = "mean") -> torch.Tensor:
+    """MoCo v3's InfoNCE: cross-entropy of q (B, d) over the gathered keys (N, d) with the positive
+    `labels` (B,), times 2 tau."""
+    return F.cross_entropy(_logits(queries, keys, temperature), labels, reduction=reduction) * (2 * temperature)
+
+
+def mixture_loss(queries: torch.Tensor, keys: torch.Tensor, own_labels: torch.Tensor, partner_labels: torch.Tensor,
+                 own_weight: torch.Tensor, partner_weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Release 8615686: -log(w_own p(own key) + w_partner p(partner key)) with p the softmax over the
+    gathered keys, averaged over the batch, times 2 tau."""
+    probabilities = _logits(queries, keys, temperature).softmax(-1)
+    rows = torch.arange(queries.shape[0], device=queries.device)
+    mixture = probabilities[rows, own_labels] * own_weight + probabilities[rows, partner_labels] * partner_weight
+    return -torch.log(mixture).mean() * (2 * temperature)
+
+
+def weighted_contrastive_loss(queries: torch.Tensor, keys: torch.Tensor, own_labels: torch.Tensor,
+                              partner_labels: torch.Tensor, own_weight: torch.Tensor, partner_weight: torch.Tensor,
+                              temperature: float) -> torch.Tensor:
+    """Release cd26a51 (the paper's equation): mean(w_own CE(own)) + mean(w_partner CE(partner)), each x 2 tau."""
+    own = contrastive_loss(queries, keys, own_labels, temperature, "none").mul(own_weight).mean()
+    partner = contrastive_loss(queries, keys, partner_labels, temperature, "none").mul(partner_weight).mean()
+    return own + partner
+
+
+def mix_to_mix_weights(own_share: torch.Tensor, partner_share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed image i (own share l_i, partner j = N-1-i) against the mixed keys: the sources it shares
+    with mixed key j are c = min(l_i, 1 - l_j) + min(1 - l_i, l_j); weights 1/(1+c) on key i, c/(1+c) on key j."""
+    common = torch.minimum(own_share, 1 - partner_share) + torch.minimum(1 - own_share, partner_share)
+    return 1 / (1 + common), common / (1 + common)
+
+
+class Sdmp(PretrainingMethod):
+    name = "sdmp"
+    sections = ("sdmp",)
+
+    def build_model(self, config: "PretrainConfig") -> PatchMixModel:
+        return PatchMixModel(config.model)
+
+    def parameter_groups(self, model: nn.Module, config: "PretrainConfig") -> list[dict]:
+        """AdamW over every parameter with one weight decay, biases and norms included (MoCo v3's
+        main_moco.py passes model.parameters())."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "apply_weight_decay": True}]
+
+    def loss(self, query_model: nn.Module, model: PatchMixModel, views: Sequence[torch.Tensor],
+             config: "PretrainConfig", context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        options, rank, world = config.sdmp, context.rank, context.world_size
+        view1, view2 = views[0], views[1]
+        batch, device = view1.shape[0], view1.device
+        rng = numpy_generator(context.generator)
+        lam = dist.all_gather_no_grad(torch.from_numpy(rng.beta(1.0, 1.0, size=batch).astype(np.float32)).to(device))
+        swap = dist.all_gather_no_grad(torch.rand(1, generator=context.generator).to(device))[0]
+        if options.swap_views and bool(swap > 0.5):  # one decision for every process (rank 0's draw)
+            view1, view2 = view2, view1
+        first_row = rank * batch
+
+        def mixed(view: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            partners = dist.all_gather_no_grad(view) if options.paste_partner else None
+            return mix_batch(view, lam, rng, first_row, partners)
+
+        (mixed1, shares), (mixed2, shares) = mixed(view1), mixed(view2)  # the same lam, boxes drawn anew
+        query1, query_mixed2 = query_model([view1, mixed2])
+        key_inputs = [view1, view2] + ([mixed1] if options.paste_partner else [])
+        key1, key2, *key_mixed = (dist.all_gather_no_grad(k) for k in model.keys(key_inputs))
+        key_mixed1 = key_mixed[0] if key_mixed else key1  # unpasted: the same images, the same keys
+
+        own_labels = torch.arange(first_row, first_row + batch, device=device)
+        partner_labels = world * batch - 1 - own_labels
+        own_share, partner_share = shares[own_labels], shares[partner_labels]
+        mix_term = mixture_loss if options.mix_loss == "mixture_likelihood" else weighted_contrastive_loss
+        tau = options.temperature
+        terms = {
+            "source": contrastive_loss(query1, key2, own_labels, tau),
+            "mix_to_source": mix_term(query_mixed2, key1, own_labels, partner_labels, own_share, 1 - own_share, tau),
+            "mix_to_mix": mix_term(query_mixed2, key_mixed1, own_labels, partner_labels,
+                                   *mix_to_mix_weights(own_share, partner_share), tau),
+        }
+        loss = (terms["source"] + options.mix_to_source_weight * terms["mix_to_source"]
+                + options.mix_to_mix_weight * terms["mix_to_mix"])
+        metrics = {name: value.detach() for name, value in terms.items()}
+        metrics["key_std"] = F.normalize(key1.float(), dim=1).std(dim=0).mean() * math.sqrt(key1.shape[1])
+        return loss, metrics
+
+
+METHOD = Sdmp()
