@@ -22,6 +22,7 @@ uses); evaluations read the teacher, as DINO's do.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -57,8 +58,6 @@ class DinoConfig:
     center_momentum: float = 0.9  # EMA of the teacher-output center
     clip_grad: float = 3.0  # per-parameter gradient-norm clipping (0 = off)
     freeze_last_layer: int = 1  # epochs during which the last layer gets no update
-    # Host memory guard: the (batch x out_dim) logits of every crop must fit; checked at launch.
-    max_logit_gib: float = 64.0
 
     def check(self) -> None:
         if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1 or self.num_layers < 1:
@@ -226,11 +225,23 @@ def cancel_gradients_last_layer(epoch: int, head: nn.Module, freeze_last_layer: 
         parameter.grad = None
 
 
-def logits_bytes(config: "PretrainConfig", batch_per_process: int) -> int:
-    """Bytes of the fp32 head outputs, probabilities and their gradients of one step (the dominant
-    activations of a large out_dim): crops x batch x out_dim x 4 bytes x 3."""
+def head_output_bytes(config: "PretrainConfig", batch_per_process: int) -> int:
+    """Bytes of the fp32 (batch x out_dim) tensors of one step, the activations that grow with out_dim:
+    per crop the student output, its log-softmax and their gradients, per global crop the teacher's
+    output and probabilities."""
     crops = 2 + config.augment.num_local_crops
-    return crops * batch_per_process * config.dino.out_dim * 4 * 3
+    return (4 * crops + 2 * 2) * batch_per_process * config.dino.out_dim * 4
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """Memory of the device a run on `device` would use, when it can be known from here: the first
+    GPU's where one is visible, the host's for CPU runs; None on a machine without the run's GPU (a
+    login node planning cluster jobs)."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available() and "SLURM_JOB_ID" in os.environ):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
 
 
 class Dino(PretrainingMethod):
@@ -242,13 +253,14 @@ class Dino(PretrainingMethod):
         if config.dino.warmup_teacher_temp_epochs > config.optim.epochs:
             raise ConfigError(f"dino.warmup_teacher_temp_epochs {config.dino.warmup_teacher_temp_epochs} exceeds "
                               f"optim.epochs {config.optim.epochs}")
-        needed = logits_bytes(config, config.optim.batch_size) / 2**30
-        if needed > config.dino.max_logit_gib:
+        available = device_memory_bytes(config.run.device)
+        batch = config.optim.batch_size // max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        needed = head_output_bytes(config, batch)
+        if available is not None and needed > available:
             raise ConfigError(
-                f"dino.out_dim {config.dino.out_dim} needs about {needed:.0f} GiB of head outputs for a batch of "
-                f"{config.optim.batch_size} x {2 + config.augment.num_local_crops} crops (limit dino.max_logit_gib="
-                f"{config.dino.max_logit_gib:g}): lower dino.out_dim or optim.batch_size, or raise the limit on "
-                "several devices")
+                f"dino.out_dim {config.dino.out_dim} needs about {needed / 2**30:.0f} GiB of head outputs for a batch "
+                f"of {batch} x {2 + config.augment.num_local_crops} crops per process, more than the "
+                f"{available / 2**30:.0f} GiB of this device: lower dino.out_dim or optim.batch_size, or use more devices")
 
     def build_model(self, config: "PretrainConfig") -> DinoModel:
         return DinoModel(config)
