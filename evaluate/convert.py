@@ -8,7 +8,10 @@ Formats (all ViTs use timm's key names inside):
   (projector under `head.*`). Default encoder: base, as MoCo v3's own evaluation does.
 - `dino`: a full DINO checkpoint (`teacher` / `student`, backbone under `backbone.*`, maybe
   `module.`), or DINO's released backbone-only weights. Default encoder: teacher.
-- `timm`: a plain timm ViT state dict; a classifier `head.*` is dropped.
+- `timm`: a plain timm ViT state dict; a classifier `head.*` is dropped. Also our own exports: an
+  encoder file, or a folder timm loads (its `model.safetensors`, or the folder itself).
+The head count, which the weights cannot tell (ViT-S reads as 6 or 12 heads), is the one the input
+states (an encoder file's metadata, an exported folder's config.json); a different --num-heads is refused.
 Loading is strict: any missing or unexpected backbone key fails with the keys named.
 Checkpoints are read with torch's safe `weights_only` unpickler (DINO's stored argparse
 Namespace is the only extra type allowed).
@@ -16,11 +19,13 @@ Namespace is the only extra type allowed).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
@@ -32,14 +37,22 @@ DEFAULT_ENCODER = {"patchmix": "momentum", "mocov3": "base", "dino": "teacher", 
 ENCODER_CHOICES = {"patchmix": ("momentum", "base"), "mocov3": ("base", "momentum"),
                    "dino": ("teacher", "student"), "timm": ("model",)}
 DROPPED_PREFIXES = ("head.", "fc_norm.")  # projector / classifier heads; never part of the backbone
+# What timm's save_for_hf writes into an exported folder (export_for_timm).
+FOLDER_WEIGHTS, FOLDER_CONFIG = "model.safetensors", "config.json"
 
 
 class ConversionError(ValueError):
     pass
 
 
-def load_checkpoint_file(path: Path) -> dict:
+def weights_file(path: Path) -> Path:
+    """The checkpoint file of an input: the file itself, or the weights of an exported folder."""
     path = Path(path)
+    return path / FOLDER_WEIGHTS if path.is_dir() else path
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    path = weights_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
@@ -103,10 +116,42 @@ def check_backbone_keys(state: dict[str, torch.Tensor], spec: EncoderSpec) -> No
         raise ConversionError(f"checkpoint does not match a {spec.arch}/{spec.patch_size} ViT: " + "; ".join(problems))
 
 
+def stated_heads(path: Path) -> tuple[int, str] | None:
+    """(head count, where it is stated) when the input states one: an encoder file's metadata, or the
+    config.json beside the model.safetensors of an exported folder; None for published checkpoints."""
+    weights = weights_file(path)
+    if weights.suffix == ".safetensors":
+        with safe_open(str(weights), framework="pt") as handle:
+            heads = int((handle.metadata() or {}).get("num_heads") or 0)
+        if heads:
+            return heads, f"the metadata of {weights}"
+    config = weights.parent / FOLDER_CONFIG
+    if weights.name == FOLDER_WEIGHTS and config.is_file():
+        heads = int(json.loads(config.read_text()).get("model_args", {}).get("num_heads") or 0)
+        if heads:
+            return heads, str(config)
+    return None
+
+
+def head_count(path: Path, num_heads: int) -> int:
+    """The head count to convert with: the one the input states, else `num_heads` (0 = the arch's
+    default). A `num_heads` that contradicts the input's would compute other features from the same
+    weights, so it is refused."""
+    stated = stated_heads(path)
+    if stated is None:
+        return num_heads
+    heads, where = stated
+    if num_heads and num_heads != heads:
+        raise ConversionError(f"--num-heads {num_heads} contradicts the {heads} heads stated in {where}; "
+                              "leave --num-heads out to use them")
+    return heads
+
+
 def convert(path: Path, source_format: str, output: Path, encoder: str = "", num_heads: int = 0) -> Path:
-    """Convert a published checkpoint into an encoder file (safetensors + architecture metadata)."""
+    """Convert a published checkpoint (or one of our exports) into an encoder file (safetensors +
+    architecture metadata)."""
     state = extract_backbone(load_checkpoint_file(path), source_format, encoder)
-    spec = infer_spec(state, num_heads)
+    spec = infer_spec(state, head_count(path, num_heads))
     check_backbone_keys(state, spec)
     description = f"{source_format}:{encoder or DEFAULT_ENCODER[source_format]}:{Path(path).name}"
     return save_encoder_file(state, spec, output, description)
@@ -153,8 +198,10 @@ def cli(command: str, argv: list[str]) -> None:
         parser.add_argument("--format", required=True, choices=FORMATS)
         parser.add_argument("--encoder", default="", help="which encoder of the checkpoint (default per format)")
         parser.add_argument("--num-heads", type=int, default=0,
-                            help="attention heads (0 = arch default; ViT-S 12 as in published checkpoints)")
-        parser.add_argument("input")
+                            help="attention heads (default: the count the input states, in an encoder file's "
+                                 "metadata or an exported folder's config.json; else the arch's, ViT-S 12 as in "
+                                 "published checkpoints); a count the input contradicts is refused")
+        parser.add_argument("input", help="a checkpoint file, or a folder written by `python -m evaluate export`")
     else:
         parser.add_argument("--from", dest="run_dir", required=True)
         parser.add_argument("--encoder", default="auto", choices=("auto", "momentum", "base"))
