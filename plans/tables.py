@@ -96,27 +96,75 @@ def _rows(table: str, method: str, backbone: str, epochs: int, dataset: str,
     return {p: Row(table, method, backbone, epochs, DATASET_LABEL.get(dataset, dataset), p) for p in protocols}
 
 
+# The baselines the suite runs itself (pretrain/methods/): report label per method and setting. On
+# ImageNet DINO runs multi-crop as published, the paper's "DINO*" rows; on CIFAR two crops, its "DINO" rows.
+BASELINE_LABELS = {"imagenet": {"dino": "DINO*", "sdmp": "SDMP"}, "cifar": {"dino": "DINO", "sdmp": "SDMP"}}
+
+
+def baseline_preset(name: str, flavour: str) -> str:
+    """`<name>_<flavour>` where that preset exists, else the baseline's only (official) recipe: DINO's
+    published recipe is the same in both flavours (the paper trains no DINO)."""
+    presets = stage_record(PRETRAIN).presets
+    return f"{name}_{flavour}" if f"{name}_{flavour}" in presets else f"{name}_official"
+
+
 def table2(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
-    plan = Plan("table2", "ImageNet-1K: ViT-S/16 300 and 800 epochs, ViT-B/16 300 epochs; finetune, linear, kNN")
+    plan = Plan("table2", "ImageNet-1K: ViT-S/16 300 and 800 epochs, ViT-B/16 300 epochs; finetune, linear, kNN; "
+                "DINO (ViT-S/16, ViT-B/16) and SDMP (ViT-S/16) 300 epochs run here as published")
     for seed in seeds:
         for arch, epochs in (("vit_s16", 300), ("vit_s16", 800), ("vit_b16", 300)):
             _pretrain_with_evals(plan, f"table2/{arch}/{epochs}ep", f"imagenet_{arch}_{epochs}ep_{flavour}", seed,
                                  PROTOCOLS, _rows("table2", "PatchMix", BACKBONE[arch], epochs, "imagenet", PROTOCOLS),
                                  IMAGENET_RESOURCES)
+        for method, arch in (("dino", "vit_s16"), ("dino", "vit_b16"), ("sdmp", "vit_s16")):
+            _pretrain_with_evals(plan, f"table2/{method}/{arch}/300ep", baseline_preset(f"imagenet_{method}_{arch}_300ep",
+                                                                                         flavour), seed, PROTOCOLS,
+                                 _rows("table2", BASELINE_LABELS["imagenet"][method], BACKBONE[arch], 300, "imagenet",
+                                       PROTOCOLS), IMAGENET_RESOURCES)
     return plan
+
+
+# The Fashion-MNIST scale of Table 3: the rows the suite runs there (PatchMix m = 2 and MoCo v3 m = 1 are
+# Table 6's runs), and the paper's claims against each baseline.
+TABLE3_CLAIMS = tuple(Claim(f"PatchMix beats {other}", "PatchMix", other) for other in ("DINO", "SDMP", "MoCo v3 (m=1)"))
 
 
 def table3(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
-    plan = Plan("table3", "CIFAR-10/100: ViT-T/2, ViT-S/2 (800, 1600 epochs), ViT-B/2 (800); finetune, linear, kNN")
+    plan = Plan("table3", "CIFAR-10/100: ViT-T/2, ViT-S/2 (800, 1600 epochs), ViT-B/2 (800); finetune, linear, kNN; "
+                "DINO and SDMP (ViT-T/2, ViT-S/2, ViT-B/2, 800 epochs) run here as published",
+                baseline="PatchMix", claims=TABLE3_CLAIMS)
     for seed in seeds:
         for dataset in datasets:
+            if dataset in FASHION_MNIST:
+                _fashion_mnist_table3(plan, dataset, flavour, seed)
+                continue
             for arch, epochs in (("vit_t2", 800), ("vit_t2", 1600), ("vit_s2", 800), ("vit_s2", 1600), ("vit_b2", 800)):
                 _pretrain_with_evals(plan, f"table3/{dataset}/{arch}/{epochs}ep", f"{dataset}_{arch}_{epochs}ep_{flavour}",
                                      seed, PROTOCOLS,
                                      _rows("table3", "PatchMix", BACKBONE[arch], epochs, dataset, PROTOCOLS),
                                      CIFAR_RESOURCES)
+            for method in ("dino", "sdmp"):
+                for arch in ("vit_t2", "vit_s2", "vit_b2"):
+                    _pretrain_with_evals(plan, f"table3/{dataset}/{method}/{arch}/800ep",
+                                         baseline_preset(f"{dataset}_{method}_{arch}_800ep", flavour), seed, PROTOCOLS,
+                                         _rows("table3", BASELINE_LABELS["cifar"][method], BACKBONE[arch], 800, dataset,
+                                               PROTOCOLS), CIFAR_RESOURCES)
     return plan
+
+
+def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> None:
+    """Table 3 at a Fashion-MNIST scale: PatchMix (m = 2), MoCo v3 (m = 1), DINO and SDMP, each with the
+    same data, budget, seeds and evaluations (linear probe and kNN)."""
+    base, protocols = ABLATION_BASES[dataset], ("linear", "knn")
+    scale = base.preset.removeprefix("fashion_mnist_")
+    rows = {"patchmix": ("PatchMix", f"{base.preset}_m2_{flavour}"), "mocov3": ("MoCo v3 (m=1)", f"{base.preset}_m1_{flavour}"),
+            "dino": ("DINO", baseline_preset(f"fashion_mnist_{scale}_dino", flavour)),
+            "sdmp": ("SDMP", baseline_preset(f"fashion_mnist_{scale}_sdmp", flavour))}
+    for key, (label, preset) in rows.items():
+        _pretrain_with_evals(plan, f"table3/{dataset}/{key}", preset, seed, protocols,
+                             _rows("table3", label, base.backbone, base.epochs, dataset, protocols),
+                             base.resources, eval_presets=base.eval_presets)
 
 
 TABLE4_PROTOCOLS = {  # transfer config -> the method name of its rows
@@ -242,26 +290,33 @@ def fig5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
     return plan
 
 
+FIG4_METHODS = {"patchmix": "PatchMix", "mocov3": "MoCo v3 (m=1)", "dino": "DINO", "sdmp": "SDMP"}
+
+
 def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("imagenet",),
          **_) -> Plan:
     """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet (or of the Fashion-MNIST
-    scale-downs' m = 2 and m = 1 runs, shared with Table 6): PatchMix against our MoCo v3 baseline
-    (m = 1); the paper's figure also shows DINO and SDMP, which are not run here."""
-    plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K",
-                baseline="MoCo v3 (m=1)",
-                claims=(Claim("PatchMix gives related classes more similarity than MoCo v3", "PatchMix",
-                              "MoCo v3 (m=1)"),))
+    scale-downs' runs, shared with Tables 3 and 6): PatchMix against MoCo v3 (m = 1), DINO and SDMP,
+    all run here."""
+    plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K: PatchMix, "
+                "MoCo v3, DINO and SDMP", baseline="MoCo v3 (m=1)",
+                claims=tuple(Claim(f"PatchMix gives related classes more similarity than {other}", "PatchMix", other)
+                             for other in ("MoCo v3 (m=1)", "DINO", "SDMP")))
     for seed in seeds:
         for dataset in datasets:
-            for label, name in (("PatchMix", "patchmix"), ("MoCo v3 (m=1)", "mocov3")):
+            for name, label in FIG4_METHODS.items():
                 if dataset == "imagenet":
-                    _pretrain_with_evals(plan, f"fig4/{name}", f"imagenet_vit_s16_300ep_{flavour}", seed, ("similarity",),
+                    preset = (f"imagenet_vit_s16_300ep_{flavour}" if name in ("patchmix", "mocov3")
+                              else baseline_preset(f"imagenet_{name}_vit_s16_300ep", flavour))
+                    _pretrain_with_evals(plan, f"fig4/{name}", preset, seed, ("similarity",),
                                          _rows("fig4", label, "ViT-S/16", 300, dataset, ("similarity",)),
-                                         IMAGENET_RESOURCES, overrides=() if name == "patchmix" else ("mix.num_mixed=1",))
+                                         IMAGENET_RESOURCES, overrides=("mix.num_mixed=1",) if name == "mocov3" else ())
                     continue
                 base = ABLATION_BASES[dataset]
-                _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", f"{base.preset}_m{2 if name == 'patchmix' else 1}_"
-                                     f"{flavour}", seed, ("similarity",),
+                scale = base.preset.removeprefix("fashion_mnist_")
+                preset = (f"{base.preset}_m{2 if name == 'patchmix' else 1}_{flavour}" if name in ("patchmix", "mocov3")
+                          else baseline_preset(f"fashion_mnist_{scale}_{name}", flavour))
+                _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", preset, seed, ("similarity",),
                                      _rows("fig4", label, base.backbone, base.epochs, dataset, ("similarity",)),
                                      base.resources)
     return plan
@@ -303,7 +358,8 @@ PLANS = {"table2": table2, "table3": table3, "table4": table4, "table5": table5,
 ALIASES = {"ablation-mix-number": "table6", "ablation-loss": "table7"}
 # The datasets each plan can run (the others have fixed datasets and ignore the option).
 PLAN_DATASETS = {**{name: ("cifar10", "cifar100", *FASHION_MNIST) for name in ("table5", "table6", "table7")},
-                 "fig4": ("imagenet", *FASHION_MNIST), "fig5": ("cifar10", "cifar100"), "table3": ("cifar10", "cifar100")}
+                 "fig4": ("imagenet", *FASHION_MNIST), "fig5": ("cifar10", "cifar100"),
+                 "table3": ("cifar10", "cifar100", *FASHION_MNIST)}
 
 
 def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0,),

@@ -69,17 +69,21 @@ def test_table4_runs_the_papers_vit_fpn_protocol_and_vitdet_as_its_own_row():
 
 def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
     """DATASET=fashion_mnist: the ablation rows are the CIFAR ViT-S/2 rows scaled down (same mixing and
-    loss, smaller model, images and schedule), and Figure 4 reuses Table 6's m = 2 and m = 1 runs."""
+    loss, smaller model, images and schedule); Figure 4 reuses Table 6's m = 2 and m = 1 runs and Table 3's
+    DINO and SDMP runs."""
     from pretrain.configs import PRESETS, preset
     from plans.tables import build_plan
 
-    for name in ("table5", "table6", "table7", "fig4"):
+    for name in ("table3", "table5", "table6", "table7", "fig4"):
         for dataset in ("fashion_mnist", "fashion_mnist_gpu"):
             plan = build_plan(name, seeds=(0, 1), datasets=(dataset,))
             assert all(stage.preset in PRESETS for stage in plan.stages if stage.kind == "pretrain"), name
             assert {row.dataset for stage in plan.reported() for row in stage.rows} == {"fashion_mnist"}
     fig4 = {s.preset for s in build_plan("fig4", datasets=("fashion_mnist",)).stages if s.kind == "pretrain"}
-    assert fig4 == {"fashion_mnist_cpu_m2_official", "fashion_mnist_cpu_m1_official"}
+    assert fig4 == {"fashion_mnist_cpu_m2_official", "fashion_mnist_cpu_m1_official", "fashion_mnist_cpu_dino_official",
+                    "fashion_mnist_cpu_sdmp_official"}
+    table3 = {s.preset for s in build_plan("table3", datasets=("fashion_mnist",)).stages if s.kind == "pretrain"}
+    assert table3 == fig4  # the same runs: shared, not repeated
     for row in ("m3", "mix-resizemix", "loss-o2o+m2o"):
         cifar, fashion = preset(f"cifar10_vit_s2_800ep_{row}_official"), preset(f"fashion_mnist_cpu_{row}_official")
         assert fashion.mix == cifar.mix and fashion.loss == cifar.loss
