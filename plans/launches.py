@@ -17,13 +17,30 @@ def launch_file(output_root: Path, plan_name: str) -> Path:
 
 
 def read_launches(output_root: Path, plan_name: str) -> dict[str, dict[str, list]]:
+    """{flavour: {"seeds": [...], "datasets": [...]}} of the plan's launches; {} when none was recorded.
+    A damaged record is refused with its path: guessing would report other seeds than were launched."""
     path = launch_file(output_root, plan_name)
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except ValueError:  # a damaged record only loses the memory of earlier launches
-        return {}
+        launches = json.loads(path.read_text())
+    except ValueError as error:
+        raise _damaged(path, f"not readable JSON: {error}") from None
+    if not isinstance(launches, dict):
+        raise _damaged(path, "not an object {flavour: {seeds, datasets}}")
+    for flavour, entry in launches.items():
+        if not isinstance(entry, dict):
+            raise _damaged(path, f"{flavour!r} is not an object {{seeds, datasets}}")
+        for field, kind in (("seeds", int), ("datasets", str)):
+            values = entry.get(field, [])
+            if not isinstance(values, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+                raise _damaged(path, f"{flavour}.{field} is not a list of {kind.__name__}s")
+    return launches
+
+
+def _damaged(path: Path, reason: str) -> ValueError:
+    return ValueError(f"{path} is damaged ({reason}): fix or delete it (it only records the seeds and datasets "
+                      "launched, which the reports use when --seeds / --datasets are not given)")
 
 
 def default_datasets(plan_name: str) -> tuple[str, ...]:

@@ -69,6 +69,17 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
     return figures
 
 
+def seeds_and_datasets(output_root: Path, name: str, flavour: str, seeds: tuple[int, ...],
+                       datasets: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The seeds and datasets to report for plan `name`: those given, else those launched (the launch
+    record is read only when something was not given), else seed 0 and the plan's datasets."""
+    has_datasets = name not in PLANS_WITHOUT_DATASETS
+    if seeds and (datasets or not has_datasets):
+        return seeds, datasets if has_datasets else ()
+    launched_seeds, launched_datasets = launched(output_root, name, flavour)
+    return seeds or launched_seeds or (0,), (datasets or launched_datasets) if has_datasets else ()
+
+
 def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
                   seeds: tuple[int, ...] = (), datasets: tuple[str, ...] = ()) -> list[Path]:
     """One markdown report (+ figures) per plan. Seeds and datasets not given are those launched
@@ -83,14 +94,13 @@ def write_reports(names: list[str], output_root: Path, out: Path, flavour: str =
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
-        launched_seeds, launched_datasets = launched(output_root, name, flavour)
-        plan = build_plan(name, flavour, seeds or launched_seeds or (0,),
-                          (datasets or launched_datasets) if name not in PLANS_WITHOUT_DATASETS else ())
+        plan_seeds, plan_datasets = seeds_and_datasets(output_root, name, flavour, seeds, datasets)
+        plan = build_plan(name, flavour, plan_seeds, plan_datasets)
         rows = row_results(plan, results, reference)
         unreported = left_out(plan, results)
         if unreported:
             print(f"note: {plan.name}: {unreported}", file=sys.stderr)
-        text = plan_report(plan, results, reference, flavour, figures_for(plan, rows, results, out), superseded,
+        text = plan_report(plan, results, reference, figures_for(plan, rows, results, out), superseded,
                            damaged, unreported)
         path = out / f"{plan.name}.md"
         path.write_text(text)

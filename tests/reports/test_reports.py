@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from reports.__main__ import main as reports_main
 from reports.__main__ import write_reports
 from reports.collect import collect
 from reports.tables import InconsistentResults
@@ -122,5 +123,28 @@ def test_table4_reports_the_papers_protocol_row_and_a_labelled_vitdet_row(tmp_pa
     assert "| PatchMix | ViT-B/16 | 300 | coco | ap_box | 51.9 | 50.1 | -1.8 |" in text
     assert "transfer vit_fpn_100ep" in text
     assert "| PatchMix (ViTDet recipe) | ViT-B/16 | 300 | coco | ap_box | — | 51.4 | — |" in text
-    assert "| Dataset | Backbone | Paper table | Method | Epochs | ap_box | ap_mask | Note |" in text
-    assert "| coco | ViT-B/16 | table4 | MAE | 1600 | 50.3 | 44.9 | Mask R-CNN with FPN |" in text
+    assert "| Dataset | Backbone | Paper table | Method | Epochs | ap_box | ap_mask | Source | Note |" in text
+    assert "| coco | ViT-B/16 | table4 | MAE | 1600 | 50.3 | 44.9 | paper's number only | Mask R-CNN with FPN |" in text
+    assert "| coco | ViT-B/16 | table4 | PatchMix | 300 | 51.9 | 46.1 | paper's number; also a row run here (above) |" in text
+
+
+@pytest.mark.parametrize("damage", ['{"official": {"seeds": [0, 1', "[1, 2]", '{"official": {"seeds": "01"}}',
+                                    '{"official": [0, 1]}', '{"official": {"seeds": [0], "datasets": [7]}}'])
+def test_a_damaged_launch_record_is_named_never_guessed(tmp_path, capsys, damage):
+    """Without --seeds/--datasets the report reads what was launched; a damaged record is refused
+    with its path instead of falling back to the plan's defaults."""
+    fixed_results(tmp_path / "runs")
+    record = tmp_path / "runs" / ".jobs" / "table6" / "launch.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(damage)
+    with pytest.raises(SystemExit) as exit:
+        reports_main(["table6", "--output-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert exit.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(record) in lines[0], lines
+    assert not (tmp_path / "out" / "table6.md").exists()
+
+    # Seeds and datasets named: nothing to remember, the record is not needed.
+    reports_main(["table6", "--output-root", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                  "--seeds", "0,1", "--datasets", "cifar100"])
+    assert (tmp_path / "out" / "table6.md").read_text() == GOLDEN.read_text()
