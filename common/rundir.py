@@ -12,6 +12,8 @@ start's record and appends one record per restart under "restarts".
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -21,11 +23,12 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -123,6 +126,32 @@ def _combine(digest: str, data_fingerprint: str) -> str:
     return hashlib.sha256(f"{digest}:{data_fingerprint}".encode()).hexdigest()[:len(digest)]
 
 
+class RunDirectoryUnwritable(ValueError):
+    """The run directory (or the output root it goes in) cannot be written: refused before any work."""
+
+
+@contextlib.contextmanager
+def refusing_unwritable(folder: Path) -> Iterator[None]:
+    """Turn the OS refusing a write in `folder` (permissions, a read-only file system) into one
+    RunDirectoryUnwritable naming it (an `error:` line and exit status 2 on the command line)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise RunDirectoryUnwritable(f"cannot write to {folder} ({error.strerror or error}): give this user "
+                                     "write access to it, or choose another run.output_root") from None
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a probe file in it, so that a folder this process cannot write
+    is refused before the run starts, not found out as a traceback at its first save."""
+    with refusing_unwritable(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+
+
 class RunDirectory:
     """One stage run's folder. Create with `RunDirectory.for_config` (named by name + config hash)."""
 
@@ -161,8 +190,9 @@ class RunDirectory:
         key = self.path.resolve()
         if key in _HELD_LOCKS:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / ".lock", "a+")
+        with refusing_unwritable(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -182,7 +212,8 @@ class RunDirectory:
         """Create the folder, remove what failed writes left, write config and provenance (with the
         stage's name; the first start's record is kept, each restart appends one). Main process only,
         lock held."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.path, self.checkpoint_dir):  # before a resume finds it out at its first save
+            check_writable(folder)
         for folder in (self.path, self.checkpoint_dir):
             remove_stale_temporaries(folder)
         save_yaml(config, self.path / "config.yaml")

@@ -2,7 +2,8 @@
 
 metrics.jsonl stays the record the reports and `make status` read; the trackers are views of it
 for people who want live curves. Both are optional packages: a missing one is named once and the
-run goes on with the others. A resumed or requeued run continues the same curve:
+run goes on with the others; so does a tracker whose folder cannot be written (it is switched off).
+A resumed or requeued run continues the same curve:
 
 - TensorBoard writes to `<run dir>/tensorboard/`; on resume, the points logged after the restored
   checkpoint by the killed process are purged (`purge_step`), as metrics.jsonl drops them.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,23 @@ def _missing(name: str, install: str) -> None:
               "trackers", file=sys.stderr)
 
 
+def _write_problem(folder: Path) -> str:
+    """Why `folder` cannot be written (created if needed, a probe file written), or "" when it can.
+    Checked before a writer opens: TensorBoard's would fail in its own thread, with a traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return ""
+
+
+def _switched_off(name: str, folder: Path, problem: str) -> None:
+    print(f"[tracking] {name} cannot write to {folder} ({problem}): switched off for this run; metrics go to "
+          "metrics.jsonl and the other trackers", file=sys.stderr)
+
+
 class Trackers:
     """Fan-out of one run's metric records. Writers open at the first record (after `resume_at`),
     on the main process only (the caller guards)."""
@@ -53,26 +72,45 @@ class Trackers:
         self.resume_step = step
 
     def _open(self) -> dict[str, Any]:
+        """The writers that can be opened: a missing package or a folder that cannot be written is
+        named and that tracker left out."""
         writers: dict[str, Any] = {}
         if "tensorboard" in self.names:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                _missing("tensorboard", "pip install tensorboard")
-            else:
-                writers["tensorboard"] = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=30,
-                                                       purge_step=self.resume_step + 1 if self.resume_step else None)
+            writer = self._open_tensorboard()
+            if writer is not None:
+                writers["tensorboard"] = writer
         if "wandb" in self.names:
-            try:
-                import wandb
-            except ImportError:
-                _missing("wandb", "pip install wandb")
-            else:
-                config = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else None
-                writers["wandb"] = wandb.init(project=self.wandb_project, id=self.run_dir.name, name=self.run_dir.name,
-                                              resume="allow", dir=str(self.run_dir), mode=self.wandb_mode,
-                                              config=config, job_type=self.stage, reinit=True)
+            run = self._open_wandb()
+            if run is not None:
+                writers["wandb"] = run
         return writers
+
+    def _open_tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            _missing("tensorboard", "pip install tensorboard")
+            return None
+        folder = self.run_dir / "tensorboard"
+        problem = _write_problem(folder)
+        if problem:
+            _switched_off("tensorboard", folder, problem)
+            return None
+        return SummaryWriter(str(folder), flush_secs=30, purge_step=self.resume_step + 1 if self.resume_step else None)
+
+    def _open_wandb(self) -> Any:
+        try:
+            import wandb
+        except ImportError:
+            _missing("wandb", "pip install wandb")
+            return None
+        problem = _write_problem(self.run_dir)  # W&B keeps its files under <run dir>/wandb/
+        if problem:
+            _switched_off("wandb", self.run_dir, problem)
+            return None
+        config = dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else None
+        return wandb.init(project=self.wandb_project, id=self.run_dir.name, name=self.run_dir.name, resume="allow",
+                          dir=str(self.run_dir), mode=self.wandb_mode, config=config, job_type=self.stage, reinit=True)
 
     def log(self, record: dict[str, Any], step: int) -> None:
         if not self.names:

@@ -1,19 +1,26 @@
 """Experiment trackers: TensorBoard events written and continued after a resume, W&B's run id and
-offline mode, and a missing tracker package named once while the run goes on."""
+offline mode, a missing tracker package named once while the run goes on, and a tracker or run
+folder that cannot be written."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
 
 import pytest
 
+from common.cli import run_stage
 from common.config import ConfigError, apply_overrides
+from common.lifecycle import RunLifecycle
 from common.runtime import RunConfig
 from common.tracking import Trackers
+from pretrain.configs import run_directory
 from pretrain.train import main
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -99,3 +106,55 @@ def test_unknown_loggers_and_modes_are_refused():
         RunConfig(loggers=["mlflow"]).check()
     with pytest.raises(ConfigError, match="wandb_mode"):
         RunConfig(wandb_mode="sometimes").check()
+
+
+@contextlib.contextmanager
+def unwritable(folder: Path):
+    """`folder` refuses new entries while inside, to root too (the immutable attribute: the mode bits
+    do not bind root)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_a_tracker_that_cannot_write_is_named_once_and_switched_off(tmp_path, capsys):
+    """A resumed run whose tensorboard/ folder cannot be written goes on with metrics.jsonl."""
+    run_dir = tmp_path / "debug-0123456789"
+    (run_dir / "tensorboard").mkdir(parents=True)
+    trackers = Trackers(run_dir, "pretrain", RunConfig(loggers=["tensorboard"]))
+    with unwritable(run_dir / "tensorboard"):
+        for step in (1, 2, 3):
+            trackers.log({"step": step, "loss": 1.0}, step)
+        trackers.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "tensorboard" in lines[0] and str(run_dir / "tensorboard") in lines[0], lines
+    assert "switched off" in lines[0]
+    assert not list((run_dir / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("folder", ["run", "checkpoints", "output_root"])
+def test_a_run_folder_that_cannot_be_written_is_one_error_line(debug_config, tmp_path, capsys, folder):
+    """Before a resume (the run folder, or its checkpoints/, exists but cannot be written) or before a
+    new run (the output root cannot be written): one `error:` line naming the folder, exit status 2."""
+    run_dir = run_directory(debug_config, data_fingerprint="f")
+    if folder != "output_root":  # an earlier start left the folder, its lock and its checkpoints
+        run_dir.checkpoint_dir.mkdir(parents=True)
+        (run_dir.path / ".lock").write_text("")
+        (run_dir.path / "config.yaml").write_text("")
+    else:
+        run_dir.path.parent.mkdir(parents=True)
+    lifecycle = RunLifecycle(run_dir, "pretrain", "step")
+    refused = {"run": run_dir.path, "checkpoints": run_dir.checkpoint_dir, "output_root": run_dir.path.parent}[folder]
+    with unwritable(refused), pytest.raises(SystemExit) as exit:
+        run_stage(lifecycle.start, debug_config)
+    assert exit.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(refused) in lines[0], lines
