@@ -8,6 +8,7 @@ import errno
 import os
 import pickle
 import re
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -18,8 +19,10 @@ import torch
 from common.errors import DiskWriteError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint_(\d{8})\.pt$")
-# Temporaries of atomic writes: ".<name>.tmp-<pid>@<host>" (and ".<name>.tmp.<pid>" from older versions).
-TEMPORARY_PATTERN = re.compile(r"^\..+\.tmp(?:-(?P<pid>\d+)@(?P<host>.+)|\.(?P<legacy_pid>\d+))$")
+# Temporaries of atomic writes: ".<name>.tmp-<pid>@<host>" (and ".<name>.tmp.<pid>" from older versions;
+# "<name>.partial-<pid>" is a code snapshot's staging folder from older versions, slurm/snapshot.py).
+TEMPORARY_PATTERN = re.compile(r"^(?:\..+\.tmp(?:-(?P<pid>\d+)@(?P<host>.+)|\.(?P<legacy_pid>\d+))"
+                               r"|.+\.partial-(?P<partial_pid>\d+))$")
 
 
 def _temporary_for(path: Path) -> Path:
@@ -77,9 +80,9 @@ def _process_is_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory: Path, keep: Callable[[Path], bool] = lambda path: False) -> list[Path]:
-    """Delete the temporaries of failed or killed atomic writes in `directory`: those written on this
-    host by a process that is no longer alive (another host's cannot be checked and are left).
-    Returns what was removed."""
+    """Delete the temporaries of failed or killed atomic writes in `directory` (files, or folders being
+    filled before their rename): those written on this host by a process that is no longer alive
+    (another host's cannot be checked and are left). Returns what was removed."""
     removed = []
     if not Path(directory).is_dir():
         return removed
@@ -88,9 +91,12 @@ def remove_stale_temporaries(directory: Path, keep: Callable[[Path], bool] = lam
         match = TEMPORARY_PATTERN.match(entry.name)
         if not match or keep(entry):
             continue
-        pid = int(match.group("pid") or match.group("legacy_pid"))
+        pid = int(match.group("pid") or match.group("legacy_pid") or match.group("partial_pid"))
         if (match.group("host") in (None, host)) and pid != os.getpid() and not _process_is_alive(pid):
-            entry.unlink(missing_ok=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
 

@@ -10,13 +10,16 @@ the plan and writes the table grouped by the swept keys.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from common.checkpoint import atomic_write_text
+from common.config import ConfigError, apply_overrides
 from plans.registry import stage_record
 from plans.tables import PRETRAIN, Plan, Row, Stage
 
@@ -73,6 +76,45 @@ def parse_grid(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(grid)
 
 
+def check_grid(preset: str, grid: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The grid with each key checked against `preset`'s config and each value parsed by its field's
+    type and written in one form (0.3, 0.30 and 3e-1 -> 0.3), so that values equal as numbers make one
+    point, not two points that share one run. Raises ConfigError naming the key or value."""
+    config = stage_record(PRETRAIN).resolve(preset, [], None)
+    checked = []
+    for key, values in grid:
+        _check_key(config, key)
+        checked.append((key, tuple(dict.fromkeys(_canonical(config, key, value) for value in values))))
+    return tuple(checked)
+
+
+def _check_key(config: Any, key: str) -> None:
+    """Refuse a key the config does not have, listing the valid keys where it goes astray."""
+    node, path = config, []
+    for part in key.split("."):
+        if isinstance(node, dict):  # a free-form mapping: any key may be set
+            return
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"--grid {key}: '{'.'.join(path)}' is a value, not a section")
+        names = [field.name for field in dataclasses.fields(node)]
+        if part not in names:
+            where = f"section '{'.'.join(path)}'" if path else "the top level"
+            raise ConfigError(f"--grid {key}: unknown key '{part}' in {where}; valid keys there: {', '.join(names)}")
+        node, path = getattr(node, part), [*path, part]
+
+
+def _canonical(config: Any, key: str, value: str) -> str:
+    """`value` as the config parses it for `key`, written back as text (refused values name the key)."""
+    parsed: Any = apply_overrides(config, [f"{key}={value}"])
+    for part in key.split("."):
+        parsed = parsed[part] if isinstance(parsed, dict) else getattr(parsed, part)
+    if isinstance(parsed, bool):
+        return "true" if parsed else "false"
+    if isinstance(parsed, (int, float)):
+        return repr(parsed)
+    return parsed if isinstance(parsed, str) else value
+
+
 def default_name(preset: str, grid: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
     return f"{preset}-" + "+".join(key.split(".")[-1] for key, _ in grid)
 
@@ -123,16 +165,65 @@ def save_sweep(output_root: Path, sweep: Sweep) -> Path:
 
 
 def load_sweep(output_root: Path, name: str) -> Sweep:
+    """The definition `python -m slurm sweep` kept for `name`. A name that is no plain folder name or
+    names no sweep is refused with the known names; a damaged file is refused with its path and field."""
     path = sweep_file(output_root, name)
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
-        raise FileNotFoundError(f"no sweep {name!r} under {output_root} (known: {', '.join(known) or 'none'})")
-    data = json.loads(path.read_text())
+    if not NAME.fullmatch(name) or not path.is_file():
+        folder = Path(output_root) / ".sweeps"
+        known = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+        what = "is not a plain sweep name (letters, digits, ._+=-)" if not NAME.fullmatch(name) else \
+            f"names no sweep under {output_root}"
+        raise FileNotFoundError(f"{name!r} {what} (known: {', '.join(known) or 'none'})")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as error:
+        raise _damaged(path, f"not readable JSON: {error}") from None
+    return _sweep_from_record(data, path)
+
+
+# The fields of a saved sweep: (is the value well-formed, what it should be).
+SWEEP_FIELDS = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "preset": (lambda v: isinstance(v, str), "a string"),
+    "grid": (lambda v: isinstance(v, list) and bool(v) and all(
+        isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str) and _is_list_of(entry[1], str)
+        and bool(entry[1]) for entry in v), "a list of [key, [values]]"),
+    "seeds": (lambda v: _is_list_of(v, int), "a list of integers"),
+    "evals": (lambda v: _is_list_of(v, str), "a list of strings"),
+    "nodes": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "gpus_per_node": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "hours": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+}
+REQUIRED_SWEEP_FIELDS = ("name", "preset", "grid", "seeds", "evals")
+
+
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(item, kind) and not isinstance(item, bool) for item in value)
+
+
+def _sweep_from_record(data: Any, path: Path) -> Sweep:
+    """A Sweep from the saved record, every field checked (the error names the file and the field)."""
+    if not isinstance(data, dict):
+        raise _damaged(path, "not an object of sweep fields")
+    missing = [field for field in REQUIRED_SWEEP_FIELDS if field not in data]
+    unknown = sorted(set(data) - set(SWEEP_FIELDS))
+    if missing or unknown:
+        raise _damaged(path, ", ".join([*(f"{field} is missing" for field in missing),
+                                        *(f"{field} is not a sweep field" for field in unknown)]))
+    for field, value in data.items():
+        is_valid, expected = SWEEP_FIELDS[field]
+        if not is_valid(value):
+            raise _damaged(path, f"{field} is not {expected}")
     return Sweep(**{**data, "grid": tuple((key, tuple(values)) for key, values in data["grid"]),
                     "seeds": tuple(data["seeds"]), "evals": tuple(data["evals"])})
+
+
+def _damaged(path: Path, reason: str) -> ValueError:
+    return ValueError(f"sweep file {path} is damaged ({reason}): fix it, or delete it and launch the sweep again")
 
 
 if __name__ == "__main__":  # `python -m plans.sweeps PRESET KEY=V1,V2 ...`: the default name (for make sweep)
     import sys
 
     print(default_name(sys.argv[1], parse_grid(sys.argv[2:])))
+

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common.cli import RUN_FAILURES, exit_status
 from plans.launches import record_launch
-from plans.sweeps import Sweep, default_name, parse_grid, save_sweep, sweep_plan
+from plans.sweeps import Sweep, check_grid, default_name, parse_grid, save_sweep, sweep_plan
 from plans.tables import ALIASES, PLANS, build_plan
 from slurm.executors import load_cluster_config, resolve_executor
 from slurm.graph import launch
@@ -73,19 +73,24 @@ def main(argv: list[str] | None = None) -> None:
     try:
         executor = resolve_executor(arguments.executor)
         cluster = load_cluster_config(arguments.profile, arguments.cluster)
+        # What is kept of a launch is written once every check has passed (launch's on_accepted), so
+        # that a refused launch leaves no definition or seeds behind.
         if arguments.command == "sweep":
-            grid = parse_grid(arguments.grid)
+            grid = check_grid(arguments.preset, parse_grid(arguments.grid))
             definition = Sweep(arguments.name or default_name(arguments.preset, grid), arguments.preset, grid, seeds,
                                tuple(_list(arguments.evals)), arguments.nodes, arguments.gpus_per_node, arguments.hours)
             plan = sweep_plan(definition)
-            if not arguments.dry_run:  # the report rebuilds the sweep from this file
+
+            def accepted() -> None:  # the report rebuilds the sweep from this file
                 save_sweep(arguments.output_root, definition)
         else:
             plan = build_plan(arguments.plan, arguments.flavour, seeds, tuple(_list(arguments.datasets)))
-            if not arguments.dry_run:  # `make report` reports what was launched without being told again
-                record_launch(arguments.output_root, plan.name, arguments.flavour, seeds, tuple(_list(arguments.datasets)))
+
+            def accepted() -> None:  # `make report` reports what was launched without being told again
+                record_launch(arguments.output_root, plan.name, arguments.flavour, seeds,
+                              tuple(_list(arguments.datasets)))
         outcome = launch(plan, executor, arguments.output_root, cluster, arguments.dry_run, arguments.set,
-                         arguments.eval_set)
+                         arguments.eval_set, on_accepted=accepted)
     except RUN_FAILURES as error:  # a bad plan or setting, a stage run inline that failed, a busy plan
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(exit_status(error)) from None

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from common.config import ConfigError, apply_overrides
 from plans.registry import stage_record
+from slurm.snapshot import MAX_FILE_MB
 
 EXECUTORS = ("auto", "slurm", "local", "inline")
 
@@ -39,10 +40,15 @@ class ClusterConfig:
     signal_delay_s: int = 120  # SIGUSR2 this long before the limit: time to reach a step boundary
     max_num_timeout: int = 100  # requeues after timeouts before giving up
     extra_sbatch: dict[str, Any] = field(default_factory=dict)  # e.g. {"exclusive": True, "mail-type": "END"}
+    # Untracked files larger than this (MB) are left out of code snapshots (slurm/snapshot.py), and
+    # named at submission: data or weights lying in the checkout would be copied into every snapshot.
+    snapshot_max_file_mb: float = MAX_FILE_MB
 
     def check(self) -> None:
         if self.cpus_per_gpu < 1 or self.mem_gb_per_gpu < 1 or self.max_hours <= 0:
             raise ConfigError("cpus_per_gpu, mem_gb_per_gpu and max_hours must be positive")
+        if self.snapshot_max_file_mb < 0:
+            raise ConfigError(f"snapshot_max_file_mb must be >= 0, got {self.snapshot_max_file_mb}")
 
 
 def load_cluster_config(profile: str | None, overrides: list[str]) -> ClusterConfig:

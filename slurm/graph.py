@@ -84,7 +84,7 @@ class JobRegistry:
 
     def read(self, key: str) -> dict | None:
         path = self._path(key)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_job_record(path) if path.is_file() else None
 
     def active_job(self, key: str) -> tuple[str, str] | None:
         """(job id, state) of the recorded job unless SLURM says it ended. A state that neither sacct
@@ -98,6 +98,21 @@ class JobRegistry:
 
     def path(self, key: str) -> Path:
         return self._path(key)
+
+
+def read_job_record(path: Path) -> dict:
+    """{"job_id": str, "log_folder": str} of a submitted job; a damaged record is refused with its path
+    (deleting it lets the stage be submitted again)."""
+    try:
+        entry = json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise ValueError(f"job record {path} is damaged (not readable JSON: {error}); delete it to submit the "
+                         "stage again (check first that its job no longer runs)") from None
+    if not (isinstance(entry, dict) and isinstance(entry.get("job_id"), (str, int))
+            and not isinstance(entry.get("job_id"), bool) and isinstance(entry.get("log_folder"), str)):
+        raise ValueError(f"job record {path} is damaged (not {{job_id, log_folder}}); delete it to submit the "
+                         "stage again (check first that its job no longer runs)")
+    return {**entry, "job_id": str(entry["job_id"])}
 
 
 def job_state(job_id: str, log_folder: str) -> str:
@@ -120,11 +135,31 @@ def job_state(job_id: str, log_folder: str) -> str:
 @releases_run_locks
 def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
            pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
-           echo: Callable[[str], None] = print, snapshot_code_of: Path | None = REPOSITORY_ROOT) -> dict[str, str]:
+           echo: Callable[[str], None] = print, snapshot_code_of: Path | None = REPOSITORY_ROOT,
+           on_accepted: Callable[[], None] | None = None) -> dict[str, str]:
     """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}.
     Submitted jobs run a snapshot of the code taken at their submission (`snapshot_code_of`, the
-    repository; None: the working tree as it is when each job starts)."""
+    repository; None: the working tree as it is when each job starts). `on_accepted` is called once
+    the plan has passed every check, before any stage runs or is submitted (not in a dry run): what a
+    caller keeps of a launch (its seeds, a sweep's definition) then never describes a refused one."""
     stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
+    _refuse_unlaunchable(stages, executor, cluster, dry_run, echo)
+    launcher = _Launcher(plan.name, stages, executor, Path(output_root), cluster, echo, snapshot_code_of)
+    if not dry_run:
+        RunDirectory(launcher.registry.folder).acquire()  # two launchers of one plan would both submit every stage
+        if on_accepted is not None:
+            on_accepted()
+    for item in stages:
+        launcher.handle(item, dry_run)
+    if dry_run:
+        launcher.summarise_dry_run()
+    return launcher.outcome
+
+
+def _refuse_unlaunchable(stages: list[ResolvedStage], executor: str, cluster: ClusterConfig, dry_run: bool,
+                         echo: Callable[[str], None]) -> None:
+    """Refuse, before anything is written, a launch whose jobs would fail: a dataset this machine cannot
+    read (a dry run only warns), or a SLURM launch without partition and account."""
     unreadable = [f"{item.stage.key}: {item.data_problem}" for item in stages
                   if item.data_problem and not item.is_complete()]
     if unreadable and not dry_run:
@@ -135,80 +170,122 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
     if executor == "slurm" and not dry_run and not (cluster.partition and cluster.account):
         raise ValueError("EXECUTOR=slurm needs a partition and an account: set PARTITION= and ACCOUNT= (or "
                          "partition/account in the --profile file); nothing was queued")
-    registry = JobRegistry(output_root, plan.name)
-    if not dry_run:  # two launchers of one plan at once would both submit every stage
-        RunDirectory(registry.folder).acquire()
-    log_folder = Path(output_root) / ".submitit" / plan.name
-    gpu_hours = 0.0
-    snapshot: CodeSnapshot | None = None
-    snapshot_taken = snapshot_code_of is None  # taken (or not wanted): once per launch
-    job_ids: dict[str, str] = {}
-    outcome: dict[str, str] = {}
-    for item in stages:
-        stage = item.stage
+
+
+class _Launcher:
+    """One launch, stage by stage in plan order: the job ids so far (the dependencies of later stages),
+    what happened to each stage, the dry run's GPU-hours, and the code snapshot (taken at the first
+    submission, once)."""
+
+    def __init__(self, plan_name: str, stages: list[ResolvedStage], executor: str, output_root: Path,
+                 cluster: ClusterConfig, echo: Callable[[str], None], snapshot_code_of: Path | None):
+        self.stages, self.executor, self.output_root = stages, executor, output_root
+        self.cluster, self.echo = cluster, echo
+        self.registry = JobRegistry(output_root, plan_name)
+        self.log_folder = output_root / ".submitit" / plan_name
+        self.snapshot_code_of, self.snapshot = snapshot_code_of, None
+        self.snapshot_taken = snapshot_code_of is None  # taken (or not wanted): once per launch
+        self.job_ids: dict[str, str] = {}
+        self.outcome: dict[str, str] = {}
+        self.gpu_hours = 0.0
+
+    def handle(self, item: ResolvedStage, dry_run: bool) -> None:
+        """Skip the stage if it is complete or queued; otherwise describe, run or submit it."""
         if item.is_complete():
-            outcome[stage.key] = "complete"
-            if not dry_run:  # a run made for another stage (same config) serves this one too
-                record_experiment(item.run_dir, stage.key)
-            echo(f"[done] {stage.key}: {item.run_dir}")
-            continue
-        if executor == "slurm" and not dry_run:
-            active = registry.active_job(stage.key)
-            if active:
-                job_id, state = active
-                job_ids[stage.key] = job_id
-                outcome[stage.key] = f"queued as {job_id}"
-                why = (f"state {state}" if state != "UNKNOWN" else "state unknown to sacct and squeue (accounting "
-                       f"off or lagging), counted as active; delete {registry.path(stage.key)} to submit it again")
-                echo(f"[queued] {stage.key}: job {job_id}, {why}")
-                continue
-        dependencies = [job_ids[stage.after]] if stage.after in job_ids else []
-        parameters = job_parameters(executor if executor != "inline" else "local", stage.key.replace("/", "."),
-                                    stage.nodes, stage.gpus_per_node, stage.hours, cluster, dependencies)
-        if dry_run:
-            job_ids[stage.key] = f"<{stage.key}>"
-            outcome[stage.key] = "would submit"
-            shown = {k: v for k, v in parameters.items() if v not in ({}, None, "")}
-            gpu_hours += resources_of(stage, cluster)["gpu_hours"]
-            echo(f"[dry-run] {stage.key}: {stage.kind} preset={stage.preset} "
-                 f"run_dir={item.run_dir or '(after ' + stage.after + ')'} {describe_resources(stage, cluster)} "
-                 f"after={','.join(dependencies) or '-'} {json.dumps(shown)}")
-            continue
-        if executor == "inline":
-            echo(f"[run] {stage.key}")
-            run_stage(stage.kind, item.config)
-            outcome[stage.key] = "ran"
-            _refresh_downstream_dirs(stages, item)
-            continue
-        if not snapshot_taken:
-            snapshot, snapshot_taken = _snapshot(snapshot_code_of, Path(output_root) / ".code", echo), True
-        submitit_executor = make_executor(executor, log_folder, cluster)
-        submitit_executor.update_parameters(**parameters)
-        task = StageTask(stage.kind, item.config, str(snapshot.folder) if snapshot else "")  # workdir: here
-        with submitting_from(snapshot.folder if snapshot else None):
+            self.mark_complete(item, dry_run)
+        elif self.executor == "slurm" and not dry_run and self.is_queued(item.stage):
+            return
+        elif dry_run:
+            self.describe(item)
+        elif self.executor == "inline":
+            self.run_inline(item)
+        else:
+            self.submit(item)
+
+    def mark_complete(self, item: ResolvedStage, dry_run: bool) -> None:
+        self.outcome[item.stage.key] = "complete"
+        if not dry_run:  # a run made for another stage (same config) serves this one too
+            record_experiment(item.run_dir, item.stage.key)
+        self.echo(f"[done] {item.stage.key}: {item.run_dir}")
+
+    def is_queued(self, stage: Stage) -> bool:
+        """Whether the stage's recorded job may still run (then it is not submitted again)."""
+        active = self.registry.active_job(stage.key)
+        if not active:
+            return False
+        job_id, state = active
+        self.job_ids[stage.key] = job_id
+        self.outcome[stage.key] = f"queued as {job_id}"
+        why = (f"state {state}" if state != "UNKNOWN" else "state unknown to sacct and squeue (accounting "
+               f"off or lagging), counted as active; delete {self.registry.path(stage.key)} to submit it again")
+        self.echo(f"[queued] {stage.key}: job {job_id}, {why}")
+        return True
+
+    def dependencies(self, stage: Stage) -> list[str]:
+        return [self.job_ids[stage.after]] if stage.after in self.job_ids else []
+
+    def parameters(self, stage: Stage) -> dict[str, Any]:
+        return job_parameters(self.executor if self.executor != "inline" else "local", stage.key.replace("/", "."),
+                              stage.nodes, stage.gpus_per_node, stage.hours, self.cluster, self.dependencies(stage))
+
+    def describe(self, item: ResolvedStage) -> None:
+        """A dry run's line: the job, its resources and its dependency."""
+        stage = item.stage
+        self.job_ids[stage.key] = f"<{stage.key}>"
+        self.outcome[stage.key] = "would submit"
+        shown = {k: v for k, v in self.parameters(stage).items() if v not in ({}, None, "")}
+        self.gpu_hours += resources_of(stage, self.cluster)["gpu_hours"]
+        self.echo(f"[dry-run] {stage.key}: {stage.kind} preset={stage.preset} "
+                  f"run_dir={item.run_dir or '(after ' + stage.after + ')'} {describe_resources(stage, self.cluster)} "
+                  f"after={','.join(self.dependencies(stage)) or '-'} {json.dumps(shown)}")
+
+    def run_inline(self, item: ResolvedStage) -> None:
+        self.echo(f"[run] {item.stage.key}")
+        run_stage(item.stage.kind, item.config)
+        self.outcome[item.stage.key] = "ran"
+        _refresh_downstream_dirs(self.stages, item)
+
+    def submit(self, item: ResolvedStage) -> None:
+        """Submit the stage from the code snapshot; on one machine (local), wait for it to finish."""
+        stage, dependencies = item.stage, self.dependencies(item.stage)
+        if not self.snapshot_taken:
+            self.snapshot = _snapshot(self.snapshot_code_of, self.output_root / ".code", self.cluster, self.echo)
+            self.snapshot_taken = True
+        submitit_executor = make_executor(self.executor, self.log_folder, self.cluster)
+        submitit_executor.update_parameters(**self.parameters(stage))
+        folder = self.snapshot.folder if self.snapshot else None
+        task = StageTask(stage.kind, item.config, str(folder or ""))  # workdir: here
+        with submitting_from(folder):
             job = submitit_executor.submit(task)
-        job_ids[stage.key] = str(job.job_id)
-        outcome[stage.key] = f"submitted {job.job_id}"
-        echo(f"[submitted] {stage.key}: job {job.job_id}" + (f" after {dependencies}" if dependencies else ""))
-        if executor == "slurm":
-            registry.record(stage.key, str(job.job_id), log_folder)
+        self.job_ids[stage.key] = str(job.job_id)
+        self.outcome[stage.key] = f"submitted {job.job_id}"
+        self.echo(f"[submitted] {stage.key}: job {job.job_id}" + (f" after {dependencies}" if dependencies else ""))
+        if self.executor == "slurm":
+            self.registry.record(stage.key, str(job.job_id), self.log_folder)
         else:  # one machine: run stages one after the other, evaluations after their pretraining
             job.result()
-            _refresh_downstream_dirs(stages, item)
-    if dry_run:
-        echo(f"[dry-run] {sum(v == 'would submit' for v in outcome.values())} job(s), at most {gpu_hours:,.0f} GPU-hours "
-             "(each job's GPUs x its time limit; requeued jobs add their extra attempts)")
-    return outcome
+            _refresh_downstream_dirs(self.stages, item)
+
+    def summarise_dry_run(self) -> None:
+        self.echo(f"[dry-run] {sum(v == 'would submit' for v in self.outcome.values())} job(s), at most "
+                  f"{self.gpu_hours:,.0f} GPU-hours (each job's GPUs x its time limit; requeued jobs add their "
+                  "extra attempts)")
 
 
-def _snapshot(repository: Path, root: Path, echo: Callable[[str], None]) -> CodeSnapshot | None:
+def _snapshot(repository: Path, root: Path, cluster: ClusterConfig,
+              echo: Callable[[str], None]) -> CodeSnapshot | None:
     try:
-        snapshot = snapshot_code(repository, root)
+        snapshot = snapshot_code(repository, root, max_file_bytes=int(cluster.snapshot_max_file_mb * 2**20))
     except (OSError, RuntimeError) as error:  # not a git checkout, or git missing
         echo(f"[warning] no code snapshot ({error}); jobs run the working tree as it is when they start")
         return None
     changes = f", uncommitted changes {snapshot.diff_digest}" if snapshot.dirty else ""
     echo(f"[code] jobs run from {snapshot.folder} (commit {snapshot.commit[:10]}{changes})")
+    if snapshot.left_out:
+        echo(f"[code] left out of the snapshot, untracked and over snapshot_max_file_mb="
+             f"{cluster.snapshot_max_file_mb:g} (raise it with --cluster snapshot_max_file_mb=N or in the --profile "
+             "file; jobs will not see these files): "
+             + ", ".join(f"{path} ({size / 2**20:.1f} MB)" for path, size in snapshot.left_out))
     return snapshot
 
 

@@ -3,19 +3,26 @@
 States: done (result.json), running (a live process holds the run's lock), queued (its recorded job
 is pending or running in SLURM, or in a state SLURM cannot tell), failed (its job ended without a
 result: the last lines of its error log follow), stale (no process, no job, no result).
+What cannot be read (a damaged job record or config, metrics records whose time is not a number) is
+skipped and named under the listing; every other run is still listed.
 """
 from __future__ import annotations
 
 import fcntl
 import json
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from common.rundir import RunDirectory
-from slurm.graph import ENDED_STATES, job_state
+from plans.launches import launch_file
+from slurm.graph import ENDED_STATES, job_state, read_job_record
 
 
 @dataclass
@@ -41,8 +48,18 @@ def _lock_is_held(run_dir: Path) -> bool:
         return False
 
 
-def _progress(run_dir: Path, now: float) -> str:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _timed_records(run_dir: Path) -> tuple[list[dict], int]:
+    """The metrics records that carry a numeric time and position, and how many others carry a time."""
     records = [r for r in RunDirectory(run_dir).read_metrics() if "time" in r]
+    usable = [r for r in records if all(_is_number(r.get(key, 0)) for key in ("time", "step", "epoch", "total"))]
+    return usable, len(records) - len(usable)
+
+
+def _progress(records: list[dict], now: float) -> str:
     if not records:
         return ""
     last, first = records[-1], records[0]
@@ -59,24 +76,55 @@ def _progress(run_dir: Path, now: float) -> str:
     return text + f", last metric {int(now - last['time'])} s ago"
 
 
-def _jobs(output_root: Path) -> dict[str, dict]:
-    """{stage key: registry entry} of every launch under output_root."""
+def _jobs(output_root: Path, skipped: list[str]) -> dict[str, dict]:
+    """{stage key: registry entry} of every launch under output_root; damaged records are skipped."""
     entries = {}
-    for record in Path(output_root).glob(".jobs/*/*.json"):
-        entries[record.stem.replace("__", "/")] = json.loads(record.read_text())
+    for record in sorted(Path(output_root).glob(".jobs/*/*.json")):
+        if record == launch_file(output_root, record.parent.name):  # what was launched, not a job
+            continue
+        try:
+            entries[record.stem.replace("__", "/")] = read_job_record(record)
+        except ValueError as error:
+            skipped.append(str(error))
     return entries
 
 
-def run_statuses(output_root: Path) -> list[RunStatus]:
-    now, jobs, statuses = time.time(), _jobs(output_root), []
+def _experiment(config_path: Path) -> str:
+    """The plan's stage key recorded in a run's config.yaml; ValueError when the file cannot be read."""
+    try:
+        config = OmegaConf.load(config_path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise ValueError(f"{config_path}: not readable YAML ({str(error).splitlines()[0] if str(error) else error!r})")
+    if not isinstance(config, DictConfig):
+        raise ValueError(f"{config_path}: not a mapping of config sections")
+    run = config.get("run", {})
+    return str(run.get("experiment", "") or "") if isinstance(run, DictConfig) else ""
+
+
+def _provenance(run_dir: Path) -> dict:
+    try:
+        record = json.loads((run_dir / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def run_statuses(output_root: Path, skipped: list[str] | None = None) -> list[RunStatus]:
+    """The status of every run under `output_root`; what cannot be read is named in `skipped`."""
+    skipped = [] if skipped is None else skipped
+    now, jobs, statuses = time.time(), _jobs(output_root, skipped), []
     for config_path in sorted(Path(output_root).glob("**/config.yaml")):
         run_dir = config_path.parent
         try:
-            provenance = json.loads((run_dir / "provenance.json").read_text())
-        except (OSError, ValueError):
-            provenance = {}
-        status = RunStatus(provenance.get("stage") or "run", "stale", run_dir, _progress(run_dir, now))
-        experiment = OmegaConf.load(config_path).get("run", {}).get("experiment", "")  # the plan's stage key
+            experiment = _experiment(config_path)  # the plan's stage key
+        except ValueError as error:
+            skipped.append(f"{error}; the run is not listed")
+            continue
+        records, unusable = _timed_records(run_dir)
+        if unusable:
+            skipped.append(f"{run_dir / 'metrics.jsonl'}: {unusable} record(s) whose time, step, epoch or total "
+                           "is not a number, left out of the progress")
+        status = RunStatus(_provenance(run_dir).get("stage") or "run", "stale", run_dir, _progress(records, now))
         entry = jobs.get(experiment)
         scheduler = job_state(entry["job_id"], entry["log_folder"]) if entry else ""
         if entry:
@@ -96,7 +144,8 @@ def run_statuses(output_root: Path) -> list[RunStatus]:
 
 
 def print_status(output_root: Path) -> None:
-    statuses = run_statuses(output_root)
+    skipped: list[str] = []
+    statuses = run_statuses(output_root, skipped)
     if not statuses:
         print(f"no runs under {output_root}")
     for status in statuses:
@@ -104,3 +153,5 @@ def print_status(output_root: Path) -> None:
         for detail in (status.progress, status.job, *status.error):
             if detail:
                 print(f"{'':8} {detail}")
+    for reason in skipped:
+        print(f"skipped  {reason}")

@@ -271,3 +271,31 @@ def test_a_run_shared_by_two_plans_is_reported_under_both_stage_keys(tmp_path):
     assert set(launch(second, "inline", tmp_path / "runs", ClusterConfig(), **common).values()) == {"complete"}
     experiments = collect(tmp_path / "runs").experiment.tolist()
     assert sorted(experiments) == sorted([*renamed, *renamed.values()])
+
+
+def test_a_damaged_launch_record_refuses_the_launch_before_any_stage(tmp_path, capsys):
+    """`slurm run` adds to launch.json: a damaged one is named (one error line, exit 2), left as it
+    was, and nothing runs."""
+    from slurm.__main__ import main as slurm_main
+
+    record = tmp_path / "runs" / ".jobs" / "smoke" / "launch.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"official": {"seeds": [0')
+    with pytest.raises(SystemExit) as exit:
+        slurm_main(["run", "smoke", "--executor", "inline", "--output-root", str(tmp_path / "runs")])
+    assert exit.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(record) in lines[0], lines
+    assert record.read_text() == '{"official": {"seeds": [0'
+    assert not any(path.name.startswith("smoke") for path in (tmp_path / "runs").iterdir())  # nothing ran
+
+
+def test_a_damaged_job_record_is_named_not_a_traceback(tmp_path):
+    from slurm.graph import JobRegistry
+
+    registry = JobRegistry(tmp_path / "runs", "smoke")
+    registry.folder.mkdir(parents=True)
+    for damage in ('{"job_id": "12', '["12"]', '{"job_id": "12"}', '{"job_id": [12], "log_folder": "x"}'):
+        registry.path("smoke/seed0/pretrain").write_text(damage)
+        with pytest.raises(ValueError, match=str(registry.path("smoke/seed0/pretrain"))):
+            registry.active_job("smoke/seed0/pretrain")

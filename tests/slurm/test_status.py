@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.rundir import RunDirectory
 from slurm.graph import JobRegistry
-from slurm.status import run_statuses
+from slurm.status import print_status, run_statuses
 
 SACCT = """#!/bin/sh
 echo "JobID|State|NodeList"
@@ -65,3 +65,40 @@ def test_status_states_progress_and_errors(tmp_path, monkeypatch):
     assert "job 2001 PENDING" in statuses["queued"].job
     assert "job 2002 FAILED log:" in statuses["failed"].job
     assert statuses["failed"].error[-1] == "error: non-finite loss at step 5"
+
+
+def test_status_lists_every_other_run_and_names_what_it_skipped(tmp_path, monkeypatch, capsys):
+    """A damaged launch record, job record or config, and metrics whose time is text: every other run
+    is listed, and each thing skipped is named."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("sacct", SACCT), ("squeue", "#!/bin/sh\nexit 0\n")):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    root, now = tmp_path / "runs", time.time()
+    _run(root, "queued", "p/queued", [{"step": 1, "total": 4, "time": now - 20},
+                                      {"step": 2, "total": 4, "time": "yesterday"},
+                                      {"step": 3, "total": 4, "time": now - 10}])
+    _run(root, "done", "p/done")
+    (root / "done" / "result.json").write_text("{}")
+    broken = _run(root, "broken", "p/broken")
+    (broken / "config.yaml").write_text("run: [unclosed\n")
+    not_mapping = _run(root, "not_mapping", "p/not_mapping")
+    (not_mapping / "config.yaml").write_text("- 1\n- 2\n")  # YAML, but no mapping
+    JobRegistry(root, "p").record("p/queued", "2001", tmp_path / "logs")
+    (root / ".jobs" / "p" / "launch.json").write_text('{"official": {"seeds": [0')
+    damaged_job = root / ".jobs" / "p" / "p__done.json"
+    damaged_job.write_text('{"job_id": ')
+
+    print_status(root)
+    printed = capsys.readouterr().out
+    assert "queued   pretrain             queued" in printed and "job 2001 PENDING" in printed
+    assert "step 3/4 (75%)" in printed  # the record with a text time is left out of the rate
+    assert "done     pretrain             done" in printed
+    skipped = [line for line in printed.splitlines() if line.startswith("skipped")]
+    assert any(str(broken / "config.yaml") in line for line in skipped), skipped
+    assert any(str(not_mapping / "config.yaml") in line for line in skipped), skipped
+    assert any(str(damaged_job) in line for line in skipped), skipped
+    assert any(str(root / "queued" / "metrics.jsonl") in line and "1 record" in line for line in skipped), skipped
+    assert not any("launch.json" in line for line in printed.splitlines())  # no job record, not read as one

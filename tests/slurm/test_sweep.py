@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from plans.sweeps import Sweep, parse_grid, save_sweep, sweep_plan
+from plans.sweeps import Sweep, check_grid, parse_grid, save_sweep, sweep_plan
 from reports.__main__ import main as reports_main
 from slurm.__main__ import main as slurm_main
 
@@ -63,3 +63,74 @@ def test_a_two_by_two_sweep_with_two_seeds_runs_inline_and_reports_grouped(tmp_p
                 "--seeds", "0,1", "--evals", "knn", "--executor", "inline", "--output-root", str(root),
                 "--set", "optim.epochs=1", "run.progress=false", "--eval-set", "run.progress=false"])
     assert "16 complete" in capsys.readouterr().out
+
+
+def _refusal(capsys) -> str:
+    """The one line a refused command wrote to stderr."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["--grid", "nosuch.key=1,2"], "nosuch"),
+    (["--grid", "mix.num_mixed=2,abc"], "mix.num_mixed"),
+    (["--grid", "loss.temperature=0.1", "--set", "optim.epochs=abc"], "optim.epochs"),
+])
+def test_a_sweep_refused_at_validation_is_not_saved(tmp_path, capsys, arguments, named):
+    """Nothing ran, so no definition is kept: the name stays free and no report is written for it."""
+    with pytest.raises(SystemExit) as exit:
+        slurm_main(["sweep", "--preset", "debug_cpu", *arguments, "--name", "s", "--executor", "inline",
+                    "--output-root", str(tmp_path)])
+    assert exit.value.code == 2
+    assert named in _refusal(capsys)
+    assert not list(tmp_path.glob(".sweeps/*.json"))
+
+
+def test_an_unknown_grid_key_lists_the_valid_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        slurm_main(["sweep", "--preset", "debug_cpu", "--grid", "nosuch.key=1,2", "--dry-run",
+                    "--output-root", str(tmp_path)])
+    line = _refusal(capsys)
+    assert "'nosuch'" in line and all(section in line for section in ("model", "mix", "loss", "optim"))
+
+
+def test_grid_values_equal_as_numbers_are_one_point(tmp_path, capsys):
+    grid = check_grid("debug_cpu", parse_grid(["loss.temperature=0.3,0.30,3e-1", "mix.num_mixed=2,02"]))
+    assert grid == (("loss.temperature", ("0.3",)), ("mix.num_mixed", ("2",)))
+    slurm_main(["sweep", "--preset", "debug_cpu", "--grid", "loss.temperature=0.3,0.30", "--dry-run",
+                "--output-root", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "[sweep-debug_cpu-temperature] 2 would submit" in printed  # one point: pretraining + kNN
+    assert "sweep/debug_cpu-temperature/loss.temperature=0.3/seed0/pretrain" in printed
+
+
+@pytest.mark.parametrize("content, named", [
+    ('{"name": "s", "preset": "debug_cpu", "seeds": [0], "evals": ["knn"]}', "grid"),
+    ('{"name": "s", "preset": "debug_cp', "not readable JSON"),
+    ('{"name": "s", "preset": "debug_cpu", "grid": [["loss.temperature", 0.1]], "seeds": [0], "evals": ["knn"]}',
+     "grid"),
+    ('{"name": "s", "preset": "debug_cpu", "grid": [["loss.temperature", ["0.1"]]], "seeds": "0", "evals": ["knn"]}',
+     "seeds"),
+    ('[1, 2]', "an object"),
+])
+def test_a_damaged_sweep_file_is_named(tmp_path, capsys, content, named):
+    path = tmp_path / ".sweeps" / "s.json"
+    path.parent.mkdir()
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exit:
+        reports_main(["sweep", "s", "--output-root", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit.value.code == 2
+    line = _refusal(capsys)
+    assert str(path) in line and named in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_name_is_a_plain_name_and_the_known_ones_are_listed(tmp_path, capsys):
+    save_sweep(tmp_path, Sweep("known", "debug_cpu", parse_grid(["loss.temperature=0.1"])))
+    for name in ("../x", "missing"):
+        with pytest.raises(SystemExit) as exit:
+            reports_main(["sweep", name, "--output-root", str(tmp_path), "--out", str(tmp_path / "out")])
+        assert exit.value.code == 2
+        line = _refusal(capsys)
+        assert repr(name) in line and "known: known" in line
