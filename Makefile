@@ -138,5 +138,15 @@ bench: setup ## step, input pipeline and kNN benchmarks (JSON in runs/bench/)
 	$(PY) -m bench.augment --stages $(if $(filter 1,$(HAS_CUDA)),--gpu-compile,--size 64 --batch 32 --batches 4 --source-size 120x90) --output $(OUTPUT_ROOT)/bench/augment.json
 	$(PY) -m bench.knn --output $(OUTPUT_ROOT)/bench/knn.json
 
+# Every figure that needs a GPU in one command within 11 minutes of one H200 (bench/gpu_check.py): the
+# compiled steps, input pipeline and kNN of `make bench`, pretraining from JPEG files on disk, and Table 6
+# on Fashion-MNIST at the gpu scale with its report; one line per figure with its target, JSON in OUT.
+SCALE ?= gpu## make gpu-check: gpu (one H200) | tiny (the same code on the CPU in under a minute)
+OUT ?= $(OUTPUT_ROOT)/gpu-check## where make gpu-check writes gpu_check.json and the study's report
+.PHONY: gpu-check
+gpu-check: setup ## speed figures + end to end + GPU-scale Table 6 vs their targets (OUT=folder, SCALE=tiny on CPU)
+	$(if $(filter tiny,$(SCALE)),,$(MAKE) --no-print-directory fashion-mnist)
+	$(PY) -m bench.gpu_check --scale $(SCALE) --out $(OUT) $(if $(filter tiny,$(SCALE)),,--study-set $(DEMO_DATA)) $(ARGS)
+
 clean: ## remove the demo runs and reports
 	rm -rf .pytest_cache $(OUTPUT_ROOT)/demo $(REPORT_DIR)

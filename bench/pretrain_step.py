@@ -129,16 +129,31 @@ def _measure_step(config, batch: int, device: torch.device, warmup: int, steps: 
     return measured
 
 
+def step_overrides(name: str, variant: str) -> list[str]:
+    """What makes a preset the benchmarked step of config `name`: its per-device batch, two views
+    mixed with m = 2, no local crops, the device's precision and the variant's speed switches. The
+    end-to-end check (bench/end_to_end.py) trains with the same step, fed from files instead."""
+    return [f"optim.batch_size={CONFIGS[name].batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
+            "run.precision=auto", *VARIANTS[variant]]
+
+
+def measured_matmul_flops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of one square matmul on `device` (bf16 on a GPU, fp32 on a CPU): the reference for MFU
+    where no published peak is known (a CPU smoke run, an unlisted GPU)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    left, right = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    seconds = timed(lambda: left @ right, device, warmup=1, repeats=repeats)
+    return 2 * size**3 / seconds
+
+
 def bench_config(name: str, device: torch.device, warmup: int, steps: int, variant: str = "batched",
                  with_bound: bool = True, profiled_steps: int = 0) -> dict:
     spec = CONFIGS[name]
     torch._dynamo.reset()  # each config compiles afresh: no cache entries or recompile budget carried over
     torch._dynamo.utils.counters.clear()
-    config = apply_overrides(preset(spec.preset), [
-        # The step alone: synthetic views already on the device, so no augmentation inside the step.
-        f"optim.batch_size={spec.batch}", "mix.num_mixed=2", "augment.num_local_crops=0",
-        "augment.gpu=false", "augment.gpu_decode=false",
-        f"run.device={device.type}", "run.precision=auto", *VARIANTS[variant]])
+    # The step alone: synthetic views already on the device, so no augmentation inside the step.
+    config = apply_overrides(preset(spec.preset), [*step_overrides(name, variant), "augment.gpu=false",
+                                                   "augment.gpu_decode=false", f"run.device={device.type}"])
     measured = _measure_step(config, spec.batch, device, warmup, steps, profiled_steps)  # frees its model on return
     if device.type == "cuda":
         torch.cuda.empty_cache()
