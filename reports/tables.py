@@ -33,6 +33,7 @@ class RowResult:
     commit: str
     notes: list[str] = field(default_factory=list)  # results left out of the mean, unfinished pretraining
     values: dict[int, float] = field(default_factory=dict)  # seed -> the value averaged
+    epochs: tuple[int, ...] = ()  # pretraining epochs of the runs averaged (0: a random initialisation)
 
     @property
     def interval(self) -> Interval | None:
@@ -53,6 +54,23 @@ def paper_value(reference: pd.DataFrame, row: Row) -> float | None:
     return float(match.value.iloc[0])
 
 
+def pretraining_epochs(results: pd.DataFrame) -> dict[str, int]:
+    """{pretraining experiment hash: epochs} of the pretraining results: what an evaluation's
+    `pretrain_experiment_hash` names (the plan's rows give the epochs planned, not those run)."""
+    if results.empty or not {"stage", "experiment_hash", "epochs"} <= set(results.columns):
+        return {}
+    pretraining = results[(results.stage == "pretrain") & results.epochs.notna()]
+    return {str(digest): int(epochs) for digest, epochs in zip(pretraining.experiment_hash, pretraining.epochs)}
+
+
+def _epochs_run(record: pd.Series, epochs_by_pretraining: dict[str, int]) -> int | None:
+    """The pretraining epochs behind an evaluation's result: 0 for a randomly initialised encoder,
+    None when its pretraining result is not among the results (an imported encoder file)."""
+    if record.get("encoder") == "random":
+        return 0
+    return epochs_by_pretraining.get(str(record.get("pretrain_experiment_hash")))
+
+
 def _stage_results(results: pd.DataFrame, key: str) -> pd.DataFrame:
     if results.empty or "experiment" not in results:
         return results.iloc[0:0]
@@ -70,6 +88,7 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
             presets[row] = f"{plan.stage(stage.after).preset if stage.after else stage.preset} / {stage.kind} {stage.preset}"
             for _, record in matching.iterrows():
                 grouped[row].append((stage.seed, record))
+    epochs_by_pretraining = pretraining_epochs(results)
     output = []
     for row, records in grouped.items():
         metric = f"metric.{headline(row.protocol)[0]}"
@@ -98,8 +117,9 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
         identity, commit = next(iter(identities)) if identities else ("", "")
         mean = sum(values) / len(values) if values else None
         std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0) if values else None
+        epochs = {_epochs_run(record, epochs_by_pretraining) for _, record in records} - {None}
         output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in averaged),
-                                presets[row], identity, commit[:10], notes, dict(averaged)))
+                                presets[row], identity, commit[:10], notes, dict(averaged), tuple(sorted(epochs))))
     return output
 
 
@@ -129,11 +149,32 @@ def _ours(result: RowResult) -> str:
     return _number(result.mean) + marker
 
 
+def _epochs(result: RowResult) -> str:
+    """The epochs its runs pretrained for; without their records, the plan's (— where it gives none)."""
+    if result.epochs:
+        return ", ".join(map(str, result.epochs))
+    return str(result.row.epochs) if result.row.epochs else "—"
+
+
 def preset_flavour(preset: str) -> str:
     """`official` (the published code), `paper` (the paper's text) or `other`, from the pretraining
     preset's name (the first part of a row's preset); docs/fidelity.md lists what each departs from."""
     pretraining = preset.split(" / ")[0]
     return next((flavour for flavour in ("official", "paper") if pretraining.endswith(f"_{flavour}")), "other")
+
+
+OTHER_FLAVOUR = "`other`: neither the paper's text nor the published code"
+
+
+def flavour_sentence(results: list[RowResult]) -> str:
+    """The header's word on flavours: one flavour only when every row has it (the demo's presets,
+    for one, have none, whatever flavour the report was asked for)."""
+    flavours = {preset_flavour(r.preset) for r in results}
+    if len(flavours) == 1 and flavours <= {"official", "paper"}:
+        return f"Presets: `{flavours.pop()}` flavour."
+    if flavours == {"other"}:
+        return f"Presets: this suite's own (Flavour {OTHER_FLAVOUR})."
+    return f"Presets: flavour per row (column Flavour; {OTHER_FLAVOUR})."
 
 
 def _interval(interval: Interval | None, scale: float | None) -> str:
@@ -173,7 +214,7 @@ def markdown_table(results: list[RowResult], baseline: str = "") -> str:
         protocol = r.row.protocol if metric == r.row.protocol else f"{r.row.protocol} ({meaning})"
         cells = (f" {_interval(r.interval, r.mean)} | {_paired(r, counterpart(results, r.row, baseline))} |"
                  if statistics else "")
-        lines.append(f"| {r.row.method} | {r.row.backbone} | {r.row.epochs or '—'} | {r.row.dataset} | {protocol} | "
+        lines.append(f"| {r.row.method} | {r.row.backbone} | {_epochs(r)} | {r.row.dataset} | {protocol} | "
                      f"{_number(r.paper)} | {_ours(r)} | {_number(r.delta, signed=True, scale=r.mean)} | "
                      f"{','.join(map(str, r.seeds)) or '—'} |{cells} {r.preset} | {preset_flavour(r.preset)} | "
                      f"{r.experiment_hash or '—'} | {r.commit or '—'} |")
@@ -228,13 +269,13 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
     return "\n".join(lines)
 
 
-def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame, flavour: str,
+def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                 figures: list[str] = (), superseded: pd.DataFrame | None = None,
                 damaged: list[tuple[str, str]] = (), unreported: str = "") -> str:
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
-             f"Presets: `{flavour}` flavour. {done} of {len(rows)} rows have results. "
+             f"{flavour_sentence(rows)} {done} of {len(rows)} rows have results. "
              "Ours: mean ± std over seeds (sample std); Δ = ours − paper. kNN: top-1 at k = 20 "
              "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json). "
              f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",
