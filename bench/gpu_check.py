@@ -34,7 +34,9 @@ from bench import augment, end_to_end, knn, pretrain_step, study
 from bench.end_to_end import EndToEndSize
 from bench.isolated import Outcome, run_isolated
 from bench.study import StudySize
+from common.config import apply_overrides
 from common.rundir import code_identity
+from pretrain.configs import preset
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def figures(scale: Scale) -> list[Figure]:
         Figure("augmentation", "input pipeline (device decode + colour)", "img/s", 8000, ">=", ("augmentation",)),
         Figure("end_to_end", f"end to end from JPEG files ({scale.end_to_end.config})", "fraction of the synthetic step",
                0.90, ">=", ("end_to_end", f"step:{scale.end_to_end.config}")),
-        Figure("knn", f"kNN search ({scale.knn_size}: bank x queries x dim)", "s", 1.0, "<=", ("knn",)),
+        Figure("knn", "kNN search ({:,} x {:,}, {}-d)".format(*knn.SIZES[scale.knn_size]), "s", 1.0, "<=", ("knn",)),
         Figure("study_knn_lift", f"Table 6 kNN lift over random init (weakest row, {scale.study.dataset})", "points",
                15, ">=", ("study",)),
     ]
@@ -363,8 +365,13 @@ def dry_run(scale: Scale, budgets: dict[str, float], work: Path, data_overrides:
     print(f"scale {scale.name} on {scale.device}; budgets (s): {json.dumps(budgets)}; total {sum(budgets.values()):g} s")
     print(f"steps: {scale.steps}\naugmentation: {scale.augmentation}\nknn: {scale.knn_size}\n"
           f"end to end: {scale.end_to_end} ({scale.end_to_end.files} files)\nstudy: {scale.study}")
+    for config in dict.fromkeys(scale.steps.configs.values()):  # the benchmarked steps' configs resolve
+        apply_overrides(preset(pretrain_step.CONFIGS[config].preset),
+                        pretrain_step.step_overrides(config, scale.steps.variant))
     end_to_end.pretraining_config(scale.end_to_end, work / "end_to_end" / "images", work / "end_to_end" / "runs",
                                   scale.device)
+    for figure in figures(scale):
+        print(f"figure {figure.name}: {figure.label}, target {figure.comparison} {figure.target:g} {figure.unit}")
     import subprocess
 
     command = study.plan_command(scale.study, work / "study" / "runs", data_overrides, dry_run=True)
