@@ -120,15 +120,18 @@ def test_dry_run_lists_jobs_with_dependencies(tmp_path):
     warnings = [line for line in lines if line.startswith("[warning]")]
     total = lines[-1]
     lines = [line for line in lines[:-1] if line.startswith("[dry-run]")]
-    assert set(outcome.values()) == {"would submit"} and len(lines) == 12
-    # Resources in one unit each, the dependency, and the plan's GPU-hours: 3 x (2 x 8 GPUs x 48 h)
-    # pretraining, then per run kNN 8 x 2 h, linear and finetune 8 x 24 h each.
+    assert set(outcome.values()) == {"would submit"} and len(lines) == 24
+    # Resources in one unit each, the dependency, and the plan's GPU-hours: 6 x (2 x 8 GPUs x 48 h)
+    # pretraining (PatchMix S/16 300 and 800, B/16; DINO S/16, B/16; SDMP S/16), then per run kNN
+    # 8 x 2 h, linear and finetune 8 x 24 h each.
     assert "nodes=2 gpus=16 cpus=160 mem=960GB time=48h after=-" in lines[0]
     assert "nodes=1 gpus=8 cpus=80 mem=480GB time=2h after=<table2/vit_s16/300ep/seed0/pretrain>" in lines[1]
-    assert total == "[dry-run] 12 job(s), at most 3,504 GPU-hours (each job's GPUs x its time limit; requeued " \
+    assert total == "[dry-run] 24 job(s), at most 7,008 GPU-hours (each job's GPUs x its time limit; requeued " \
                     "jobs add their extra attempts)"
+    baselines = [line for line in lines if "pretrain preset=imagenet_dino" in line or "pretrain preset=imagenet_sdmp" in line]
+    assert len(baselines) == 3 and all("nodes=2 gpus=16" in line for line in baselines)
     # No ImageNet here: the dry run says so for each pretraining stage; a real launch would refuse.
-    assert len(warnings) == 3 and all("data.root data/imagenet does not exist" in w for w in warnings)
+    assert len(warnings) == 6 and all("data.root data/imagenet does not exist" in w for w in warnings)
     with pytest.raises(ValueError, match="cannot be read from here"):
         launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), echo=_quiet)
     assert '"nodes": 2' in lines[0] and '"gpus_per_node": 8' in lines[0]
