@@ -161,19 +161,23 @@ class Figure:
 
 def figures(scale: Scale) -> list[Figure]:
     """The targets of the speed round, and the study's, in the order they print."""
-    steps = scale.steps.configs
+    steps, variant = scale.steps.configs, scale.steps.variant
+
+    def step(name: str, key: str, what: str, unit: str, target: float) -> Figure:
+        return Figure(name, f"{key} step{what} ({steps[key]}, {variant})", unit, target, ">=", (f"step:{steps[key]}",))
+
     return [
-        Figure("step_s16", f"S/16 step ({steps['S/16']}, {scale.steps.variant})", "img/s", 3150, ">=", (f"step:{steps['S/16']}",)),
-        Figure("step_s2", f"S/2 step ({steps['S/2']}, {scale.steps.variant})", "img/s", 3000, ">=", (f"step:{steps['S/2']}",)),
-        Figure("step_t2", f"T/2 step ({steps['T/2']}, {scale.steps.variant})", "img/s", 5800, ">=", (f"step:{steps['T/2']}",)),
-        Figure("mfu_b16", f"B/16 step MFU ({steps['B/16']}, {scale.steps.variant})", "fraction of peak", 0.40, ">=",
-               (f"step:{steps['B/16']}",)),
+        step("step_s16", "S/16", "", "img/s", 3150),
+        step("step_s2", "S/2", "", "img/s", 3000),
+        step("step_t2", "T/2", "", "img/s", 5800),
+        step("mfu_b16", "B/16", " MFU", "fraction of peak", 0.40),
         Figure("augmentation", "input pipeline (device decode + colour)", "img/s", 8000, ">=", ("augmentation",)),
-        Figure("end_to_end", f"end to end from JPEG files ({scale.end_to_end.config})", "fraction of the synthetic step",
-               0.90, ">=", ("end_to_end", f"step:{scale.end_to_end.config}")),
-        Figure("knn", "kNN search ({:,} x {:,}, {}-d)".format(*knn.SIZES[scale.knn_size]), "s", 1.0, "<=", ("knn",)),
-        Figure("study_knn_lift", f"Table 6 kNN lift over random init (weakest row, {scale.study.dataset})", "points",
-               15, ">=", ("study",)),
+        Figure("end_to_end", f"end to end from JPEG files ({scale.end_to_end.config})",
+               "fraction of the synthetic step", 0.90, ">=", ("end_to_end", f"step:{scale.end_to_end.config}")),
+        Figure("knn", "kNN search ({:,} x {:,}, {}-d)".format(*knn.SIZES[scale.knn_size]), "s", 1.0, "<=",
+               ("knn",)),
+        Figure("study_knn_lift", f"Table 6 kNN lift over random init (weakest row, {scale.study.dataset})",
+               "points", 15, ">=", ("study",)),
     ]
 
 
@@ -362,7 +366,8 @@ def selected_parts(names: str, available: dict) -> list[str]:
 def dry_run(scale: Scale, budgets: dict[str, float], work: Path, data_overrides: tuple[str, ...]) -> None:
     """Print what would run and check that its configs resolve (the end-to-end config, the study's
     plan through the launcher's own --dry-run), running nothing."""
-    print(f"scale {scale.name} on {scale.device}; budgets (s): {json.dumps(budgets)}; total {sum(budgets.values()):g} s")
+    print(f"scale {scale.name} on {scale.device}; budgets (s): {json.dumps(budgets)}; "
+          f"total {sum(budgets.values()):g} s")
     print(f"steps: {scale.steps}\naugmentation: {scale.augmentation}\nknn: {scale.knn_size}\n"
           f"end to end: {scale.end_to_end} ({scale.end_to_end.files} files)\nstudy: {scale.study}")
     for config in dict.fromkeys(scale.steps.configs.values()):  # the benchmarked steps' configs resolve
@@ -394,7 +399,8 @@ def run_check(scale: Scale, parts: list[str], budgets: dict[str, float], out: Pa
         print(f"[gpu-check] {name}: {outcome.status} in {outcome.seconds:.1f} s"
               + (f"\n{outcome.error}" if outcome.error else ""), flush=True)
     records = [evaluate_figure(figure, outcomes, scale) for figure in figures(scale)]
-    return {"check": "gpu_check", "scale": scale.name, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+    return {"check": "gpu_check", "scale": scale.name,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "budget_s": sum(budgets[name] for name in parts),
             **code_identity(), "parts": {name: outcome.as_record() for name, outcome in outcomes.items()},
             "figures": records}

@@ -80,7 +80,8 @@ def _run(command: list[str], timeout_s: float, log: Path) -> str:
     """Run a command with its output in `log`; 'ok', 'timeout' or 'exit N'."""
     with open(log, "w") as handle:
         try:
-            status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=max(timeout_s, 1)).returncode
+            status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
+                                    timeout=max(timeout_s, 1)).returncode
         except subprocess.TimeoutExpired:
             return "timeout"
     return "ok" if status == 0 else f"exit {status}"
@@ -148,7 +149,8 @@ def summarise(rows: dict[str, dict], random_knn: float | None) -> dict:
     summary = {}
     for row, values in rows.items():
         knn = statistics.fmean(values["knn"]) if values["knn"] else None
-        summary[row] = {"knn_mean": knn, "linear_mean": statistics.fmean(values["linear"]) if values["linear"] else None,
+        linear = statistics.fmean(values["linear"]) if values["linear"] else None
+        summary[row] = {"knn_mean": knn, "linear_mean": linear,
                         "knn_seeds": len(values["knn"]), "linear_seeds": len(values["linear"]),
                         "knn_lift": knn - random_knn if knn is not None and random_knn is not None else None}
     lifts = [item["knn_lift"] for item in summary.values() if item["knn_lift"] is not None]
@@ -169,7 +171,8 @@ def measure(size: StudySize, work: Path, report_dir: Path, budget_s: float,
     report_status = _run(report_command(size, runs_root, report_dir), size.reserve_s / 2, logs / "report.log")
     results_csv, report = report_dir / "results.csv", report_dir / f"{PLAN}.md"
     rows = row_results(results_csv, size.dataset) if results_csv.is_file() else {}
-    first = pretrain_run_dir(results_csv, runs_root, size.dataset, "m1", size.seeds[0]) if results_csv.is_file() else None
+    first = (pretrain_run_dir(results_csv, runs_root, size.dataset, "m1", size.seeds[0])
+             if results_csv.is_file() else None)
     random_knn = random_init_knn(first, size.eval_overrides) if first is not None else None
     return {"plan": PLAN, "dataset": size.dataset, "seeds": list(size.seeds), "plan_status": plan_status,
             "report_status": report_status, "report": str(report) if report.is_file() else None,

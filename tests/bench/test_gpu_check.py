@@ -36,7 +36,8 @@ def test_tiny_check_runs_every_part_and_reports_every_figure(tmp_path):
 
 
 def test_gpu_scale_configs_resolve_and_fit_eleven_minutes(tmp_path, capsys):
-    main(["--dry-run", "--out", str(tmp_path), "--work", str(tmp_path / "work")])  # the study's plan through the launcher's --dry-run
+    # The study's plan goes through the launcher's own --dry-run.
+    main(["--dry-run", "--out", str(tmp_path), "--work", str(tmp_path / "work")])
     output = capsys.readouterr().out
     assert "[table6] 36 would submit" in output  # 4 rows x 3 seeds x (pretrain, knn, linear)
     assert sum(GPU.budgets.values()) <= 11 * 60 - 30
