@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from common.checkpoint import atomic_write_text
+from plans.tables import PLANS
 
 
 def launch_file(output_root: Path, plan_name: str) -> Path:
@@ -45,8 +46,6 @@ def _damaged(path: Path, reason: str) -> ValueError:
 
 def default_datasets(plan_name: str) -> tuple[str, ...]:
     """The datasets a plan runs when none are named (its function's default; () for plans without)."""
-    from plans.tables import PLANS
-
     parameter = inspect.signature(PLANS[plan_name]).parameters.get("datasets")
     return tuple(parameter.default) if parameter is not None else ()
 

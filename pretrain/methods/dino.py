@@ -37,7 +37,7 @@ from common.config import ConfigError
 from pretrain.methods.base import LossContext, PretrainingMethod, StepSchedule
 from pretrain.model import build_encoder, compile_encoders, encode_views
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pretrain.configs imports the methods: a run-time import would be a cycle
     from pretrain.configs import PretrainConfig
 
 

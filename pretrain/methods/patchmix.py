@@ -22,7 +22,7 @@ from pretrain.mixers import MixResult, apply_mixer, mix_to_mix_from_compositions
 from pretrain.model import PatchMixModel
 from pretrain.patchmix import origin_targets
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pretrain.configs imports the methods: a run-time import would be a cycle
     from pretrain.configs import PretrainConfig
 
 
