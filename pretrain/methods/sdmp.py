@@ -46,7 +46,7 @@ MIX_LOSSES = ("mixture_likelihood", "weighted_cross_entropy")
 class SdmpConfig:
     """SDMP's own fields; used when method=sdmp (the networks are model.*'s MoCo v3 heads)."""
 
-    temperature: float = 0.2  # --moco-t
+    temperature: float = 0.2  # tau of every InfoNCE term (--moco-t)
     # Paste the resized partner into each image (the paper, release cd26a51); the newest release never does.
     paste_partner: bool = True
     # mixture_likelihood: -log(w_own p_own + w_partner p_partner) (release 8615686); weighted_cross_entropy:
