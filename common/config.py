@@ -77,6 +77,9 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
         except (ConfigKeyError, ConfigAttributeError):
             prefix, _, leaf = key.rpartition(".")
             valid = _field_names(config, prefix)
+            while prefix and not valid:  # an unknown section: name the valid ones of the nearest known level
+                prefix, _, leaf = prefix.rpartition(".")
+                valid = _field_names(config, prefix)
             hint = difflib.get_close_matches(leaf, valid, n=3)
             where = f"section '{prefix}'" if prefix else "the top level"
             suggestion = f"; did you mean {', '.join(prefix + '.' + h if prefix else h for h in hint)}?" if hint else ""

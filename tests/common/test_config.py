@@ -21,6 +21,10 @@ def test_unknown_key_names_field_and_suggests():
         apply_overrides(preset("debug_cpu"), ["optim.epoch=3"])
     with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
         apply_overrides(preset("debug_cpu"), ["nonsense=1"])
+    # An unknown section names the sections there are (it listed nothing before).
+    with pytest.raises(ConfigError, match=r"'dinoo\.out_dim'; did you mean dino\? Valid keys in the top level: method, "
+                                          r"model, .*dino, sdmp"):
+        apply_overrides(preset("debug_cpu"), ["dinoo.out_dim=8"])
 
 
 def test_bad_type_names_field():
