@@ -260,12 +260,17 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
     notes = (subset.assign(note=subset["note"].fillna("").astype(str)).groupby(index, sort=False)["note"]
              .agg(lambda values: "; ".join(dict.fromkeys(v for v in values if v))))
     columns = [c for c in PAPER_COLUMNS if c in pivot.columns]
-    lines = ["| Dataset | Backbone | Paper table | Method | Epochs | " + " | ".join(columns) + " | Note |",
-             "|---|---|---|---|---|" + "---|" * (len(columns) + 1)]
+    run_here = {(r.method, r.dataset, r.backbone, r.epochs) for r in rows}
+    lines = ["| Dataset | Backbone | Paper table | Method | Epochs | " + " | ".join(columns) + " | Source | Note |",
+             "|---|---|---|---|---|" + "---|" * (len(columns) + 2)]
     for key, values in pivot.iterrows():
         dataset, backbone, table, method, epochs = key
         cells = " | ".join(_number(None if pd.isna(values[c]) else float(values[c])) for c in columns)
-        lines.append(f"| {dataset} | {backbone} | {table} | {method} | {epochs} | {cells} | {notes.get(key) or '—'} |")
+        # Every number here is the paper's; a method the plan also runs in this setting says so.
+        source = "paper's number; also a row run here (above)" if (method, dataset, backbone, epochs) in run_here \
+            else "paper's number only"
+        lines.append(f"| {dataset} | {backbone} | {table} | {method} | {epochs} | {cells} | {source} | "
+                     f"{notes.get(key) or '—'} |")
     return "\n".join(lines)
 
 
@@ -306,5 +311,8 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                       for _, record in old.iterrows()]
     reference_rows = reference_table(reference, [r.row for r in rows], plan.name)
     if reference_rows:
-        parts += ["", "## The paper's numbers for all methods (reference)", "", reference_rows]
+        parts += ["", "## The paper's numbers for all methods (reference)", "",
+                  "Numbers copied from the paper, trained by other code and budgets. Rows run by this suite (PatchMix, "
+                  "and DINO and SDMP where the plan has them) are the table above, under the same protocols.", "",
+                  reference_rows]
     return "\n".join(parts) + "\n"
