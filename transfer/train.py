@@ -185,43 +185,60 @@ def ap_metrics(results: dict) -> tuple[dict, dict]:
     return metrics, reasons
 
 
-@releases_run_locks
-def main(config: TransferConfig) -> dict:
-    require_detectron2()
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import instantiate
-    from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, default_writers, hooks
+def start_distributed() -> None:
+    """DDP from the launcher's environment, and detectron2's per-machine process group."""
     from detectron2.utils import comm
+
+    dist.init_distributed("cuda" if torch.cuda.is_available() else "cpu")
+    if dist.is_distributed():
+        comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
+
+
+def finished_result(run_dir: RunDirectory) -> dict:
+    """A complete run's result: it says so and does nothing."""
+    if dist.is_main_process():
+        print(f"[transfer] {run_dir.path} is complete; nothing to do (result: {run_dir.result_path})")
+    return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
+
+
+def prepare_run(config: TransferConfig, run_dir: RunDirectory, loaded, prefix: str, output_dir: str) -> None:
+    """Own the run directory (main process: lock, config, provenance, the converted backbone), then,
+    on every process, detectron2's logger, the preemption handler and the seeds."""
     from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    dist.init_distributed(device_type)
-    if dist.is_distributed():
-        comm.create_local_process_group(int(os.environ.get("LOCAL_WORLD_SIZE", torch.cuda.device_count() or 1)))
-    loaded = load_encoder(config.source.run_dir, config.source.encoder_file, config.source.encoder)
-    backbone_arguments(loaded.spec, config.num_heads)  # an encoder the backbones cannot take fails before any write
-    run_dir = transfer_run_directory(config, loaded)
-    if run_dir.is_complete():
-        if dist.is_main_process():
-            print(f"[transfer] {run_dir.path} is complete; nothing to do (result: {run_dir.result_path})")
-        return {**run_dir.read_result(), "run_dir": str(run_dir.path)}
-    files = dataset_files(config)  # before any work: missing COCO files fail here
-    classes = dataset_classes(files)
-    register_datasets(files)
-    cfg = build_lazy_config(config, loaded, run_dir.path, len(classes))
-    prefix = backbone_prefix(cfg)
     if dist.is_main_process():
         run_dir.acquire(config.run.wait_for_lock)
         run_dir.prepare(config, dist.world_size())
         write_detectron2_checkpoint(loaded, run_dir.path / "backbone_init.pth", prefix)
     dist.barrier()
-    setup_logger(cfg.train.output_dir, distributed_rank=dist.rank(), name="detectron2")
+    setup_logger(output_dir, distributed_rank=dist.rank(), name="detectron2")
     if preemption.can_install():
         preemption.install()
     # Head initialisation, sampling order and augmentations draw from the seeded generators (the
     # sampler's shared seed comes from rank 0's numpy generator).
     seed_all_rng(config.run.seed + dist.rank())
+
+
+@dataclass
+class Training:
+    """What detectron2 trains: the detector (its DDP wrapper `model`), its trainer and checkpointer,
+    and the backbone weights it must start from (detectron2 names)."""
+
+    detector: torch.nn.Module
+    model: torch.nn.Module
+    trainer: object
+    checkpointer: object
+    expected_backbone: dict
+    evaluations: dict[int, dict] = field(default_factory=dict)  # iteration -> detectron2's periodic evaluations
+
+
+def build_training(cfg, loaded, prefix: str) -> Training:
+    """The detector, optimiser, data loader, trainer and checkpointer of the LazyConfig; the detector's
+    backbone names and shapes are checked against the encoder's before anything trains."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import instantiate
+    from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model
 
     detector = instantiate(cfg.model).to(cfg.train.device)
     expected = to_detectron2(loaded.state_dict, prefix)
@@ -232,36 +249,56 @@ def main(config: TransferConfig) -> dict:
     model = create_ddp_model(detector, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
-    evaluations: dict[int, dict] = {}  # iteration -> results of detectron2's periodic evaluations
+    return Training(detector, model, trainer, checkpointer, expected)
+
+
+def register_hooks(cfg, training: Training) -> None:
+    """detectron2's usual hooks, the preemption hook, and periodic evaluations kept by iteration."""
+    from detectron2.config import instantiate
+    from detectron2.engine import default_writers, hooks
 
     def evaluate_during_training() -> dict:
-        evaluations[trainer.iter] = evaluate_model(cfg, model)
-        return evaluations[trainer.iter]
+        training.evaluations[training.trainer.iter] = evaluate_model(cfg, training.model)
+        return training.evaluations[training.trainer.iter]
 
-    trainer.register_hooks([
+    training.trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if dist.is_main_process() else None,
-        preemption_hook(checkpointer, cfg.train.device),
+        hooks.PeriodicCheckpointer(training.checkpointer, **cfg.train.checkpointer) if dist.is_main_process() else None,
+        preemption_hook(training.checkpointer, cfg.train.device),
         hooks.EvalHook(cfg.train.eval_period, evaluate_during_training) if cfg.train.eval_period else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if dist.is_main_process() else None,
     ])
-    resumed = checkpointer.has_checkpoint()
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
+
+
+def train(cfg, training: Training, prefix: str) -> int | None:
+    """Resume from detectron2's last checkpoint, else start from the converted backbone, and train to
+    max_iter. Returns the iteration resumed at (None for a fresh start)."""
+    resumed = training.checkpointer.has_checkpoint()
+    training.checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=True)
     if not resumed:  # detectron2 skips a tensor of another shape with a log line: compare what it loaded
-        check_backbone_loaded(detector.state_dict(), expected, prefix)
-    start_iter = trainer.iter + 1 if resumed else 0
+        check_backbone_loaded(training.detector.state_dict(), training.expected_backbone, prefix)
+    start_iter = training.trainer.iter + 1 if resumed else 0
     if start_iter < cfg.train.max_iter:
-        trainer.train(start_iter, cfg.train.max_iter)
-    # The EvalHook already evaluated the final weights when it is on (in after_train, where the
-    # trainer's iter equals max_iter); evaluate once otherwise.
+        training.trainer.train(start_iter, cfg.train.max_iter)
+    return start_iter if resumed else None
+
+
+def final_results(cfg, training: Training) -> dict:
+    """COCOEvaluator's results of the final weights. The EvalHook already evaluated them when it is on
+    (in after_train, where the trainer's iter equals max_iter); evaluate once otherwise."""
     final = cfg.train.max_iter
-    results = evaluations[final] if final in evaluations else evaluate_model(cfg, model)
+    return training.evaluations[final] if final in training.evaluations else evaluate_model(cfg, training.model)
+
+
+def write_result(config: TransferConfig, run_dir: RunDirectory, loaded, cfg, classes: list[str], results: dict,
+                 resumed_from: int | None) -> dict:
+    """result.json (main process) with box and mask AP, and a line saying them."""
     metrics, reasons = ap_metrics(results)
     record = {"stage": "transfer", "config": config.config, "experiment": config.run.experiment,
               "source": loaded.description, "source_digest": loaded.digest, **loaded.origin,
-              "resumed_from_iteration": start_iter if resumed else None, "max_iter": cfg.train.max_iter,
+              "resumed_from_iteration": resumed_from, "max_iter": cfg.train.max_iter,
               "classes": classes, "metrics": metrics, **({"missing_metrics": reasons} if reasons else {})}
     if dist.is_main_process():
         run_dir.write_result(record)
@@ -270,3 +307,24 @@ def main(config: TransferConfig) -> dict:
         print(f"[transfer] {shown}; done: {run_dir.path}" + (f" ({NO_PREDICTIONS})" if reasons else ""))
     dist.barrier()
     return {**record, "run_dir": str(run_dir.path)}
+
+
+@releases_run_locks
+def main(config: TransferConfig) -> dict:
+    require_detectron2()
+    start_distributed()
+    loaded = load_encoder(config.source.run_dir, config.source.encoder_file, config.source.encoder)
+    backbone_arguments(loaded.spec, config.num_heads)  # an encoder the backbones cannot take fails before any write
+    run_dir = transfer_run_directory(config, loaded)
+    if run_dir.is_complete():
+        return finished_result(run_dir)
+    files = dataset_files(config)  # before any work: missing COCO files fail here
+    classes = dataset_classes(files)
+    register_datasets(files)
+    cfg = build_lazy_config(config, loaded, run_dir.path, len(classes))
+    prefix = backbone_prefix(cfg)
+    prepare_run(config, run_dir, loaded, prefix, cfg.train.output_dir)
+    training = build_training(cfg, loaded, prefix)
+    register_hooks(cfg, training)
+    resumed_from = train(cfg, training, prefix)
+    return write_result(config, run_dir, loaded, cfg, classes, final_results(cfg, training), resumed_from)
