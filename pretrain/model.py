@@ -38,12 +38,11 @@ class ModelConfig:
     # Multi-crop: all local crops pass the projector/predictor as one batch (BatchNorm statistics over
     # n x B samples), and all mixed local crops as another, as published; off = each view alone.
     batch_local_heads: bool = added_field(False)
-    # The encoders' starting values and which stem parameters learn (common/vit.py build_vit): moco |
-    # dino initialisation; learned | sincos (fixed) position embedding; a frozen patch projection
-    # (MoCo v3's stop-grad-conv1, as SDMP's published code trains). The evaluated ViT is the same.
-    initialisation: str = added_field("moco")
-    position_embedding: str = added_field("learned")
-    freeze_patch_embedding: bool = added_field(False)
+    # The encoders' starting values and which stem parameters learn (common/vit.py build_vit); the
+    # evaluated ViT is the same whatever they are.
+    initialisation: str = added_field("moco")  # moco (MoCo v3's, PatchMix, SDMP) | dino (DINO's ViT)
+    position_embedding: str = added_field("learned")  # learned | sincos (MoCo v3's fixed 2-D table)
+    freeze_patch_embedding: bool = added_field(False)  # MoCo v3's stop-grad-conv1 (SDMP's published runs)
     # Speed switches (make bench measures them). batch_views: one encoder call per group of
     # same-size views (the heads still see each view alone: BatchNorm keeps per-view statistics).
     # compile: torch.compile the encoders (on in the ImageNet and CIFAR presets; same loss and

@@ -143,7 +143,8 @@ def test_dino_encoder_forward_on_a_local_crop():
 OFFICIAL_FIELDS = {"loss.origin_smoothing": 0.1, "run.precision": "fp16"}
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if n.endswith(("_official", "_paper"))])
+@pytest.mark.parametrize("name", [n for n in PRESETS if n.endswith(("_official", "_paper"))
+                                  and PRESETS[n]().method == "patchmix"])
 def test_every_official_preset_carries_the_published_fields(name):
     config = preset(name)
     official = name.endswith("_official")
@@ -155,6 +156,25 @@ def test_every_official_preset_carries_the_published_fields(name):
     assert multi_crop == (official and name.startswith("imagenet"))
     assert config.model.batch_local_heads == multi_crop
     assert config.model.pos_embed_interpolation == ("dino" if multi_crop else "timm")
+
+
+@pytest.mark.parametrize("name", [n for n in PRESETS if PRESETS[n]().method != "patchmix"])
+def test_every_baseline_preset_carries_its_published_fields(name):
+    """DINO and SDMP presets (docs/fidelity.md): fp16 as published (fp32 on the Fashion-MNIST cpu scale);
+    DINO multi-crop with DINO's 96 px position embeddings on ImageNet only; SDMP two views, MoCo v3's stem."""
+    config = preset(name)
+    assert config.run.precision == ("fp32" if name.startswith("fashion_mnist_cpu_") else "fp16")
+    assert config.mix == type(config.mix)() and config.loss == type(config.loss)()  # PatchMix's sections unused
+    if config.method == "dino":
+        assert config.augment.num_local_crops == (8 if name.startswith("imagenet") else 0)
+        assert config.model.initialisation == "dino" and config.dino.freeze_last_layer == 1
+        assert config.dino.student_temp == 0.1 and config.dino.center_momentum == 0.9
+        assert (config.optim.momentum, config.optim.momentum_end) == ((0.996 if not name.startswith("fashion") else 0.99), 1.0)
+    else:
+        assert config.method == "sdmp" and config.augment.num_local_crops == 0
+        assert config.model.freeze_patch_embedding and config.model.position_embedding == "sincos"
+        assert config.augment.crop_interpolation == "bilinear" and config.sdmp.temperature == 0.2
+        assert config.sdmp.paste_partner == name.endswith("_paper")
 
 
 def test_print_config_shows_the_official_fields():
