@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.augment import jpeg_pool
 from bench.pretrain_step import CONFIGS, step_overrides
+from bench.timing import emit_report
 from common.config import apply_overrides
 from pretrain.configs import preset
 
@@ -128,11 +129,7 @@ def main() -> None:
     source_size = tuple(int(side) for side in arguments.source_size.lower().split("x"))
     size = EndToEndSize(arguments.config, arguments.variant, source_size, arguments.warmup_steps,
                         arguments.timed_steps, arguments.log_every)
-    text = json.dumps(measure(size, arguments.folder, arguments.device), indent=2)
-    print(text)
-    if arguments.output:
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        arguments.output.write_text(text)
+    emit_report(measure(size, arguments.folder, arguments.device), arguments.output)
 
 
 if __name__ == "__main__":

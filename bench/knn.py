@@ -9,13 +9,12 @@ k in {10, 20, 100, 200}) is what a real evaluation does once features exist.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from bench.timing import synchronize
+from bench.timing import emit_report, synchronize
 from evaluate.knn import KnnConfig, faiss_available, faiss_has_gpu, knn_accuracy
 
 SIZES = {"imagenet": (1_281_167, 50_000, 384), "small": (100_000, 5_000, 384), "tiny": (5_000, 500, 64)}
@@ -68,12 +67,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
-    report = run(arguments.size, arguments.repeats)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if arguments.output:
-        arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        arguments.output.write_text(text)
+    emit_report(run(arguments.size, arguments.repeats), arguments.output)
 
 
 if __name__ == "__main__":

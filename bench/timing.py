@@ -1,7 +1,9 @@
 """Wall-clock timing of device work for the benchmarks: synchronise, then read the host clock."""
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,3 +25,12 @@ def timed(function: Callable[[], object], device: torch.device, warmup: int, rep
         function()
     synchronize(device)
     return (time.perf_counter() - start) / repeats
+
+
+def emit_report(report: dict, output: Path | None) -> None:
+    """Print a benchmark's JSON report, and write it to `output` too when one is given."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
