@@ -86,18 +86,18 @@ def mix_batch(images: torch.Tensor, lam: torch.Tensor, rng: np.random.Generator,
     partners from, or None to paste nothing (the newest release). Returns (mixed images (B, C, H, W),
     own shares (N,) = 1 - box area / image area for the box of own share 0.1 + 0.8 lam)."""
     height, width = images.shape[-2:]
-    own_shares = lam * 0.8 + 0.1
+    own_shares = (lam * 0.8 + 0.1).tolist()  # one copy to the host, not one per image
     mixed = images.clone()
-    new_shares = own_shares.clone()
-    for index in range(lam.shape[0]):
-        top, bottom, left, right, area = mixing_box(height, width, float(own_shares[index]), rng)
-        new_shares[index] = 1.0 - area / float(height * width)
+    new_shares = []
+    for index, own_share in enumerate(own_shares):
+        top, bottom, left, right, area = mixing_box(height, width, own_share, rng)
+        new_shares.append(1.0 - area / float(height * width))
         row = index - first_row
         if every_image is not None and 0 <= row < images.shape[0] and bottom > top and right > left:
-            partner = every_image[lam.shape[0] - 1 - index: lam.shape[0] - index]
+            partner = every_image[len(own_shares) - 1 - index: len(own_shares) - index]
             mixed[row, :, top:bottom, left:right] = F.interpolate(
                 partner, (bottom - top, right - left), mode="bilinear", align_corners=False)[0].to(mixed.dtype)
-    return mixed, new_shares
+    return mixed, torch.tensor(new_shares, dtype=lam.dtype, device=lam.device)
 
 
 def _logits(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
