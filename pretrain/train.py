@@ -35,14 +35,15 @@ from pretrain.augment import pretraining_views, view_probabilities, view_sizes
 from pretrain.configs import OptimConfig, PretrainConfig, encoder_record, run_directory
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
 from pretrain.gpu_augment import augment_views
-from pretrain.methods import LossContext, PretrainingMethod, StepSchedule, method_named
+from pretrain.methods import LossContext, StepSchedule, method_named
+from pretrain.methods.base import weight_decay_groups
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device,
                     parameter_groups: list[dict] | None = None) -> torch.optim.AdamW:
     """AdamW over the method's parameter groups (default: weights decayed, biases and 1-D parameters
     such as norms never; frozen momentum parameters left out)."""
-    groups = parameter_groups if parameter_groups is not None else PretrainingMethod().parameter_groups(model, None)
+    groups = parameter_groups if parameter_groups is not None else weight_decay_groups(model)
     return torch.optim.AdamW(groups, lr=config.peak_lr(), betas=(config.beta1, config.beta2),
                              weight_decay=config.weight_decay, fused=device.type == "cuda")
 

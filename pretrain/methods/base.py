@@ -49,6 +49,17 @@ class LossContext:
         return self.step // self.steps_per_epoch
 
 
+def weight_decay_groups(model: nn.Module) -> list[dict]:
+    """AdamW groups: weights decayed, biases and 1-D parameters (norms) never; frozen ones left out.
+    `apply_weight_decay` tells the training loop which groups follow the weight-decay schedule."""
+    decayed, not_decayed = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decayed if parameter.ndim >= 2 else not_decayed).append(parameter)
+    return [{"params": decayed, "apply_weight_decay": True},
+            {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False}]
+
+
 class PretrainingMethod:
     """Defaults are MoCo v3's (PatchMix's): AdamW groups without decay on 1-D parameters, warmup +
     cosine learning rate, cosine weight decay and momentum per step, EMA before the forward pass."""
@@ -70,14 +81,7 @@ class PretrainingMethod:
         return True
 
     def parameter_groups(self, model: nn.Module, config: "PretrainConfig") -> list[dict]:
-        """AdamW groups: weights decayed, biases and 1-D parameters (norms) never; frozen ones left out.
-        `apply_weight_decay` tells `apply_schedule` which groups follow the weight-decay schedule."""
-        decayed, not_decayed = [], []
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                (decayed if parameter.ndim >= 2 else not_decayed).append(parameter)
-        return [{"params": decayed, "apply_weight_decay": True},
-                {"params": not_decayed, "weight_decay": 0.0, "apply_weight_decay": False}]
+        return weight_decay_groups(model)
 
     def schedule(self, config: "PretrainConfig", step: int, steps_per_epoch: int) -> StepSchedule:
         optim = config.optim

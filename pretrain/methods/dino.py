@@ -8,7 +8,7 @@ can be compared one to one on the same inputs:
 |-------------------------------|----------------------------------------------|
 | `DinoHead`                    | vision_transformer.DINOHead                  |
 | `DinoModel.forward` / `teacher` | utils.MultiCropWrapper on student / teacher |
-| `dino_loss`                   | DINOLoss.forward (before its center update)  |
+| `dino_loss` (= `cross_entropy_over_pairs` of `teacher_distributions`) | DINOLoss.forward (before its center update) |
 | `updated_center`              | DINOLoss.update_center                       |
 | `teacher_temperatures`        | DINOLoss.teacher_temp_schedule               |
 | `cosine_schedule_value`       | utils.cosine_scheduler (one entry)           |
@@ -132,13 +132,13 @@ class DinoModel(nn.Module):
     def forward(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Student outputs of every crop, each (B, out_dim): the backbone on each resolution, the
         head once on all of them (MultiCropWrapper)."""
-        features = encode_views(self.base_encoder, views, batch_views=True)
+        features = encode_views(self.base_encoder, views, self.config.batch_views)
         return list(self.head(torch.cat(features)).split([f.shape[0] for f in features]))
 
     @torch.no_grad()
     def teacher(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Teacher outputs of the global crops, each (B, out_dim)."""
-        features = encode_views(self.momentum_encoder, views, batch_views=True)
+        features = encode_views(self.momentum_encoder, views, self.config.batch_views)
         return list(self.momentum_head(torch.cat(features)).split([f.shape[0] for f in features]))
 
     @torch.no_grad()
@@ -171,15 +171,19 @@ def cosine_schedule_value(base_value: float, final_value: float, total_steps: in
     return float(final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * (step - warmup_steps) / remaining)))
 
 
-def dino_loss(student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor],
-              center: torch.Tensor, student_temp: float, teacher_temp: float) -> torch.Tensor:
-    """Cross-entropy between the centred, sharpened teacher distribution of each global crop and the
-    student distribution of every other crop, averaged over the pairs.
+def teacher_distributions(teacher_outputs: Sequence[torch.Tensor], center: torch.Tensor,
+                          teacher_temp: float) -> list[torch.Tensor]:
+    """The centred, sharpened teacher distribution of each global crop: softmax((t - center) / temp),
+    each (B, K), in at least fp32 (the published softmax runs in fp32 under autocast), no gradient."""
+    dtype = torch.promote_types(teacher_outputs[0].dtype, torch.float32)
+    return [F.softmax((t.to(dtype) - center) / teacher_temp, dim=-1).detach() for t in teacher_outputs]
 
-    student_outputs: n crops of (B, K); teacher_outputs: 2 global crops of (B, K); center: (1, K).
-    Computed in at least fp32 (the published code's softmax and log-softmax run in fp32 under autocast)."""
+
+def cross_entropy_over_pairs(student_outputs: Sequence[torch.Tensor], teacher_probabilities: Sequence[torch.Tensor],
+                             student_temp: float) -> torch.Tensor:
+    """Cross-entropy of the student distribution of every crop against each teacher distribution of
+    another view, averaged over the pairs (the loop of DINOLoss.forward)."""
     dtype = torch.promote_types(student_outputs[0].dtype, torch.float32)
-    teacher_probabilities = [F.softmax((t.to(dtype) - center) / teacher_temp, dim=-1).detach() for t in teacher_outputs]
     student_log_probabilities = [F.log_softmax(s.to(dtype) / student_temp, dim=-1) for s in student_outputs]
     total, terms = 0.0, 0
     for teacher_index, target in enumerate(teacher_probabilities):
@@ -189,6 +193,14 @@ def dino_loss(student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence
             total = total + torch.sum(-target * log_probability, dim=-1).mean()
             terms += 1
     return total / terms
+
+
+def dino_loss(student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor],
+              center: torch.Tensor, student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """DINOLoss.forward before its center update: student_outputs n crops of (B, K), teacher_outputs
+    the 2 global crops of (B, K), center (1, K)."""
+    return cross_entropy_over_pairs(student_outputs, teacher_distributions(teacher_outputs, center, teacher_temp),
+                                    student_temp)
 
 
 @torch.no_grad()
@@ -281,9 +293,9 @@ class Dino(PretrainingMethod):
              config: "PretrainConfig", context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher_outputs = model.teacher(views[:2])  # only the 2 global crops pass through the teacher
         student_outputs = query_model(list(views))
-        temperature = context.schedule.extra["teacher_temp"]
-        loss = dino_loss(student_outputs, teacher_outputs, model.center, config.dino.student_temp, temperature)
-        metrics = {"dino": loss.detach(), "teacher_entropy": _mean_entropy(teacher_outputs, model.center, temperature)}
+        targets = teacher_distributions(teacher_outputs, model.center, context.schedule.extra["teacher_temp"])
+        loss = cross_entropy_over_pairs(student_outputs, targets, config.dino.student_temp)  # = dino_loss
+        metrics = {"dino": loss.detach(), "teacher_entropy": _mean_entropy(targets)}
         model.center.copy_(updated_center(model.center, teacher_outputs, config.dino.center_momentum))
         return loss, metrics
 
@@ -300,10 +312,10 @@ class Dino(PretrainingMethod):
 
 
 @torch.no_grad()
-def _mean_entropy(teacher_outputs: Sequence[torch.Tensor], center: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean entropy of the teacher's centred distributions (a collapse monitor: log K when uniform,
-    0 when one prototype takes everything)."""
-    probabilities = F.softmax((torch.cat(list(teacher_outputs)).float() - center) / temperature, dim=-1)
+def _mean_entropy(distributions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean entropy of the teacher's distributions (a collapse monitor: log K when uniform, 0 when one
+    prototype takes everything)."""
+    probabilities = torch.cat(list(distributions))
     return -(probabilities * torch.log(probabilities.clamp(min=1e-12))).sum(dim=-1).mean()
 
 

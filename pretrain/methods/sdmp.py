@@ -157,8 +157,8 @@ class Sdmp(PretrainingMethod):
         view1, view2 = views[0], views[1]
         batch, device = view1.shape[0], view1.device
         rng = numpy_generator(context.generator)
-        lam = dist.all_gather_no_grad(torch.from_numpy(rng.beta(1.0, 1.0, size=batch).astype(np.float32)).to(device))
-        swap = dist.all_gather_no_grad(torch.rand(1, generator=context.generator).to(device))[0]
+        lam = _every_process(torch.from_numpy(rng.beta(1.0, 1.0, size=batch).astype(np.float32)), device)
+        swap = _every_process(torch.rand(1, generator=context.generator), device)[0]
         if options.swap_views and bool(swap > 0.5):  # one decision for every process (rank 0's draw)
             view1, view2 = view2, view1
         first_row = rank * batch
@@ -173,6 +173,7 @@ class Sdmp(PretrainingMethod):
         key1, key2, *key_mixed = (dist.all_gather_no_grad(k) for k in model.keys(key_inputs))
         key_mixed1 = key_mixed[0] if key_mixed else key1  # unpasted: the same images, the same keys
 
+        shares = shares.to(device)  # drawn on the host: one copy to the device, no synchronisation
         own_labels = torch.arange(first_row, first_row + batch, device=device)
         partner_labels = world * batch - 1 - own_labels
         own_share, partner_share = shares[own_labels], shares[partner_labels]
@@ -189,6 +190,14 @@ class Sdmp(PretrainingMethod):
         metrics = {name: value.detach() for name, value in terms.items()}
         metrics["key_std"] = F.normalize(key1.float(), dim=1).std(dim=0).mean() * math.sqrt(key1.shape[1])
         return loss, metrics
+
+
+def _every_process(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`values` (a host tensor) of every process in rank order, on the host: gathered through the
+    device under data parallelism, left on the host (no device round trip) on one process."""
+    if not dist.is_distributed():
+        return values
+    return dist.all_gather_no_grad(values.to(device)).cpu()
 
 
 METHOD = Sdmp()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -103,3 +104,19 @@ def test_nan_on_one_rank_stops_both_at_the_same_step(tmp_path):
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints == ["checkpoint_00000004.pt"]  # the last good one; nothing saved after the NaN
     assert not (run_dir / "result.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [("method=dino", "dino.out_dim=64", "dino.hidden_dim=32", "dino.bottleneck_dim=16"),
+                                       ("method=sdmp", "sdmp.paste_partner=true")], ids=["dino", "sdmp"])
+def test_baselines_train_under_two_process_ddp(tmp_path, overrides):
+    """DINO's all-reduced center and SDMP's gathered shares and partner images under DDP (gloo): the
+    two processes finish the run with finite losses and a finished result."""
+    done = torchrun(2, "--output", str(tmp_path), "optim.epochs=1", "optim.batch_size=16", "run.log_every_steps=4",
+                    *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    losses = _losses(run_dir)
+    assert sorted(losses) == [4, 8, 12, 16] and all(math.isfinite(v) for v in losses.values())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["steps"] == 16 and result["method"] == overrides[0].split("=")[1]
