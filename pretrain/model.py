@@ -178,6 +178,14 @@ class PatchMixModel(nn.Module):
             raise ValueError(f"head_groups {list(head_groups)} do not cover the {len(views)} views")
         return queries
 
+    def synchronise_head_batchnorms(self) -> None:
+        """Head BatchNorm statistics over the global batch under DDP, as MoCo v3's code does
+        (SyncBatchNorm exists on GPUs only; on CPU each process normalises its own batch)."""
+        for name in ("projector", "predictor", "momentum_projector"):
+            head = getattr(self, name)
+            if head is not None:
+                setattr(self, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
+
     @torch.no_grad()
     def keys(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if self.momentum_encoder is None:

@@ -94,15 +94,6 @@ def patchmix_loss(model: nn.Module, keys_model: PatchMixModel, views: Sequence[t
     return loss, metrics
 
 
-def _convert_heads_to_sync_batchnorm(model: PatchMixModel) -> None:
-    """Head BatchNorm statistics over the global batch (SyncBatchNorm exists on GPUs only; on CPU
-    each process normalises its own batch)."""
-    for name in ("projector", "predictor", "momentum_projector"):
-        head = getattr(model, name)
-        if head is not None:
-            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(head))
-
-
 class PatchMix(PretrainingMethod):
     name = "patchmix"
     sections = ("mix", "loss")
@@ -125,7 +116,7 @@ class PatchMix(PretrainingMethod):
 
     def distributed(self, model: nn.Module, device: torch.device) -> nn.Module:
         if dist.world_size() > 1 and device.type == "cuda":
-            _convert_heads_to_sync_batchnorm(model)
+            model.synchronise_head_batchnorms()
         return super().distributed(model, device)
 
 

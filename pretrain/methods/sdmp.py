@@ -146,6 +146,13 @@ class Sdmp(PretrainingMethod):
     def build_model(self, config: "PretrainConfig") -> PatchMixModel:
         return PatchMixModel(config.model)
 
+    def distributed(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """As PatchMix (both are MoCo v3): head BatchNorms synchronised over the global batch on GPUs,
+        as main_moco.py's convert_sync_batchnorm (the ViT itself has no BatchNorm)."""
+        if dist.world_size() > 1 and device.type == "cuda":
+            model.synchronise_head_batchnorms()
+        return super().distributed(model, device)
+
     def parameter_groups(self, model: nn.Module, config: "PretrainConfig") -> list[dict]:
         """AdamW over every parameter with one weight decay, biases and norms included (MoCo v3's
         main_moco.py passes model.parameters())."""

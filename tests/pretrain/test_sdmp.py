@@ -117,3 +117,18 @@ def test_official_preset_trains_like_the_published_command():
     assert not model.base_encoder.pos_embed.requires_grad and not model.base_encoder.patch_embed.proj.weight.requires_grad
     groups = method_named("sdmp").parameter_groups(model, config)
     assert len(groups) == 1 and any(p.ndim == 1 for p in groups[0]["params"])  # biases and norms decayed too
+
+
+@pytest.mark.parametrize("name", ["sdmp", "patchmix"])
+def test_head_batchnorms_are_synchronised_under_ddp_on_gpus(name, monkeypatch):
+    """MoCo v3's code (and SDMP's) converts the BatchNorms to SyncBatchNorm under DDP; the ViT has none."""
+    from common import dist
+    from pretrain.methods.base import PretrainingMethod
+
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(PretrainingMethod, "distributed", lambda self, model, device: model)  # no DDP wrapper here
+    model = PatchMixModel(_sdmp_debug("official").model)
+    method_named(name).distributed(model, torch.device("cuda"))
+    for head in (model.projector, model.predictor, model.momentum_projector):
+        assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in head.modules())
+        assert not any(type(m) is torch.nn.BatchNorm1d for m in head.modules())
