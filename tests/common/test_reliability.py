@@ -217,3 +217,18 @@ def test_seeded_views_fix_python_and_numpy_draws():
     np.random.seed(99)
     assert views[(2, 1)] == first and views[(1, 1)] != first
     assert random.random() == random.Random(99).random()  # the caller's generators are left as they were
+
+
+def test_seeded_views_seed_the_cpu_generator_only(monkeypatch):
+    """The views' torch draws are those of torch.manual_seed(seed) on the CPU, without asking every
+    accelerator backend to seed itself per sample (a stack trace formatted per call: half of a small
+    image's loading time)."""
+    from common.runtime import derive_seed
+
+    views = SeededViews([(None, 0)] * 4, [lambda _: torch.rand(3)], seed=3)
+    torch.manual_seed(derive_seed(3, 1, 2))
+    expected = torch.rand(3)
+    accelerator_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: accelerator_seeds.append(seed))
+    assert torch.equal(views[(2, 1)][0][0], expected)
+    assert accelerator_seeds == []
