@@ -19,7 +19,7 @@ from common.datasets import dataset_fingerprint, num_classes
 from common.encoder import EncoderSpec, LoadedEncoder, load_source
 from common.lifecycle import RunLifecycle
 from common.rundir import RunDirectory, releases_run_locks
-from common.runtime import NON_RESULT_FIELDS, resolve_device, seed_everything
+from common.runtime import NON_RESULT_FIELDS, resolve_device, seed_everything, set_cpu_threads
 from evaluate.configs import EvalConfig
 from evaluate.features import features_for
 
@@ -100,6 +100,7 @@ def protocol_main(protocol: Protocol) -> Callable[[EvalConfig], dict]:
     @functools.wraps(protocol.run)
     def main(config: EvalConfig) -> dict:
         device = resolve_device(config.run.device)
+        set_cpu_threads(config.run.cpu_threads)
         dist.init_distributed(device.type)
         seed_everything(config.run.seed)
         encoder = load_source(config.source)

@@ -29,7 +29,7 @@ from common.health import StepHealth, agree
 from common.lifecycle import RunLifecycle
 from common.progress import Progress
 from common.rundir import releases_run_locks
-from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything
+from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything, set_cpu_threads
 from common.sampling import EpochSampler, SeededViews
 from pretrain.augment import pretraining_views, view_probabilities, view_sizes
 from pretrain.configs import OptimConfig, PretrainConfig, encoder_record, run_directory
@@ -317,6 +317,7 @@ def main(config: PretrainConfig) -> dict:
     TrainingAborted on every rank at the same step; exits for requeue after a preemption signal.
     """
     device = resolve_device(config.run.device)
+    set_cpu_threads(config.run.cpu_threads)
     dist.init_distributed(device.type)
     world_size, precision = dist.world_size(), resolve_precision(config.run.precision, device)
     if config.optim.batch_size % world_size:

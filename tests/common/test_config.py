@@ -59,6 +59,28 @@ def test_hash_ignores_where_and_how_verbosely(tmp_path):
     assert config_hash(base, NON_RESULT_FIELDS) != config_hash(changed, NON_RESULT_FIELDS)
 
 
+def test_cpu_threads_set_torch_threads_and_leave_the_hash():
+    """run.cpu_threads: how many intra-op threads a stage uses (like the device, not part of the hash);
+    0 leaves torch's default; negative counts refused naming the field."""
+    import torch
+
+    from common.runtime import RunConfig, set_cpu_threads
+
+    base = preset("debug_cpu")
+    threaded = apply_overrides(base, ["run.cpu_threads=1"])
+    assert config_hash(base, NON_RESULT_FIELDS) == config_hash(threaded, NON_RESULT_FIELDS)
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(0)
+        assert torch.get_num_threads() == before
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="run.cpu_threads"):
+        RunConfig(cpu_threads=-1).check()
+
+
 def test_yaml_round_trip(tmp_path):
     config = preset("cifar100_vit_s2_800ep_loss-o2o+m2o_paper")
     save_yaml(config, tmp_path / "config.yaml")
