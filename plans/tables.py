@@ -381,4 +381,10 @@ def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0
         if unknown:
             raise ValueError(f"datasets {sorted(unknown)} are not part of {name} ({', '.join(PLAN_DATASETS[name])})")
         keywords["datasets"] = tuple(datasets)
-    return PLANS[name](**keywords)
+    plan = PLANS[name](**keywords)
+    scales = [ABLATION_BASES[d] for d in datasets if d in FASHION_MNIST]
+    if scales and len(scales) == len(datasets):  # say what ran, and which setting of the paper it stands in for
+        base = scales[0]
+        plan.description = (f"Fashion-MNIST scale-down ({base.backbone}, {base.epochs} epochs, 28 px); the paper's "
+                            f"setting: {plan.description}")
+    return plan

@@ -98,6 +98,11 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
     from plans.tables import ABLATION_BASES
     for token, scale in (("fashion_mnist", "cpu"), ("fashion_mnist_gpu", "gpu")):  # the reports' Epochs column
         assert ABLATION_BASES[token].epochs == preset(f"fashion_mnist_{scale}_official").optim.epochs
+    # A plan run at a Fashion-MNIST scale says so before the paper's setting (the reports' title).
+    for name in ("table3", "table6", "fig4"):
+        scaled, paper = build_plan(name, datasets=("fashion_mnist",)), build_plan(name)
+        assert scaled.description == ("Fashion-MNIST scale-down (ViT-debug/4, 16 epochs, 28 px); the paper's setting: "
+                                      + paper.description)
     assert preset("fashion_mnist_cpu_dino_official").optim.base_lr == 1e-2  # DINO's 5e-4 x 20
     assert preset("fashion_mnist_cpu_sdmp_official").optim.base_lr == 3e-3  # SDMP's 1.5e-4 x 20
     assert preset("fashion_mnist_gpu_sdmp_official").optim.base_lr == 9e-4  # x 6 at the gpu scale
