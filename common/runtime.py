@@ -27,10 +27,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# torch's own choice, kept so that a stage asking for the default gets it back after an earlier stage of
+# the same process (the inline executor) asked for fewer.
+DEFAULT_CPU_THREADS = torch.get_num_threads()
+
+
 def set_cpu_threads(count: int) -> None:
-    """Use `count` intra-op threads in this process (run.cpu_threads; 0 leaves torch's default)."""
-    if count:
-        torch.set_num_threads(count)
+    """Use `count` intra-op threads in this process (run.cpu_threads; 0: torch's default)."""
+    torch.set_num_threads(count or DEFAULT_CPU_THREADS)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:

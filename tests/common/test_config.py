@@ -61,20 +61,21 @@ def test_hash_ignores_where_and_how_verbosely(tmp_path):
 
 def test_cpu_threads_set_torch_threads_and_leave_the_hash():
     """run.cpu_threads: how many intra-op threads a stage uses (like the device, not part of the hash);
-    0 leaves torch's default; negative counts refused naming the field."""
+    0 is torch's default; negative counts refused naming the field."""
     import torch
 
-    from common.runtime import RunConfig, set_cpu_threads
+    from common.runtime import DEFAULT_CPU_THREADS, RunConfig, set_cpu_threads
 
     base = preset("debug_cpu")
     threaded = apply_overrides(base, ["run.cpu_threads=1"])
     assert config_hash(base, NON_RESULT_FIELDS) == config_hash(threaded, NON_RESULT_FIELDS)
     before = torch.get_num_threads()
     try:
-        set_cpu_threads(0)
-        assert torch.get_num_threads() == before
         set_cpu_threads(1)
         assert torch.get_num_threads() == 1
+        # A later stage of the same process (the inline executor) at the default gets torch's default back.
+        set_cpu_threads(0)
+        assert torch.get_num_threads() == DEFAULT_CPU_THREADS
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="run.cpu_threads"):
