@@ -98,6 +98,7 @@ def _rows(table: str, method: str, backbone: str, epochs: int, dataset: str,
 
 # The baselines the suite runs itself (pretrain/methods/): report label per method and setting. On
 # ImageNet DINO runs multi-crop as published, the paper's "DINO*" rows; on CIFAR two crops, its "DINO" rows.
+RANDOM_INIT = "random init (no pretraining)"  # the row of an encoder evaluated at its initialisation
 BASELINE_LABELS = {"imagenet": {"dino": "DINO*", "sdmp": "SDMP"}, "cifar": {"dino": "DINO", "sdmp": "SDMP"}}
 
 
@@ -169,7 +170,7 @@ def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> 
     # What pretraining adds: kNN of the same architecture, randomly initialised with the run's seed.
     plan.stages.append(Stage(f"table3/{dataset}/random-init/seed{seed}/knn", "knn", "default", ("source.encoder=random",),
                              after=f"table3/{dataset}/mocov3/seed{seed}/pretrain", seed=seed, **base.resources,
-                             rows=(Row("table3", "random init (no pretraining)", base.backbone, 0,
+                             rows=(Row("table3", RANDOM_INIT, base.backbone, 0,
                                        DATASET_LABEL[dataset], "knn"),)))
 
 
@@ -343,7 +344,7 @@ def demo(seeds: tuple[int, ...] = (0,), **_) -> Plan:
                                        "fashion_mnist", protocols), resources, eval_presets={"linear": "fast"})
         plan.stages.append(Stage(f"demo/random-init/seed{seed}/knn", "knn", "default", ("source.encoder=random",),
                                  after=f"demo/m2/seed{seed}/pretrain", seed=seed, **resources,
-                                 rows=(Row("demo", "random init (no pretraining)", "ViT-debug/4", 0, "fashion_mnist",
+                                 rows=(Row("demo", RANDOM_INIT, "ViT-debug/4", 0, "fashion_mnist",
                                            "knn"),)))
     return plan
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from plans.registry import headline
-from plans.tables import Plan, Row
+from plans.tables import RANDOM_INIT, Plan, Row
 from reports.statistics import Interval, mean_interval, paired_difference, verdict
 
 
@@ -241,6 +241,24 @@ def claims_table(plan: Plan, results: list[RowResult]) -> str:
                       "|---|---|---|---|---|---|", *lines])
 
 
+def pretraining_gain_table(results: list[RowResult]) -> str:
+    """What pretraining added: each pretrained row minus the randomly initialised encoder of the same
+    setting (backbone, dataset, protocol), paired over seeds (same seed: same architecture and
+    initialisation), with its 95 % interval."""
+    lines = []
+    for initial in (r for r in results if r.row.method == RANDOM_INIT and r.values):
+        setting = (initial.row.backbone, initial.row.dataset, initial.row.protocol)
+        for trained in results:
+            if trained.row.method != RANDOM_INIT and trained.values and \
+                    (trained.row.backbone, trained.row.dataset, trained.row.protocol) == setting:
+                lines.append(f"| {trained.row.method} | {trained.row.dataset} | {trained.row.backbone} | "
+                             f"{trained.row.protocol} | {_ours(trained)} | {_ours(initial)} | {_paired(trained, initial)} |")
+    if not lines:
+        return ""
+    return "\n".join(["| Pretrained row | Dataset | Backbone | Protocol | Pretrained | Random init | "
+                      "Pretrained − random init (paired, 95 % CI) |", "|---|---|---|---|---|---|---|", *lines])
+
+
 FIDELITY_DOC = "docs/fidelity.md"
 PAPER_COLUMNS = ("finetune", "linear", "knn", "ap_box", "ap_mask")  # the paper's column order in Tables 2-4
 MAIN_TABLES = ("table2", "table3", "table4")  # where the paper compares with MoCo v3, DINO, iBOT, SDMP, ...
@@ -291,6 +309,11 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                   f"Baseline row: {plan.baseline}. Δ columns are paired over seeds (same seed: same data order and "
                   "initialisation); a claim holds when the 95 % interval of its paired difference lies above 0, is "
                   "reversed when it lies below 0, and is not resolved otherwise.", "", claims]
+    gains = pretraining_gain_table(rows)
+    if gains:
+        parts += ["", "## What pretraining added", "",
+                  f"Each pretrained row against the \"{RANDOM_INIT}\" row: the same architecture evaluated at the "
+                  "initialisation of the same seed, before any training.", "", gains]
     notes = [f"- {r.row.method} {r.row.dataset} {r.row.protocol}: {note}" for r in rows for note in r.notes]
     if notes:
         parts += ["", "\\* Seeds lists the seeds averaged. Notes:", "", *notes]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from plans.tables import Plan, Row, Stage, build_plan
+from plans.tables import RANDOM_INIT, Plan, Row, Stage, build_plan
 from reports.__main__ import write_reports
 from reports.collect import collect, load_reference, split_superseded
-from reports.tables import plan_report
+from reports.tables import RowResult, plan_report, pretraining_gain_table
 from slurm.executors import ClusterConfig
 from slurm.graph import launch
 
@@ -63,6 +63,25 @@ def test_the_demo_report_shows_each_runs_epochs_and_a_header_true_of_every_row(t
     for method in ("MoCo v3 (m=1)", "PatchMix m=2", "PatchMix m=3"):
         assert rows[method, "knn"]["Epochs"] == rows[method, "linear"]["Epochs"] == "8"
     assert rows["random init (no pretraining)", "knn"]["Epochs"] == "0"  # its encoder was never trained
+
+
+def test_the_report_shows_what_pretraining_added_over_the_random_initialisation(tmp_path):
+    """Each pretrained kNN row minus the random initialisation's, paired over seeds: the demo's one seed
+    (the difference alone), and two seeds (the difference with its interval)."""
+    demo_results(tmp_path / "runs")
+    (report,) = write_reports(["demo"], tmp_path / "runs", tmp_path / "out")
+    section = report.read_text().split("## What pretraining added", 1)[1]
+    assert "| MoCo v3 (m=1) | fashion_mnist | ViT-debug/4 | knn | 61.0 | 56.1 | +4.9 (n=1) |" in section
+    assert "| PatchMix m=3 | fashion_mnist | ViT-debug/4 | knn | 63.0 | 56.1 | +6.9 (n=1) |" in section
+    assert "linear" not in section  # the random initialisation has a kNN row only
+
+    trained, initial = Row("table3", "MoCo v3 (m=1)", "ViT-debug/4", 16, "fashion_mnist", "knn"), \
+        Row("table3", RANDOM_INIT, "ViT-debug/4", 0, "fashion_mnist", "knn")
+    results = [RowResult(trained, None, 66.5, 2.12, [0, 1], "p", "h", "c", values={0: 65.0, 1: 68.0}),
+               RowResult(initial, None, 56.0, 1.41, [0, 1], "p", "h", "c", values={0: 55.0, 1: 57.0})]
+    # differences 10 and 11: mean 10.5, 95 % interval 10.5 ± 12.706 x 0.707 / sqrt(2)
+    assert pretraining_gain_table(results).splitlines()[2] == (
+        "| MoCo v3 (m=1) | fashion_mnist | ViT-debug/4 | knn | 66.5 ± 2.1 | 56.0 ± 1.4 | +10.5 [4.1, 16.9] (n=2) |")
 
 
 def readme_demo_excerpt() -> list[str]:
