@@ -91,7 +91,7 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
         assert (fashion.data.dataset, fashion.model.patch_size, fashion.model.image_size) == ("fashion_mnist", 4, 28)
         assert (fashion.run.device, fashion.run.precision, fashion.model.compile) == ("cpu", "fp32", False)
     assert preset("fashion_mnist_gpu_official").run.precision == "fp16"  # the official flavour's, on a GPU
-    # The cpu scale that clearly learns (STUDY.md): 16 epochs at lr 1e-2, one intra-op thread; the
+    # The cpu scale chosen by the probes of STUDY.md: 16 epochs at lr 1e-2, one intra-op thread; the
     # baselines' learning rates scaled by PatchMix's factor (5e-4 -> 1e-2: x 20).
     cpu = preset("fashion_mnist_cpu_m1_official")
     assert (cpu.optim.epochs, cpu.optim.warmup_epochs, cpu.optim.base_lr, cpu.run.cpu_threads) == (16, 2, 1e-2, 1)
