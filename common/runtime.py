@@ -105,7 +105,7 @@ class RunConfig:
     resume_from: str = added_field("")
     # torch's intra-op threads in this process (0: torch's default, one per core). On a small CPU host
     # one thread beside one loader worker fills two cores without oversubscribing them (the Fashion-MNIST
-    # cpu scale: 0.29 -> 0.21 s per step). Like the device, it changes floating-point sums, not the recipe.
+    # cpu scale: 0.29 -> 0.23 s per step). Like the device, it changes floating-point sums, not the recipe.
     cpu_threads: int = added_field(0)
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # beside metrics.jsonl: tensorboard, wandb
     wandb_project: str = "patchmix"  # W&B project of run.loggers=[wandb] (run id: the run directory's name)
