@@ -6,6 +6,7 @@ makes a killed-and-resumed run, or a run on a different number of loader workers
 """
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Callable, Iterator, Sequence
 
@@ -88,3 +89,29 @@ class EpochSampler(Sampler):
             start = batch * global_batch + self.rank * self.batch_per_rank
             for index in order[start: start + self.batch_per_rank].tolist():
                 yield index, self.epoch
+
+
+class StepSpanSampler(Sampler):
+    """The samples of global steps [start, stop) of `epochs`, epoch after epoch: what one loader
+    yields for a whole training run, so its workers and their prefetched batches carry over epoch
+    boundaries instead of being started again (and the pipeline drained) every epoch. Yields the
+    same (index, epoch) pairs, in the same order, as `epochs` set to each epoch in turn.
+    """
+
+    def __init__(self, epochs: EpochSampler, start: int, stop: int):
+        if not 0 <= start <= stop:
+            raise ValueError(f"need 0 <= start <= stop, got start={start}, stop={stop}")
+        self.epochs, self.start, self.stop = epochs, start, stop
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.epochs.batch_per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_epoch, step = self.epochs.batches_per_epoch, self.start
+        while step < self.stop:
+            epoch, batch_in_epoch = divmod(step, per_epoch)
+            self.epochs.set_epoch(epoch, batch_in_epoch)
+            batches = min(per_epoch - batch_in_epoch, self.stop - step)
+            yield from itertools.islice(iter(self.epochs), batches * self.epochs.batch_per_rank)
+            step += batches
+

@@ -30,7 +30,7 @@ from common.lifecycle import RunLifecycle
 from common.progress import Progress
 from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything, set_cpu_threads
-from common.sampling import EpochSampler, SeededViews
+from common.sampling import EpochSampler, SeededViews, StepSpanSampler
 from pretrain.augment import pretraining_views, view_probabilities, view_sizes
 from pretrain.configs import OptimConfig, PretrainConfig, encoder_record, run_directory
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
@@ -117,21 +117,19 @@ class TrainingData:
     def steps_per_epoch(self) -> int:
         return self.sampler.batches_per_epoch
 
-    def batches_from(self, step: int):
-        """Device views of every step from `step` on, epoch after epoch (the sampler resumes mid-epoch)."""
-        while True:
-            epoch, batch_in_epoch = divmod(step, self.steps_per_epoch)
-            self.sampler.set_epoch(epoch, batch_in_epoch)
-            gpu_decode = self.config.augment.gpu_decode
-            loader = DataLoader(self.dataset, batch_size=self.batch_per_rank, sampler=self.sampler,
-                                num_workers=self.config.data.num_workers, pin_memory=self.device.type == "cuda",
-                                drop_last=True, collate_fn=collate_encoded if gpu_decode else None)
-            for views, _ in loader:
-                if gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
-                    yield decode_views(views.payloads(), views.boxes, self.output_sizes, self.device)
-                else:
-                    yield [v.to(self.device, non_blocking=True) for v in views]
-                step += 1
+    def batches(self, start: int, stop: int):
+        """Device views of steps [start, stop), from one loader for the whole span: its workers and
+        their prefetched batches carry over epoch boundaries (the sampler resumes mid-epoch)."""
+        gpu_decode = self.config.augment.gpu_decode
+        loader = DataLoader(self.dataset, batch_size=self.batch_per_rank,
+                            sampler=StepSpanSampler(self.sampler, start, stop),
+                            num_workers=self.config.data.num_workers, pin_memory=self.device.type == "cuda",
+                            drop_last=True, collate_fn=collate_encoded if gpu_decode else None)
+        for views, _ in loader:
+            if gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
+                yield decode_views(views.payloads(), views.boxes, self.output_sizes, self.device)
+            else:
+                yield [v.to(self.device, non_blocking=True) for v in views]
 
 
 @dataclass
@@ -205,9 +203,10 @@ def open_run(config: PretrainConfig) -> tuple[RunLifecycle, object | None, dict 
     run = RunLifecycle(run_dir, "pretrain", "step", config.run.keep_last_checkpoints)
     if run.finished() is not None:  # complete: say so without reading the dataset
         return run, None, run.start(config)
-    # The bad-image folder's preflight fails here, before any training.
+    # The bad-image folder's preflight fails here, before any training. The views take grey images as
+    # they are (pretrain/augment.py); the device decoder reads RGB.
     dataset = build_dataset(config.data, "train", None, bad_image_log=run.path / "bad_images",
-                            decode=not config.augment.gpu_decode)
+                            decode=not config.augment.gpu_decode, keep_gray=not config.augment.gpu_decode)
     return run, dataset, run.start(config, config.run.wait_for_lock)  # not None: finished while we waited
 
 
@@ -252,7 +251,7 @@ def train_steps(config: PretrainConfig, run: RunLifecycle, training: TrainingSta
     progress = Progress(stop_step, training.step, f"pretrain {config.run.name}", "step",
                         config.run.progress and dist.is_main_process(), items_per_unit=config.optim.batch_size)
     last_metrics: dict = {}
-    for views in (data.batches_from(training.step) if training.step < stop_step else ()):
+    for views in (data.batches(training.step, stop_step) if training.step < stop_step else ()):
         loss, metrics, lr, wd, skipped = training_step(training.model, query_model, training.optimizer, training.scaler,
                                                        views, config, training.step, data.steps_per_epoch, precision,
                                                        dist.rank(), world_size)
