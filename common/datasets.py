@@ -2,7 +2,9 @@
 
 `build_dataset(config, split, transform)` returns a map-style dataset of (transformed image, label).
 Images reach the transform as RGB PIL images whatever the source (Fashion-MNIST gray is expanded to
-3 channels), so every stage uses the same transform code on every dataset.
+3 channels), so every stage uses the same transform code on every dataset; `keep_gray=True` hands
+grey sources over as single-channel 'L' images instead, for transforms that end in three channels
+(the pretraining views: pretrain/augment.py).
 """
 from __future__ import annotations
 
@@ -68,18 +70,21 @@ def num_classes(config: DataConfig) -> int:
 
 
 class ArrayImageDataset(Dataset):
-    """Images held in memory as uint8 arrays (N, H, W) or (N, H, W, 3) with integer labels."""
+    """Images held in memory as uint8 arrays (N, H, W) or (N, H, W, 3) with integer labels; grey
+    (N, H, W) images reach the transform as RGB, or as 'L' with `keep_gray`."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None,
+                 keep_gray: bool = False):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.transform = images, labels.astype(np.int64), transform
+        self.mode = "L" if keep_gray and images.ndim == 3 else "RGB"
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int):
-        image = Image.fromarray(self.images[index]).convert("RGB")
+        image = Image.fromarray(self.images[index]).convert(self.mode)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
@@ -342,12 +347,13 @@ def _subset(dataset: Dataset, count: int) -> Dataset:
 
 
 def build_dataset(config: DataConfig, split: str, transform: Callable | None,
-                  bad_image_log: Path | None = None, decode: bool = True) -> Dataset:
+                  bad_image_log: Path | None = None, decode: bool = True, keep_gray: bool = False) -> Dataset:
     """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label).
 
     Folder datasets skip unreadable files, logging them under `bad_image_log` (see RobustImageFolder);
     with `decode=False` they yield `EncodedImage`s for the training device to decode (the others,
-    already in memory, yield PIL images either way).
+    already in memory, yield PIL images either way); with `keep_gray` a grey dataset (Fashion-MNIST)
+    yields single-channel 'L' images instead of their RGB expansion.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -373,7 +379,7 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         if config.download:
             datasets.FashionMNIST(config.root, train=train, download=True)
         images, labels = fashion_mnist_arrays(Path(config.root), train)
-        dataset = ArrayImageDataset(images, labels, transform)
+        dataset = ArrayImageDataset(images, labels, transform, keep_gray)
     else:
         size = config.synthetic_train_size if train else config.synthetic_test_size
         images, labels = synthetic_arrays(size, config.synthetic_classes, config.synthetic_image_size,

@@ -27,6 +27,15 @@ class RandomGaussianBlur:
         return f"{type(self).__name__}(sigma=({self.sigma_min}, {self.sigma_max}))"
 
 
+def to_three_channels(image: torch.Tensor) -> torch.Tensor:
+    """(1, H, W) -> (3, H, W) by repeating the grey channel; (3, H, W) unchanged.
+
+    Lets a transform take the single-channel images of a grey dataset (`build_dataset(...,
+    keep_gray=True)`) and still give what `NORMALIZE` and the models expect: the same values as
+    expanding to RGB first, when every operation before it treats the channels alike."""
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
 def eval_transform(image_size: int) -> transforms.Compose:
     """Resize(size * 256/224, bicubic) + CenterCrop(size): 256/224 on ImageNet, 36/32 on CIFAR."""
     return transforms.Compose([

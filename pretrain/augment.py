@@ -7,7 +7,7 @@ from typing import Callable
 from torchvision import transforms
 
 from common.config import ConfigError, added_field
-from common.transforms import NORMALIZE, RandomGaussianBlur
+from common.transforms import NORMALIZE, RandomGaussianBlur, to_three_channels
 from pretrain.device_decode import CropBox
 
 BICUBIC = transforms.InterpolationMode.BICUBIC
@@ -54,7 +54,12 @@ class AugmentConfig:
 
 def view_transform(size: int, scale: tuple[float, float], blur_probability: float,
                    solarize_probability: float, interpolation: str = "bicubic") -> Callable:
-    """PIL image -> normalised (3, size, size) tensor with Table 10's random augmentations."""
+    """PIL image (RGB, or grey 'L') -> normalised (3, size, size) tensor with Table 10's random augmentations.
+
+    A grey image stays single-channel until the tensor: each operation gives every channel of a grey
+    RGB image the same values as it gives the 'L' image (hue and saturation leave grey unchanged, the
+    others act per channel or on the luminance) and draws the same random numbers, so the views are
+    the same as from its RGB expansion at about three quarters of the loading time."""
     return transforms.Compose([
         transforms.RandomResizedCrop(size, scale=scale, interpolation=CROP_INTERPOLATIONS[interpolation]),
         transforms.RandomHorizontalFlip(),
@@ -63,6 +68,7 @@ def view_transform(size: int, scale: tuple[float, float], blur_probability: floa
         transforms.RandomApply([RandomGaussianBlur(0.1, 2.0)], p=blur_probability),
         transforms.RandomSolarize(threshold=128, p=solarize_probability),
         transforms.ToTensor(),
+        to_three_channels,
         NORMALIZE,
     ])
 
@@ -77,7 +83,7 @@ def crop_transform(size: int, scale: tuple[float, float], interpolation: str = "
     """The CPU half of the GPU path: PIL image -> uint8 (3, size, size) tensor, cropped and flipped."""
     return transforms.Compose([transforms.RandomResizedCrop(size, scale=scale,
                                                             interpolation=CROP_INTERPOLATIONS[interpolation]),
-                               transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+                               transforms.RandomHorizontalFlip(), transforms.PILToTensor(), to_three_channels])
 
 
 def view_sizes(config: AugmentConfig, image_size: int) -> list[tuple[int, tuple[float, float]]]:

@@ -112,3 +112,32 @@ def test_synthetic_is_deterministic_and_class_conditional():
 def test_subset_limits_images():
     config = DataConfig(dataset="synthetic", synthetic_train_size=50, train_subset=10)
     assert len(build_dataset(config, "train", None)) == 10
+
+
+def test_grey_images_give_the_same_pretraining_views_as_their_rgb_expansion():
+    """keep_gray hands Fashion-MNIST to the pretraining views as 'L' images (a quarter less loading
+    work); every view, global and local, on the PIL and the batched-colour path, must be bit-identical
+    to the view of the RGB expansion."""
+    import torch
+
+    from common.sampling import SeededViews
+    from pretrain.augment import AugmentConfig, pretraining_views
+
+    # Smooth shapes with dark and bright areas, so that crops, blur, contrast and solarization all act.
+    rows, cols = np.mgrid[0:28, 0:28]
+    rng = np.random.default_rng(0)
+    images = np.stack([np.clip(255 * np.exp(-((rows - cy) ** 2 + (cols - cx) ** 2) / (2 * s**2))
+                               + rng.normal(0, 20, (28, 28)), 0, 255).astype(np.uint8)
+                       for cy, cx, s in rng.uniform([6, 6, 3], [22, 22, 9], size=(24, 3))])
+    labels = np.zeros(len(images), dtype=np.int64)
+    grey, rgb = ArrayImageDataset(images, labels, keep_gray=True), ArrayImageDataset(images, labels)
+    assert grey[0][0].mode == "L" and rgb[0][0].mode == "RGB"
+    for config in (AugmentConfig(num_local_crops=2, local_crop_size=12), AugmentConfig(gpu=True)):
+        views = pretraining_views(config, 28)
+        from_grey, from_rgb = SeededViews(grey, views, seed=5), SeededViews(rgb, views, seed=5)
+        for index in range(len(images)):
+            for epoch in range(3):
+                expected, _ = from_rgb[(index, epoch)]
+                got, _ = from_grey[(index, epoch)]
+                assert [v.shape for v in got] == [v.shape for v in expected]
+                assert all(torch.equal(a, b) for a, b in zip(got, expected)), (config, index, epoch)
