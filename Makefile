@@ -71,13 +71,14 @@ PARTITION ?=## SLURM partition
 ACCOUNT ?=## SLURM account
 QOS ?=## SLURM QoS
 EVAL_ARGS ?=## overrides of a plan's evaluations
+JOBS ?=## inline executor: stages run at a time, each in its own process (make study: 2)
 REPORT_DIR ?= reports/out## where reports go
 PLAN_OPTIONS = --flavour $(PRESET_FLAVOUR) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATASET),--datasets $(DATASET))
 CLUSTER = $(if $(PARTITION),partition=$(PARTITION)) $(if $(ACCOUNT),account=$(ACCOUNT)) $(if $(QOS),qos=$(QOS))
 
 $(TABLES): setup ## table2..table7, fig4, fig5, ablation-mix-number, ablation-loss: the plan, then its report
 	$(PY) -m slurm run $@ --executor $(EXECUTOR) $(PLAN_OPTIONS) --output-root $(OUTPUT_ROOT) \
-		$(if $(DRY_RUN),--dry-run) $(if $(PROFILE),--profile $(PROFILE)) --cluster $(CLUSTER) \
+		$(if $(JOBS),--jobs $(JOBS)) $(if $(DRY_RUN),--dry-run) $(if $(PROFILE),--profile $(PROFILE)) --cluster $(CLUSTER) \
 		--set $(ARGS) --eval-set $(EVAL_ARGS)
 	$(if $(DRY_RUN),,$(PY) -m reports $@ --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS))
 
@@ -89,9 +90,13 @@ report: setup ## markdown + plots from whatever results exist
 # fashion_mnist_gpu for the gpu scale. STUDY_PLANS="table3 fig4" runs a part; runs shared between plans are made once.
 STUDY_PLANS := table3 table5 table6 table7 fig4
 STUDY_SEEDS := 0,1,2
+# Two stages at a time: a cpu-scale run keeps one core busy (one intra-op thread; its loader worker
+# waits on it), so two runs fill the 2 cores.
+STUDY_JOBS := 2
 study: setup fashion-mnist ## Tables 3 (PatchMix, MoCo v3, DINO, SDMP), 5-7 and Figure 4 on Fashion-MNIST, SEEDS=0,1,2 -> reports/out/study/
 	for plan in $(STUDY_PLANS); do \
 		$(PY) -m slurm run $$plan --executor $(if $(filter auto,$(EXECUTOR)),inline,$(EXECUTOR)) \
+			$(if $(filter auto inline,$(EXECUTOR)),--jobs $(or $(JOBS),$(STUDY_JOBS))) \
 			--datasets $(or $(DATASET),fashion_mnist) --seeds $(if $(SEEDS),$(SEEDS),$(STUDY_SEEDS)) --output-root $(OUTPUT_ROOT)/study \
 			--set $(DEMO_DATA) $(ARGS) --eval-set $(EVAL_ARGS) || exit $$?; done
 	$(PY) -m reports $(STUDY_PLANS) --output-root $(OUTPUT_ROOT)/study --out $(REPORT_DIR)/study \

@@ -36,6 +36,8 @@ def _launch_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--set", nargs="*", default=[], metavar="key=value", help="overrides for pretraining stages")
     command.add_argument("--eval-set", nargs="*", default=[], metavar="key=value", help="overrides for evaluations")
     command.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    command.add_argument("--jobs", type=int, default=1,
+                         help="inline executor: run up to N stages at a time, in N worker processes")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 record_launch(arguments.output_root, plan.name, arguments.flavour, seeds,
                               tuple(_list(arguments.datasets)))
         outcome = launch(plan, executor, arguments.output_root, cluster, arguments.dry_run, arguments.set,
-                         arguments.eval_set, on_accepted=accepted)
+                         arguments.eval_set, on_accepted=accepted, jobs=arguments.jobs)
     except RUN_FAILURES as error:  # a bad plan or setting, a stage run inline that failed, a busy plan
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(exit_status(error)) from None

@@ -11,7 +11,9 @@ submitted again.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -136,20 +138,28 @@ def job_state(job_id: str, log_folder: str) -> str:
 def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
            pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
            echo: Callable[[str], None] = print, snapshot_code_of: Path | None = REPOSITORY_ROOT,
-           on_accepted: Callable[[], None] | None = None) -> dict[str, str]:
+           on_accepted: Callable[[], None] | None = None, jobs: int = 1) -> dict[str, str]:
     """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}.
+    `jobs` > 1 (inline executor only) runs up to that many stages at a time, each in one of `jobs`
+    worker processes, a stage once the run it reads has finished (`run_inline_in_parallel`).
     Submitted jobs run a snapshot of the code taken at their submission (`snapshot_code_of`, the
     repository; None: the working tree as it is when each job starts). `on_accepted` is called once
     the plan has passed every check, before any stage runs or is submitted (not in a dry run): what a
     caller keeps of a launch (its seeds, a sweep's definition) then never describes a refused one."""
     stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
     _refuse_unlaunchable(stages, executor, cluster, dry_run, echo)
+    if jobs < 1 or (jobs > 1 and executor != "inline"):
+        raise ValueError(f"--jobs {jobs}: it must be >= 1, and more than 1 runs stages at a time on this machine "
+                         "with the inline executor only (SLURM runs submitted jobs as the cluster schedules them; "
+                         "the local executor runs them one after the other)")
     launcher = _Launcher(plan.name, stages, executor, Path(output_root), cluster, echo, snapshot_code_of)
     if not dry_run:
         RunDirectory(launcher.registry.folder).acquire()  # two launchers of one plan would both submit every stage
         if on_accepted is not None:
             on_accepted()
-    for item in stages:
+    if jobs > 1 and not dry_run:
+        launcher.run_inline_in_parallel(jobs)
+    for item in stages if jobs == 1 or dry_run else ():
         launcher.handle(item, dry_run)
     if dry_run:
         launcher.summarise_dry_run()
@@ -207,6 +217,9 @@ class _Launcher:
         if not dry_run:  # a run made for another stage (same config) serves this one too
             record_experiment(item.run_dir, item.stage.key)
         self.echo(f"[done] {item.stage.key}: {item.run_dir}")
+        # A stage reading this one learns its run directory now (a run made for another stage of the
+        # plan, earlier in this launch, may already hold its evaluations).
+        _refresh_downstream_dirs(self.stages, item)
 
     def is_queued(self, stage: Stage) -> bool:
         """Whether the stage's recorded job may still run (then it is not submitted again)."""
@@ -244,6 +257,50 @@ class _Launcher:
         run_stage(item.stage.kind, item.config)
         self.outcome[item.stage.key] = "ran"
         _refresh_downstream_dirs(self.stages, item)
+
+    def run_inline_in_parallel(self, jobs: int) -> None:
+        """Every stage not complete, up to `jobs` at a time in as many worker processes (each runs
+        stages one after another, as `run_inline` would): a stage starts once the stage it reads has
+        finished, and never beside a running stage of the same run directory (rows that share a run
+        wait for it, then find it complete). After a failure nothing new starts; the running stages
+        finish, then the first failure is raised."""
+        pending, running, finished = list(self.stages), {}, set()
+        failure: BaseException | None = None
+        # spawn: the workers start from a clean interpreter, not a copy of this one's state; they may
+        # start processes of their own (loader workers).
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            while True:
+                for item in list(pending) if failure is None else ():
+                    if len(running) >= jobs:
+                        break
+                    upstream_done = not item.stage.after or item.stage.after in finished
+                    same_run = item.run_dir is not None and any(item.run_dir == other.run_dir
+                                                                for other in running.values())
+                    if not upstream_done or same_run:
+                        continue
+                    pending.remove(item)
+                    if item.is_complete():
+                        self.mark_complete(item, dry_run=False)
+                        finished.add(item.stage.key)
+                        continue
+                    self.echo(f"[run] {item.stage.key}")
+                    running[pool.submit(run_stage, item.stage.kind, item.config)] = item
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = running.pop(future)
+                    try:
+                        future.result()
+                    except Exception as error:  # a stage that failed: let the others end first
+                        failure = failure or error
+                        self.echo(f"[failed] {item.stage.key}: {error}")
+                        continue
+                    self.outcome[item.stage.key] = "ran"
+                    finished.add(item.stage.key)
+                    _refresh_downstream_dirs(self.stages, item)
+        if failure is not None:
+            raise failure
 
     def submit(self, item: ResolvedStage) -> None:
         """Submit the stage from the code snapshot; on one machine (local), wait for it to finish."""

@@ -302,3 +302,42 @@ def test_a_damaged_job_record_is_named_not_a_traceback(tmp_path):
         registry.path("smoke/seed0/pretrain").write_text(damage)
         with pytest.raises(ValueError, match=str(registry.path("smoke/seed0/pretrain"))):
             registry.active_job("smoke/seed0/pretrain")
+
+
+@pytest.mark.slow
+def test_parallel_inline_jobs_give_the_sequential_results_and_run_a_shared_run_once(tmp_path):
+    """--jobs 2: two seeds' stages two at a time in worker processes, evaluations after their run, and
+    a renamed copy of seed 0's stages (the same configs) found complete instead of run again; every
+    result equal to the one-at-a-time launch's."""
+    import dataclasses
+    import json
+
+    from plans.tables import Plan
+
+    smoke = build_plan("smoke", seeds=(0, 1))
+    seed0 = [stage for stage in smoke.stages if "seed0" in stage.key or "/s0" in stage.key]
+    renamed = {stage.key: f"copy/{stage.key}" for stage in seed0}
+    copies = [dataclasses.replace(stage, key=renamed[stage.key], after=renamed.get(stage.after, "")) for stage in seed0]
+    assert copies, [stage.key for stage in smoke.stages]
+    plan = Plan("smoke", smoke.description, [*smoke.stages, *copies])
+    common = {"pretrain_overrides": ["optim.epochs=1", "run.progress=false"], "eval_overrides": ["run.progress=false"],
+              "echo": _quiet}
+    sequential = launch(plan, "inline", tmp_path / "one", ClusterConfig(), **common)
+    parallel = launch(plan, "inline", tmp_path / "two", ClusterConfig(), jobs=2, **common)
+    assert parallel == sequential
+    # the copies' evaluations too: their run directories are known once the copy of the run is found complete
+    assert [parallel[key] for key in renamed.values()] == ["complete"] * len(copies)
+    assert set(parallel[stage.key] for stage in smoke.stages) == {"ran"}
+
+    def metrics(root: Path) -> dict:
+        results = {path.relative_to(root): json.loads(path.read_text()) for path in root.rglob("result.json")}
+        return {where: result.get("metrics") or result["final_metrics"] for where, result in results.items()}
+
+    assert metrics(tmp_path / "two") == metrics(tmp_path / "one") and len(metrics(tmp_path / "one")) == 6
+
+
+def test_jobs_beyond_one_are_for_the_inline_executor_only(tmp_path):
+    for executor, jobs in (("local", 2), ("inline", 0)):
+        with pytest.raises(ValueError, match="--jobs"):
+            launch(build_plan("smoke"), executor, tmp_path / "runs", ClusterConfig(), jobs=jobs, echo=_quiet)
+    assert not (tmp_path / "runs").exists()
