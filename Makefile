@@ -90,15 +90,18 @@ report: setup ## markdown + plots from whatever results exist
 # fashion_mnist_gpu for the gpu scale. STUDY_PLANS="table3 fig4" runs a part; runs shared between plans are made once.
 STUDY_PLANS := table3 table5 table6 table7 fig4
 STUDY_SEEDS := 0,1,2
-# Two stages at a time: a cpu-scale run keeps one core busy (one intra-op thread; its loader worker
-# waits on it), so two runs fill the 2 cores.
-STUDY_JOBS := 2
+# The cpu scale runs two stages at a time on the inline executor, each loading its images in its own
+# process (no loader worker: two runs that each load then compute keep 2 cores busier than two that
+# hand batches to workers); JOBS=1 runs one after another, with a loader worker.
+STUDY_DATASET = $(or $(DATASET),fashion_mnist)
+STUDY_INLINE = $(filter auto inline,$(EXECUTOR))
+STUDY_JOBS = $(or $(JOBS),$(if $(filter fashion_mnist,$(STUDY_DATASET)),2,1))
 study: setup fashion-mnist ## Tables 3 (PatchMix, MoCo v3, DINO, SDMP), 5-7 and Figure 4 on Fashion-MNIST, SEEDS=0,1,2 -> reports/out/study/
 	for plan in $(STUDY_PLANS); do \
 		$(PY) -m slurm run $$plan --executor $(if $(filter auto,$(EXECUTOR)),inline,$(EXECUTOR)) \
-			$(if $(filter auto inline,$(EXECUTOR)),--jobs $(or $(JOBS),$(STUDY_JOBS))) \
-			--datasets $(or $(DATASET),fashion_mnist) --seeds $(if $(SEEDS),$(SEEDS),$(STUDY_SEEDS)) --output-root $(OUTPUT_ROOT)/study \
-			--set $(DEMO_DATA) $(ARGS) --eval-set $(EVAL_ARGS) || exit $$?; done
+			$(if $(STUDY_INLINE),--jobs $(STUDY_JOBS)) \
+			--datasets $(STUDY_DATASET) --seeds $(if $(SEEDS),$(SEEDS),$(STUDY_SEEDS)) --output-root $(OUTPUT_ROOT)/study \
+			--set $(DEMO_DATA) $(if $(STUDY_INLINE),$(if $(filter-out 1,$(STUDY_JOBS)),data.num_workers=0)) $(ARGS) --eval-set $(EVAL_ARGS) || exit $$?; done
 	$(PY) -m reports $(STUDY_PLANS) --output-root $(OUTPUT_ROOT)/study --out $(REPORT_DIR)/study \
 		--csv $(REPORT_DIR)/study/results.csv
 	@echo "study reports: $(REPORT_DIR)/study/*.md (with plots; results.csv has every run)"
