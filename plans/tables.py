@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from plans.registry import stage_record
+from pretrain.configs import FASHION_MNIST_SCALES
 
 PRETRAIN = "pretrain"
 PROTOCOLS = ("knn", "linear", "finetune")
@@ -218,9 +219,10 @@ ABLATION_BASES = {
     "cifar10": AblationBase("cifar10_vit_s2_800ep", "ViT-S/2", 800, CIFAR_RESOURCES, {}),
     "cifar100": AblationBase("cifar100_vit_s2_800ep", "ViT-S/2", 800, CIFAR_RESOURCES, {}),
     # Fashion-MNIST scale-downs of the CIFAR family (pretrain/configs.fashion_mnist): `fashion_mnist`
-    # is the cpu scale (92 minutes for the study on 2 cores), `fashion_mnist_gpu` the gpu scale.
-    "fashion_mnist": AblationBase("fashion_mnist_cpu", "ViT-debug/4", 16, CPU_STUDY_RESOURCES, {"linear": "fast"}),
-    "fashion_mnist_gpu": AblationBase("fashion_mnist_gpu", "ViT-mini/4", 100,
+    # is the cpu scale (make study on 2 cores), `fashion_mnist_gpu` the gpu scale.
+    "fashion_mnist": AblationBase("fashion_mnist_cpu", "ViT-debug/4", FASHION_MNIST_SCALES["cpu"]["epochs"],
+                                  CPU_STUDY_RESOURCES, {"linear": "fast"}),
+    "fashion_mnist_gpu": AblationBase("fashion_mnist_gpu", "ViT-mini/4", FASHION_MNIST_SCALES["gpu"]["epochs"],
                                       {"nodes": 1, "gpus_per_node": 1, "hours": 2.0}, {}),
 }
 FASHION_MNIST = ("fashion_mnist", "fashion_mnist_gpu")

@@ -91,17 +91,18 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
         assert (fashion.data.dataset, fashion.model.patch_size, fashion.model.image_size) == ("fashion_mnist", 4, 28)
         assert (fashion.run.device, fashion.run.precision, fashion.model.compile) == ("cpu", "fp32", False)
     assert preset("fashion_mnist_gpu_official").run.precision == "fp16"  # the official flavour's, on a GPU
-    # The cpu scale chosen by the probes of STUDY.md: 16 epochs at lr 1e-2, one intra-op thread; the
+    # The cpu scale chosen by the probes of STUDY.md: 20 epochs of batch 32 at lr 1e-2, one intra-op thread; the
     # baselines' learning rates scaled by PatchMix's factor (5e-4 -> 1e-2: x 20).
     cpu = preset("fashion_mnist_cpu_m1_official")
-    assert (cpu.optim.epochs, cpu.optim.warmup_epochs, cpu.optim.base_lr, cpu.run.cpu_threads) == (16, 2, 1e-2, 1)
+    assert (cpu.optim.epochs, cpu.optim.warmup_epochs, cpu.optim.batch_size, cpu.optim.base_lr,
+            cpu.run.cpu_threads) == (20, 2, 32, 1e-2, 1)
     from plans.tables import ABLATION_BASES
     for token, scale in (("fashion_mnist", "cpu"), ("fashion_mnist_gpu", "gpu")):  # the reports' Epochs column
         assert ABLATION_BASES[token].epochs == preset(f"fashion_mnist_{scale}_official").optim.epochs
     # A plan run at a Fashion-MNIST scale says so before the paper's setting (the reports' title).
     for name in ("table3", "table6", "fig4"):
         scaled, paper = build_plan(name, datasets=("fashion_mnist",)), build_plan(name)
-        assert scaled.description == ("Fashion-MNIST scale-down (ViT-debug/4, 16 epochs, 28 px); the paper's setting: "
+        assert scaled.description == ("Fashion-MNIST scale-down (ViT-debug/4, 20 epochs, 28 px); the paper's setting: "
                                       + paper.description)
     assert preset("fashion_mnist_cpu_dino_official").optim.base_lr == 1e-2  # DINO's 5e-4 x 20
     assert preset("fashion_mnist_cpu_sdmp_official").optim.base_lr == 3e-3  # SDMP's 1.5e-4 x 20
