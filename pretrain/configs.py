@@ -288,8 +288,8 @@ def demo_fashion_mnist(num_mixed: int = 2) -> PretrainConfig:
 
 
 # The two Fashion-MNIST scales of the ablation study (issue: evidence on real data). The cpu scale is
-# the probe that learned most within the study's time: MoCo v3 (m = 1) kNN about 10 points over its
-# random initialisation (docs/results/fashion-mnist/STUDY.md has the probes).
+# where MoCo v3 (m = 1) learns clearly: kNN +10.3 over its random initialisation, three seeds
+# (docs/results/fashion-mnist/STUDY.md has the probes that chose it).
 FASHION_MNIST_SCALES = {
     # Tables 3, 5-7 and Figure 4 with 3 seeds on 2 CPU cores, three runs at a time (make study), one
     # intra-op thread each. Batch 32: four times the updates of batch 128 for the same images, at about
