@@ -71,7 +71,7 @@ PARTITION ?=## SLURM partition
 ACCOUNT ?=## SLURM account
 QOS ?=## SLURM QoS
 EVAL_ARGS ?=## overrides of a plan's evaluations
-JOBS ?=## inline executor: stages run at a time, each in its own process (make study: 2)
+JOBS ?=## inline executor: stages run at a time, each in its own process (make study: 3 at the cpu scale)
 REPORT_DIR ?= reports/out## where reports go
 PLAN_OPTIONS = --flavour $(PRESET_FLAVOUR) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATASET),--datasets $(DATASET))
 CLUSTER = $(if $(PARTITION),partition=$(PARTITION)) $(if $(ACCOUNT),account=$(ACCOUNT)) $(if $(QOS),qos=$(QOS))

@@ -146,12 +146,12 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
     repository; None: the working tree as it is when each job starts). `on_accepted` is called once
     the plan has passed every check, before any stage runs or is submitted (not in a dry run): what a
     caller keeps of a launch (its seeds, a sweep's definition) then never describes a refused one."""
-    stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
-    _refuse_unlaunchable(stages, executor, cluster, dry_run, echo)
     if jobs < 1 or (jobs > 1 and executor != "inline"):
         raise ValueError(f"--jobs {jobs}: it must be >= 1, and more than 1 runs stages at a time on this machine "
                          "with the inline executor only (SLURM runs submitted jobs as the cluster schedules them; "
                          "the local executor runs them one after the other)")
+    stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
+    _refuse_unlaunchable(stages, executor, cluster, dry_run, echo)
     launcher = _Launcher(plan.name, stages, executor, Path(output_root), cluster, echo, snapshot_code_of)
     if not dry_run:
         RunDirectory(launcher.registry.folder).acquire()  # two launchers of one plan would both submit every stage
@@ -159,8 +159,9 @@ def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig,
             on_accepted()
     if jobs > 1 and not dry_run:
         launcher.run_inline_in_parallel(jobs)
-    for item in stages if jobs == 1 or dry_run else ():
-        launcher.handle(item, dry_run)
+    else:
+        for item in stages:
+            launcher.handle(item, dry_run)
     if dry_run:
         launcher.summarise_dry_run()
     return launcher.outcome
@@ -255,8 +256,11 @@ class _Launcher:
     def run_inline(self, item: ResolvedStage) -> None:
         self.echo(f"[run] {item.stage.key}")
         run_stage(item.stage.kind, item.config)
+        self.mark_ran(item)
+
+    def mark_ran(self, item: ResolvedStage) -> None:
         self.outcome[item.stage.key] = "ran"
-        _refresh_downstream_dirs(self.stages, item)
+        _refresh_downstream_dirs(self.stages, item)  # the stages reading this run now know their directories
 
     def run_inline_in_parallel(self, jobs: int) -> None:
         """Every stage not complete, up to `jobs` at a time in as many worker processes (each runs
@@ -296,9 +300,8 @@ class _Launcher:
                         failure = failure or error
                         self.echo(f"[failed] {item.stage.key}: {error}")
                         continue
-                    self.outcome[item.stage.key] = "ran"
+                    self.mark_ran(item)
                     finished.add(item.stage.key)
-                    _refresh_downstream_dirs(self.stages, item)
         if failure is not None:
             raise failure
 

@@ -315,7 +315,7 @@ def test_parallel_inline_jobs_give_the_sequential_results_and_run_a_shared_run_o
     from plans.tables import Plan
 
     smoke = build_plan("smoke", seeds=(0, 1))
-    seed0 = [stage for stage in smoke.stages if "seed0" in stage.key or "/s0" in stage.key]
+    seed0 = [stage for stage in smoke.stages if "/seed0/" in stage.key]
     renamed = {stage.key: f"copy/{stage.key}" for stage in seed0}
     copies = [dataclasses.replace(stage, key=renamed[stage.key], after=renamed.get(stage.after, "")) for stage in seed0]
     assert copies, [stage.key for stage in smoke.stages]
