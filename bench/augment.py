@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from common.sampling import EpochSampler, SeededViews
+from common.transforms import normalise_uint8
 from bench.timing import synchronize, timed
 from common.encoded_images import read_encoded
 from pretrain.augment import AugmentConfig, pretraining_views, view_probabilities
@@ -94,8 +95,8 @@ def measure(path: str, size: int, workers: int, batch: int, batches: int, device
             views = decode_views(views.payloads(), views.boxes, [size, size], device)
         else:
             views = [v.to(device, non_blocking=True) for v in views]
-        if config.gpu:
-            views = augment_views(views, probabilities, seed=index, compiled=compiled)
+        views = (augment_views(views, probabilities, seed=index, compiled=compiled) if config.gpu
+                 else [normalise_uint8(view) for view in views])
         synchronize(device)
         if index + 1 == warmup:  # every worker has delivered its first batch
             started = time.perf_counter()

@@ -36,6 +36,12 @@ def to_three_channels(image: torch.Tensor) -> torch.Tensor:
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
+def normalise_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float32 scaled to [0, 1] and normalised with `NORMALIZE`: the values of
+    `ToTensor` + `NORMALIZE` on each image (the same element-wise operations), for a whole batch at once."""
+    return NORMALIZE(images.to(torch.get_default_dtype()).div(255))
+
+
 def eval_transform(image_size: int) -> transforms.Compose:
     """Resize(size * 256/224, bicubic) + CenterCrop(size): 256/224 on ImageNet, 36/32 on CIFAR."""
     return transforms.Compose([

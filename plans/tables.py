@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.config import config_hash
 from plans.registry import stage_record
-from pretrain.configs import FASHION_MNIST_SCALES
+from pretrain.configs import FASHION_MNIST_SCALES, preset
 
 PRETRAIN = "pretrain"
 PROTOCOLS = ("knn", "linear", "finetune")
+NAME_FIELDS = ("run.name", "preset")  # what a preset's name sets: not part of what it trains
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,24 @@ ABLATION_BASES = {
 FASHION_MNIST = ("fashion_mnist", "fashion_mnist_gpu")
 
 
+MIXED_IMAGE_ROWS = (1, 2, 3, 4)  # Table 6's rows: presets `<base>_m<m>_<flavour>`
+
+
+def shared_row_preset(base: str, suffix: str, flavour: str) -> str:
+    """The preset a row of Tables 5-7 trains: `<base>_<suffix>_<flavour>`, or Table 6's preset of the
+    same configuration under another name. Table 5's PatchMix row and Table 7's row with all three
+    loss terms are the default PatchMix of the flavour (m = 2 official, m = 3 paper): named as Table 6's
+    row, they share its run (and Table 3's and Figure 4's on Fashion-MNIST) instead of training it again."""
+    name = f"{base}_{suffix + '_' if suffix else ''}{flavour}"
+    presets = stage_record(PRETRAIN).presets
+    identity = config_hash(preset(name), NAME_FIELDS)
+    for count in MIXED_IMAGE_ROWS:
+        candidate = f"{base}_m{count}_{flavour}"
+        if candidate in presets and config_hash(preset(candidate), NAME_FIELDS) == identity:
+            return candidate
+    return name
+
+
 def _cifar_ablation(name: str, description: str, rows: dict[str, tuple[str, str]], flavour: str,
                     seeds: tuple[int, ...], datasets: tuple[str, ...], baseline: str,
                     claims: tuple[Claim, ...]) -> Plan:
@@ -239,7 +259,7 @@ def _cifar_ablation(name: str, description: str, rows: dict[str, tuple[str, str]
         for dataset in datasets:
             base = ABLATION_BASES[dataset]
             for key, (method, suffix) in rows.items():
-                preset_name = f"{base.preset}_{suffix + '_' if suffix else ''}{flavour}"
+                preset_name = shared_row_preset(base.preset, suffix, flavour)
                 _pretrain_with_evals(plan, f"{name}/{dataset}/{key}", preset_name, seed, protocols,
                                      _rows(name, method, base.backbone, base.epochs, dataset, protocols),
                                      base.resources, eval_presets=base.eval_presets)
@@ -261,7 +281,7 @@ def table5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: t
 
 def table6(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("cifar10", "cifar100"),
            **_) -> Plan:
-    rows = {f"m{m}": (f"PatchMix m={m}", f"m{m}") for m in (1, 2, 3, 4)}
+    rows = {f"m{m}": (f"PatchMix m={m}", f"m{m}") for m in MIXED_IMAGE_ROWS}
     claims = (Claim("m = 2 beats m = 1 (MoCo v3)", "PatchMix m=2", "PatchMix m=1"),
               Claim("m = 3 beats m = 1 (MoCo v3)", "PatchMix m=3", "PatchMix m=1"),
               Claim("m = 3 beats m = 2", "PatchMix m=3", "PatchMix m=2"),

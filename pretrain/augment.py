@@ -7,7 +7,7 @@ from typing import Callable
 from torchvision import transforms
 
 from common.config import ConfigError, added_field
-from common.transforms import NORMALIZE, RandomGaussianBlur, to_three_channels
+from common.transforms import RandomGaussianBlur, to_three_channels
 from pretrain.device_decode import CropBox
 
 BICUBIC = transforms.InterpolationMode.BICUBIC
@@ -54,7 +54,9 @@ class AugmentConfig:
 
 def view_transform(size: int, scale: tuple[float, float], blur_probability: float,
                    solarize_probability: float, interpolation: str = "bicubic") -> Callable:
-    """PIL image (RGB, or grey 'L') -> normalised (3, size, size) tensor with Table 10's random augmentations.
+    """PIL image (RGB, or grey 'L') -> uint8 (3, size, size) tensor with Table 10's random augmentations;
+    `normalise_uint8` then scales and normalises whole batches on the training device (the values
+    ToTensor + NORMALIZE give per image, at a fifth less loading time and a quarter of the bytes).
 
     A grey image stays single-channel until the tensor: each operation gives every channel of a grey
     RGB image the same values as it gives the 'L' image (hue and saturation leave grey unchanged, the
@@ -67,9 +69,8 @@ def view_transform(size: int, scale: tuple[float, float], blur_probability: floa
         transforms.RandomGrayscale(p=0.2),
         transforms.RandomApply([RandomGaussianBlur(0.1, 2.0)], p=blur_probability),
         transforms.RandomSolarize(threshold=128, p=solarize_probability),
-        transforms.ToTensor(),
+        transforms.PILToTensor(),
         to_three_channels,
-        NORMALIZE,
     ])
 
 
@@ -94,7 +95,8 @@ def view_sizes(config: AugmentConfig, image_size: int) -> list[tuple[int, tuple[
 
 
 def pretraining_views(config: AugmentConfig, image_size: int) -> list[Callable]:
-    """[view 1 (blur 1.0, no solarize), view 2 (blur 0.1, solarize 0.2), local crops...]; with
+    """[view 1 (blur 1.0, no solarize), view 2 (blur 0.1, solarize 0.2), local crops...], each giving a
+    uint8 tensor (`normalise_uint8` finishes the batches of the PIL path); with
     `gpu` only their crop and flip (the rest runs in `gpu_augment.augment_views`); with `gpu_decode`
     only their crop boxes (pretrain/device_decode.py)."""
     sizes = view_sizes(config, image_size)

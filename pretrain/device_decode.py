@@ -56,7 +56,7 @@ class EncodedViews(SeededViews):
     """(index, epoch) -> ((image payload, crop boxes (V, 5)), label); the payload is an
     EncodedImage's data (JPEG bytes or pixels). Same seeding as SeededViews."""
 
-    def __getitem__(self, key: tuple[int, int]):
+    def seeded_sample(self, key: tuple[int, int]):
         image, label = self.base[key[0]]
         encoded = pixels_of(image) if isinstance(image, Image.Image) else image
         return (encoded.data, torch.stack(self.draw_views(encoded, key))), label

@@ -31,6 +31,7 @@ from common.progress import Progress
 from common.rundir import releases_run_locks
 from common.runtime import autocast, derive_seed, resolve_device, resolve_precision, seed_everything, set_cpu_threads
 from common.sampling import EpochSampler, SeededViews, StepSpanSampler
+from common.transforms import normalise_uint8
 from pretrain.augment import pretraining_views, view_probabilities, view_sizes
 from pretrain.configs import OptimConfig, PretrainConfig, encoder_record, run_directory
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_views
@@ -128,8 +129,10 @@ class TrainingData:
         for views, _ in loader:
             if gpu_decode:  # (JPEG bytes or pixels, crop boxes) -> uint8 views on the device
                 yield decode_views(views.payloads(), views.boxes, self.output_sizes, self.device)
-            else:
+            elif self.config.augment.gpu:  # uint8 crops: colour, blur and solarize in the training step
                 yield [v.to(self.device, non_blocking=True) for v in views]
+            else:  # augmented uint8 views: scaled and normalised here, a batch at a time
+                yield [normalise_uint8(v.to(self.device, non_blocking=True)) for v in views]
 
 
 @dataclass

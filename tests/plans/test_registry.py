@@ -109,3 +109,25 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
     assert preset("fashion_mnist_gpu_sdmp_official").optim.base_lr == 9e-4  # x 6 at the gpu scale
     with pytest.raises(ValueError, match="not part of table6"):
         build_plan("table6", datasets=("imagenet",))
+
+
+def test_rows_training_the_same_configuration_share_one_run():
+    """Table 5's PatchMix row and Table 7's row with all three loss terms are the flavour's default
+    PatchMix, Table 6's m = 2 (official) or m = 3 (paper) row: one run per seed serves every table that
+    reads it (the Fashion-MNIST study trained it three times: 45 runs where 39 are different)."""
+    from slurm.graph import resolve_plan
+
+    def pretraining_runs(name: str, flavour: str, dataset: str) -> dict[str, Path]:
+        plan = build_plan(name, flavour, seeds=(0,), datasets=(dataset,))
+        return {resolved.stage.key.split("/")[2]: resolved.run_dir
+                for resolved in resolve_plan(plan, Path("/runs")) if resolved.stage.kind == "pretrain"}
+
+    for dataset in ("fashion_mnist", "cifar10"):
+        for flavour, default in (("official", "m2"), ("paper", "m3")):
+            table6 = pretraining_runs("table6", flavour, dataset)
+            assert pretraining_runs("table5", flavour, dataset)["patchmix"] == table6[default], (dataset, flavour)
+            assert pretraining_runs("table7", flavour, dataset)["o2o+m2o+m2m"] == table6[default], (dataset, flavour)
+            assert pretraining_runs("table5", flavour, dataset)["baseline"] == table6["m1"]
+    study = {run for name in ("table3", "table5", "table6", "table7", "fig4")
+             for run in pretraining_runs(name, "official", "fashion_mnist").values()}
+    assert len(study) == 13  # 4 in Table 3 (two of them Table 6's m = 1, 2), 3 mixers, m = 3, 4, 4 loss subsets
