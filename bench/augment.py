@@ -26,10 +26,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from common.sampling import EpochSampler, SeededViews
-from common.transforms import normalise_uint8
 from bench.timing import synchronize, timed
 from common.encoded_images import read_encoded
+from common.sampling import EpochSampler, SeededViews
+from common.transforms import normalise_uint8
 from pretrain.augment import AugmentConfig, pretraining_views, view_probabilities
 from pretrain.device_decode import EncodedViews, collate_encoded, decode_images, decode_views
 from pretrain.gpu_augment import augment_views

@@ -7,6 +7,7 @@ is how the reports find the results of a plan without importing anything from th
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from common.config import config_hash
@@ -233,6 +234,7 @@ FASHION_MNIST = ("fashion_mnist", "fashion_mnist_gpu")
 MIXED_IMAGE_ROWS = (1, 2, 3, 4)  # Table 6's rows: presets `<base>_m<m>_<flavour>`
 
 
+@functools.cache  # a plan asks once per row, seed and dataset; presets are fixed
 def shared_row_preset(base: str, suffix: str, flavour: str) -> str:
     """The preset a row of Tables 5-7 trains: `<base>_<suffix>_<flavour>`, or Table 6's preset of the
     same configuration under another name. Table 5's PatchMix row and Table 7's row with all three

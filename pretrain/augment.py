@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from torchvision import transforms
 
@@ -62,15 +62,11 @@ def view_transform(size: int, scale: tuple[float, float], blur_probability: floa
     RGB image the same values as it gives the 'L' image (hue and saturation leave grey unchanged, the
     others act per channel or on the luminance) and draws the same random numbers, so the views are
     the same as from its RGB expansion at about three quarters of the loading time."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(size, scale=scale, interpolation=CROP_INTERPOLATIONS[interpolation]),
-        transforms.RandomHorizontalFlip(),
+    return crop_transform(size, scale, interpolation, colour=[
         transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
         transforms.RandomGrayscale(p=0.2),
         transforms.RandomApply([RandomGaussianBlur(0.1, 2.0)], p=blur_probability),
         transforms.RandomSolarize(threshold=128, p=solarize_probability),
-        transforms.PILToTensor(),
-        to_three_channels,
     ])
 
 
@@ -80,11 +76,13 @@ def view_probabilities(config: AugmentConfig) -> list[tuple[float, float]]:
     return [(1.0, 0.0), (0.1, 0.2)] + [(0.5, 0.0)] * config.num_local_crops
 
 
-def crop_transform(size: int, scale: tuple[float, float], interpolation: str = "bicubic") -> Callable:
-    """The CPU half of the GPU path: PIL image -> uint8 (3, size, size) tensor, cropped and flipped."""
+def crop_transform(size: int, scale: tuple[float, float], interpolation: str = "bicubic",
+                   colour: Sequence[Callable] = ()) -> Callable:
+    """PIL image -> uint8 (3, size, size) tensor: random resized crop, flip, then the `colour` steps
+    (none on the GPU path, the CPU half of it: its colour augmentations run on the device)."""
     return transforms.Compose([transforms.RandomResizedCrop(size, scale=scale,
                                                             interpolation=CROP_INTERPOLATIONS[interpolation]),
-                               transforms.RandomHorizontalFlip(), transforms.PILToTensor(), to_three_channels])
+                               transforms.RandomHorizontalFlip(), *colour, transforms.PILToTensor(), to_three_channels])
 
 
 def view_sizes(config: AugmentConfig, image_size: int) -> list[tuple[int, tuple[float, float]]]:
