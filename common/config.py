@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -95,12 +96,72 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The values a numeric field accepts, written as in mathematics: "(0, inf)", "[0, 1)", "[1, inf)".
+    Infinite ends are always open: no field takes an infinite (or NaN) value."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "Interval":
+        opening, closing = text.strip()[0], text.strip()[-1]
+        low, high = (float(part) for part in text.strip()[1:-1].split(","))
+        if opening not in "[(" or closing not in ")]" or not low <= high:
+            raise ValueError(f"not an interval: {text!r} (write e.g. '(0, inf)' or '[0, 1]')")
+        return cls(low, high, opening == "[" and math.isfinite(low), closing == "]" and math.isfinite(high))
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        def end(value: float) -> str:
+            return "inf" if value == math.inf else "-inf" if value == -math.inf else f"{value:g}"
+        return f"{'[' if self.low_closed else '('}{end(self.low)}, {end(self.high)}{']' if self.high_closed else ')'}"
+
+
+def field_ranges(section_class: type) -> dict[str, Interval]:
+    """The declared ranges of a section's numeric fields: its class attribute
+    `RANGES: ClassVar[dict[str, str]] = {"temperature": "(0, inf)", ...}`, parsed."""
+    return {name: Interval.parse(text) for name, text in getattr(section_class, "RANGES", {}).items()}
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers a field holds: itself, or the elements of a list of numbers (booleans are not numbers)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def check_numbers(section: Any, path: str = "") -> None:
+    """Refuse a non-finite number in any numeric field of `section` (NaN or infinity never means
+    anything a run could use: a NaN weight silently drops its loss term, an infinite temperature trains
+    to nothing) and a number outside the field's declared range. One place for every field of every
+    section: a section declares its ranges (`RANGES`), this checks them, before any run starts."""
+    ranges = field_ranges(type(section))
+    for spec in dataclasses.fields(section):
+        name = f"{path}{spec.name}"
+        interval = ranges.get(spec.name)
+        within = f" in {interval}" if interval else ""
+        for number in _numbers(getattr(section, spec.name)):
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}={number}: must be a finite number{within} (set {name}=VALUE)")
+            if interval is not None and number not in interval:
+                raise ConfigError(f"{name}={number} is out of range: must be{within} (set {name}=VALUE)")
+
+
 def validate(config: Any, path: str = "") -> None:
-    """Call `check()` on every nested dataclass section; sections raise ConfigError on bad values."""
+    """Check every nested dataclass section: its numbers (`check_numbers`), then its `check()`;
+    sections raise ConfigError on bad values."""
     if not dataclasses.is_dataclass(config):
         return
     for field in dataclasses.fields(config):
         validate(getattr(config, field.name), f"{path}{field.name}.")
+    check_numbers(config, path)
     check = getattr(config, "check", None)
     if check is not None:
         try:

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 from PIL import Image
@@ -36,6 +36,10 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 @dataclass
 class DataConfig:
     """Which images to read. `root` is the dataset folder (ImageNet: the folder with train/ and val/)."""
+    RANGES: ClassVar[dict[str, str]] = {"num_workers": "[0, inf)", "train_subset": "[0, inf)",
+        "test_subset": "[0, inf)", "max_bad_images": "[0, inf)", "synthetic_train_size": "[1, inf)",
+        "synthetic_test_size": "[1, inf)", "synthetic_classes": "[1, inf)",
+        "synthetic_image_size": "[1, inf)"}
 
     dataset: str = "synthetic"  # cifar10 | cifar100 | imagenet | imagefolder | fashion_mnist | synthetic
     root: str = "data"  # the dataset folder (not hashed: a fingerprint of folder data is)
@@ -53,8 +57,6 @@ class DataConfig:
     def check(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
-        if min(self.num_workers, self.train_subset, self.test_subset, self.max_bad_images) < 0:
-            raise ConfigError("num_workers, train_subset, test_subset and max_bad_images must be >= 0")
 
 
 def num_classes(config: DataConfig) -> int:

@@ -23,7 +23,7 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 from common.config import ConfigError, added_field
 from common.datasets import DataConfig, dataset_fingerprint
@@ -43,6 +43,10 @@ FLAVOURS = ("paper", "official")
 
 @dataclass
 class OptimConfig:
+    RANGES: ClassVar[dict[str, str]] = {"epochs": "[1, inf)", "warmup_epochs": "[0, inf)",
+        "batch_size": "[1, inf)", "base_lr": "(0, inf)", "min_lr": "[0, inf)", "weight_decay": "[0, inf)",
+        "weight_decay_end": "[0, inf)", "beta1": "[0, 1)", "beta2": "[0, 1)", "momentum": "[0, 1]",
+        "momentum_end": "[0, 1]", "max_steps": "[0, inf)"}
     epochs: int = 300  # pretraining epochs (schedules span them all)
     warmup_epochs: int = 10  # linear lr warmup from 0
     batch_size: int = 1024  # global, over all ranks; the lr rule uses it, so it is the same on 1 or 64 GPUs
@@ -58,11 +62,11 @@ class OptimConfig:
     max_steps: int = 0  # stop after this many steps (0 = all); schedules still span all epochs
 
     def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError("need epochs >= 1, batch_size >= 1 and 0 <= warmup_epochs <= epochs")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if self.momentum_update not in ("step", "epoch"):
             raise ConfigError(f"momentum_update must be 'step' or 'epoch', got {self.momentum_update!r}")
-        if not 0.0 <= self.momentum <= self.momentum_end <= 1.0:
+        if self.momentum > self.momentum_end:
             raise ConfigError("need 0 <= momentum <= momentum_end <= 1")
 
     def peak_lr(self) -> float:

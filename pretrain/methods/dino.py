@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import ClassVar, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,6 +44,11 @@ if TYPE_CHECKING:  # pretrain.configs imports the methods: a run-time import wou
 @dataclass
 class DinoConfig:
     """DINO's own fields (main_dino.py's arguments of the same names); used when method=dino."""
+    RANGES: ClassVar[dict[str, str]] = {"out_dim": "[1, inf)", "hidden_dim": "[1, inf)",
+        "bottleneck_dim": "[1, inf)", "num_layers": "[1, inf)", "student_temp": "(0, inf)",
+        "teacher_temp": "(0, inf)", "warmup_teacher_temp": "(0, inf)",
+        "warmup_teacher_temp_epochs": "[0, inf)", "center_momentum": "[0, 1)", "clip_grad": "[0, inf)",
+        "freeze_last_layer": "[0, inf)"}
 
     out_dim: int = 65536  # prototypes: width of the weight-normalised last layer
     hidden_dim: int = 2048  # head MLP width (3 layers, GELU)
@@ -58,16 +63,6 @@ class DinoConfig:
     center_momentum: float = 0.9  # EMA of the teacher-output center
     clip_grad: float = 3.0  # per-parameter gradient-norm clipping (0 = off)
     freeze_last_layer: int = 1  # epochs during which the last layer gets no update
-
-    def check(self) -> None:
-        if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1 or self.num_layers < 1:
-            raise ConfigError("out_dim, hidden_dim, bottleneck_dim and num_layers must be >= 1")
-        if self.student_temp <= 0 or self.teacher_temp <= 0 or self.warmup_teacher_temp <= 0:
-            raise ConfigError("student_temp, teacher_temp and warmup_teacher_temp must be > 0")
-        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer < 0 or self.clip_grad < 0:
-            raise ConfigError("warmup_teacher_temp_epochs, freeze_last_layer and clip_grad must be >= 0")
-        if not 0.0 <= self.center_momentum < 1.0:
-            raise ConfigError(f"center_momentum must be in [0, 1), got {self.center_momentum}")
 
 
 class DinoHead(nn.Module):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import ClassVar, Sequence, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ MIX_LOSSES = ("mixture_likelihood", "weighted_cross_entropy")
 @dataclass
 class SdmpConfig:
     """SDMP's own fields; used when method=sdmp (the networks are model.*'s MoCo v3 heads)."""
+    RANGES: ClassVar[dict[str, str]] = {"temperature": "(0, inf)", "mix_to_source_weight": "[0, inf)",
+        "mix_to_mix_weight": "[0, inf)"}
 
     temperature: float = 0.2  # tau of every InfoNCE term (--moco-t)
     # Paste the resized partner into each image (the paper, release cd26a51); the newest release never does.
@@ -57,12 +59,8 @@ class SdmpConfig:
     mix_to_mix_weight: float = 0.5  # weight of the mixed view 2 vs the mixed view-1 keys
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.mix_loss not in MIX_LOSSES:
             raise ConfigError(f"mix_loss must be one of {', '.join(MIX_LOSSES)}, got {self.mix_loss!r}")
-        if self.mix_to_source_weight < 0 or self.mix_to_mix_weight < 0:
-            raise ConfigError("mix_to_source_weight and mix_to_mix_weight must be >= 0")
 
 
 def mixing_box(height: int, width: int, own_share: float, rng: np.random.Generator) -> tuple[int, int, int, int, int]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import ConfigError, apply_overrides, config_hash, load_yaml, save_yaml
+from common.config import ConfigError, apply_overrides, config_hash, load_yaml, save_yaml, validate
 from common.runtime import NON_RESULT_FIELDS
 from pretrain.configs import PRESETS, PretrainConfig, preset
 
@@ -33,7 +33,7 @@ def test_bad_type_names_field():
 
 
 def test_bad_value_names_section():
-    with pytest.raises(ConfigError, match=r"mix: num_mixed must be >= 1"):
+    with pytest.raises(ConfigError, match=r"mix\.num_mixed=0 is out of range: must be in \[1, inf\)"):
         apply_overrides(preset("debug_cpu"), ["mix.num_mixed=0"])
     with pytest.raises(ConfigError, match=r"model: patch_size 5 must divide image_size 32"):
         apply_overrides(preset("debug_cpu"), ["model.patch_size=5"])
@@ -78,8 +78,8 @@ def test_cpu_threads_set_torch_threads_and_leave_the_hash():
         assert torch.get_num_threads() == DEFAULT_CPU_THREADS
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(ConfigError, match="run.cpu_threads"):
-        RunConfig(cpu_threads=-1).check()
+    with pytest.raises(ConfigError, match="cpu_threads"):
+        validate(RunConfig(cpu_threads=-1))
 
 
 def test_yaml_round_trip(tmp_path):
