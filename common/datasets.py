@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
 from common import dist
 from common.config import ConfigError
@@ -446,6 +447,28 @@ def dataset_fingerprint(config: DataConfig) -> str:
     return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cifar_folder_problem(dataset_class: type, root: Path, name: str) -> Exception | None:
+    """Why torchvision refused a CIFAR folder, which it says only as 'not found or corrupted': the files
+    missing from it, else those whose checksum is not the published one. None when the folder is absent
+    or every file is whole. Asked only after a refusal: the checksums are one more pass over the files."""
+    folder = root / dataset_class.base_folder
+    if not folder.is_dir():
+        return None
+    expected = [*dataset_class.train_list, *dataset_class.test_list,
+                (dataset_class.meta["filename"], dataset_class.meta["md5"])]
+    missing = [file_name for file_name, _ in expected if not (folder / file_name).is_file()]
+    if missing:
+        return FileNotFoundError(f"{name}: {folder} lacks {', '.join(missing)}; copy the whole folder again, or "
+                                 f"delete it and set data.download=true")
+    damaged = [str(folder / file_name) for file_name, checksum in expected
+               if not check_integrity(str(folder / file_name), checksum)]
+    if not damaged:
+        return None
+    return DatasetFileError(f"{name}: {', '.join(damaged)} {'does' if len(damaged) == 1 else 'do'} not match the "
+                            "published checksum (cut short or corrupted); replace it with a good copy, or delete "
+                            f"{folder} and set data.download=true")
+
+
 def _subset(dataset: Dataset, count: int) -> Dataset:
     return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
 
@@ -467,8 +490,9 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         try:
             dataset = cls(config.root, train=train, download=config.download, transform=transform)
         except RuntimeError as error:
-            raise FileNotFoundError(f"{config.dataset} not found under {config.root} ({error}); set "
-                                    "data.download=true or data.root to the folder holding it") from None
+            raise cifar_folder_problem(cls, Path(config.root), config.dataset) or FileNotFoundError(
+                f"{config.dataset} not found under {config.root} ({error}); set data.download=true or "
+                "data.root to the folder holding it") from None
     elif config.dataset in ("imagenet", "imagefolder"):
         check_split_root(Path(config.root))
         folder = Path(config.root) / ("train" if train else "val")

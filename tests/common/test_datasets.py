@@ -326,3 +326,52 @@ def test_pretraining_on_a_cut_fashion_mnist_file_is_one_error_line_and_writes_no
     assert len(lines) == 1 and lines[0].startswith("error: ") and "cut short" in lines[0], process.stderr
     assert str(root / "train-images-idx3-ubyte.gz") in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def _cifar10_folder(root, monkeypatch):
+    """A tiny CIFAR-10 folder in torchvision's layout, whose checksums torchvision is told (it knows
+    the published files' only)."""
+    import hashlib
+    import pickle
+
+    from torchvision import datasets
+
+    folder = root / datasets.CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {"data": rng.integers(0, 256, size=(2, 3072), dtype=np.uint8), "labels": [0, 1]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
+
+    def listed(name):
+        return [name, hashlib.md5((folder / name).read_bytes()).hexdigest()]
+
+    monkeypatch.setattr(datasets.CIFAR10, "train_list", [listed(name) for name in names[:5]])
+    monkeypatch.setattr(datasets.CIFAR10, "test_list", [listed("test_batch")])
+    monkeypatch.setattr(datasets.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
+                                                   "md5": listed("batches.meta")[1]})
+    return folder
+
+
+@pytest.mark.parametrize("name", ["data_batch_3", "test_batch", "batches.meta"])
+def test_a_damaged_or_missing_cifar_file_is_named(tmp_path, monkeypatch, name):
+    """torchvision says only 'Dataset not found or corrupted'; the error names the file and which."""
+    folder = _cifar10_folder(tmp_path, monkeypatch)
+    config = DataConfig(dataset="cifar10", root=str(tmp_path))
+    assert len(build_dataset(config, "train", None)) == 10
+    whole = (folder / name).read_bytes()
+    (folder / name).write_bytes(whole[: len(whole) // 2])
+    for split in ("train", "test"):  # torchvision checks every file whatever the split
+        with pytest.raises(DatasetFileError, match=f"{folder / name} .*checksum") as raised:
+            build_dataset(config, split, None)
+        assert "\n" not in str(raised.value)
+    (folder / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{folder} lacks {name}"):
+        build_dataset(config, "train", None)
+
+
+def test_cifar_not_there_at_all_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar100 not found under .*data.download=true"):
+        build_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)), "train", None)
