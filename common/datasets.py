@@ -30,7 +30,7 @@ from torchvision.datasets.utils import check_integrity
 from common import dist
 from common.config import ConfigError
 from common.encoded_images import read_encoded, to_rgb
-from common.errors import DatasetFileError
+from common.errors import DatasetFileError, TrainingAborted
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder", "fashion_mnist", "synthetic")
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -370,7 +370,7 @@ class RobustImageFolder(Dataset):
     def __init__(self, root: str, transform: Callable | None, bad_image_log: Path | None = None,
                  decode: bool = True):
         scan = scan_image_folder(Path(root))  # the files the preflight counted, in ImageFolder's order
-        self.samples, self.classes = list(scan.samples), list(scan.classes)
+        self.root, self.samples, self.classes = root, list(scan.samples), list(scan.classes)
         self.transform, self.bad_image_log, self.decode = transform, bad_image_log, decode
 
     def __len__(self) -> int:
@@ -395,9 +395,20 @@ class RobustImageFolder(Dataset):
                     image = read_encoded(Path(path).read_bytes())
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 self._record(path, error)
+                failure = error
                 continue
             return (self.transform(image) if self.transform is not None else image), label
-        raise RuntimeError(f"{self.MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from index {index}")
+        raise self._too_many_failures(index, path, failure)
+
+    def _too_many_failures(self, index: int, last_path: str, error: Exception) -> TrainingAborted:
+        """The stop after MAX_CONSECUTIVE_FAILURES unreadable files in a row: not scattered damage that
+        skipping absorbs but a broken folder, named with its first and last file (one line: it reaches
+        the user through a loader worker)."""
+        first_path = self.samples[index % len(self.samples)][0]
+        reason = f"{type(error).__name__}: {error}".replace("\n", " ")
+        listed = f"; all are listed in {self.bad_image_log}" if self.bad_image_log is not None else ""
+        return TrainingAborted(f"{self.MAX_CONSECUTIVE_FAILURES} unreadable images in a row in {self.root}, from "
+                               f"{first_path} to {last_path} ({reason}){listed}; replace or remove them")
 
 
 def count_bad_images(log_dir: Path) -> Counter:

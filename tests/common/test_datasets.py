@@ -15,7 +15,7 @@ from PIL import Image
 
 from common.datasets import (ArrayImageDataset, DataConfig, build_dataset, fashion_mnist_arrays,
                              preflight_image_folder, synthetic_arrays)
-from common.errors import DatasetFileError
+from common.errors import DatasetFileError, TrainingAborted
 
 
 def _image(path, size=8, mode="RGB"):
@@ -375,3 +375,37 @@ def test_a_damaged_or_missing_cifar_file_is_named(tmp_path, monkeypatch, name):
 def test_cifar_not_there_at_all_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar100 not found under .*data.download=true"):
         build_dataset(DataConfig(dataset="cifar100", root=str(tmp_path)), "train", None)
+
+
+def _unreadable_image_folder(root, count=40):
+    """root/{train,val}/{a,b}/<i>.png, every file empty (an interrupted copy)."""
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for index in range(count // 2):
+                (root / split / name / f"{index}.png").write_bytes(b"")
+    return root
+
+
+def test_a_folder_of_unreadable_images_stops_with_a_message_naming_them(tmp_path):
+    """More unreadable images in a row than the dataset skips ended in a bare RuntimeError."""
+    root = _unreadable_image_folder(tmp_path / "images")
+    dataset = build_dataset(DataConfig(dataset="imagefolder", root=str(root)), "train", None)
+    with pytest.raises(TrainingAborted) as raised:
+        dataset[3]
+    message = str(raised.value)
+    first, last = dataset.samples[3][0], dataset.samples[3 + 31][0]
+    assert f"32 unreadable images in a row in {root / 'train'}, from {first} to {last}" in message
+    assert "cannot identify image file" in message and "\n" not in message, message
+
+
+def test_pretraining_on_unreadable_images_is_one_error_line_from_a_loader_worker(tmp_path):
+    """torch re-raises a loader worker's error with the worker's whole traceback as its message."""
+    root = _unreadable_image_folder(tmp_path / "images")
+    process = subprocess.run([sys.executable, "-m", "pretrain", "--preset", "debug_cpu", "data.dataset=imagefolder",
+                              f"data.root={root}", "data.num_workers=1", f"run.output_root={tmp_path / 'runs'}"],
+                             cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 4, process.stderr
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "unreadable images in a row" in errors[0] and str(root / "train") in errors[0]
+    assert "Traceback" not in process.stderr, process.stderr
