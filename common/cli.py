@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any, Callable
 
@@ -24,12 +25,26 @@ def exit_status(error: BaseException) -> int:
     return next(status for kind, status in EXIT_STATUS if isinstance(error, kind))
 
 
+# How torch's DataLoader re-raises a worker's error: same type, the worker's whole traceback as message.
+LOADER_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def error_message(error: BaseException) -> str:
+    """The failure's message; for one raised in a loader worker, the worker's own message (the last line
+    of the traceback torch puts in its place, after the exception's name)."""
+    message = str(error)
+    if LOADER_WORKER_ERROR.match(message):
+        last_line = message.rstrip().splitlines()[-1]
+        return last_line.split(": ", 1)[-1]
+    return message
+
+
 def run_stage(main: Callable[[Any], Any], config: Any) -> Any:
     """Run a stage's main; a known failure reaches the user as one `error:` line and its exit status."""
     try:
         return main(config)
     except RUN_FAILURES as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         raise SystemExit(exit_status(error)) from None
 
 
