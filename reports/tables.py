@@ -13,6 +13,7 @@ import pandas as pd
 
 from plans.registry import headline
 from plans.tables import RANDOM_INIT, Plan, Row
+from reports.belonging import foreign_lines
 from reports.statistics import Interval, mean_interval, paired_difference, verdict
 
 
@@ -294,7 +295,10 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
 
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                 figures: list[str] = (), superseded: pd.DataFrame | None = None,
-                damaged: list[tuple[str, str]] = (), unreported: str = "") -> str:
+                damaged: list[tuple[str, str]] = (), unreported: str = "",
+                foreign: list[tuple[str, str]] = ()) -> str:
+    """The plan's report. `superseded`, `damaged` and `foreign` (reports/belonging.split_foreign): the
+    results left out before `results`, each listed with its path."""
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
@@ -332,6 +336,7 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                           "(another config or code version):", ""]
             parts += [f"- `{record.experiment}`: {record.run_dir} (commit {str(record.get('git_commit', 'unknown'))[:10]})"
                       for _, record in old.iterrows()]
+    parts += foreign_lines(foreign)
     reference_rows = reference_table(reference, [r.row for r in rows], plan.name)
     if reference_rows:
         parts += ["", "## The paper's numbers for all methods (reference)", "",
