@@ -10,11 +10,12 @@ import os
 import sys
 from pathlib import Path
 
+from reports.belonging import split_foreign
 from reports.collect import collect, load_reference, split_superseded
 from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
 from reports.tables import InconsistentResults, plan_report, row_results
 from plans.launches import launched
-from plans.sweeps import load_sweep
+from plans.sweeps import load_sweep, sweep_plan
 from reports.sweeps import sweep_report
 from plans.tables import ALIASES, PLANS, build_plan
 
@@ -80,28 +81,38 @@ def seeds_and_datasets(output_root: Path, name: str, flavour: str, seeds: tuple[
     return seeds or launched_seeds or (0,), (datasets or launched_datasets) if has_datasets else ()
 
 
+def warn_foreign(name: str, foreign: list[tuple[str, str]]) -> None:
+    """One warning line per result left out for another dataset, method or preset than its stage's."""
+    for path, what in foreign:
+        print(f"warning: {name}: left out {path}: {what} (averaged nowhere)", file=sys.stderr)
+
+
 def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
                   seeds: tuple[int, ...] = (), datasets: tuple[str, ...] = ()) -> list[Path]:
     """One markdown report (+ figures) per plan. Seeds and datasets not given are those launched
-    for the plan (plans/launches.py), else seed 0 and the plan's datasets."""
+    for the plan (plans/launches.py), else seed 0 and the plan's datasets. Per plan, results that
+    carry one of its stage keys but not that stage's dataset, method or preset are left out first
+    (named in a warning and in the report), then older results of a stage are superseded."""
     collected = collect(output_root)
     damaged = collected.attrs.get("damaged", [])
     for path, reason in damaged:
         print(f"warning: unreadable result {path} ({reason}); listed in the reports, averaged nowhere",
               file=sys.stderr)
-    results, superseded = split_superseded(collected)
     reference = load_reference()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
         plan_seeds, plan_datasets = seeds_and_datasets(output_root, name, flavour, seeds, datasets)
         plan = build_plan(name, flavour, plan_seeds, plan_datasets)
+        belonging, foreign = split_foreign(plan, collected)
+        warn_foreign(plan.name, foreign)
+        results, superseded = split_superseded(belonging)  # after: a foreign result supersedes nothing
         rows = row_results(plan, results, reference)
         unreported = left_out(plan, results)
         if unreported:
             print(f"note: {plan.name}: {unreported}", file=sys.stderr)
         text = plan_report(plan, results, reference, figures_for(plan, rows, results, out), superseded,
-                           damaged, unreported)
+                           damaged, unreported, foreign)
         path = out / f"{plan.name}.md"
         path.write_text(text)
         written.append(path)
@@ -131,8 +142,10 @@ def sweep_main(argv: list[str]) -> None:
     arguments = parser.parse_args(argv)
     try:
         sweep = load_sweep(arguments.output_root, arguments.name)
-        results, _ = split_superseded(collect(arguments.output_root))
-        print(f"wrote {sweep_report(sweep, results, arguments.out)}")
+        belonging, foreign = split_foreign(sweep_plan(sweep), collect(arguments.output_root))
+        warn_foreign(f"sweep {sweep.name}", foreign)
+        results, _ = split_superseded(belonging)
+        print(f"wrote {sweep_report(sweep, results, arguments.out, foreign)}")
     except (InconsistentResults, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
