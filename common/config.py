@@ -59,15 +59,35 @@ def _leaf_above(config: Any, key: str) -> str:
     return ""
 
 
+def _with_variant(config: Any, overrides: list[tuple[str, str, str]]) -> Any:
+    """A config class may come in variants named by one field (`VARIANT_FIELD`, e.g. a pretraining
+    run's `method`), each variant a class of its own sections (`with_variant(name)`). The last override
+    of that field picks the variant first, so the other overrides are checked against its sections
+    whatever their order."""
+    variant_field = getattr(type(config), "VARIANT_FIELD", None)
+    chosen = [value for key, value, _ in overrides if key == variant_field]
+    if not chosen:
+        return config
+    name = OmegaConf.from_dotlist([f"x={chosen[-1]}"]).x
+    if name == getattr(config, variant_field):
+        return config
+    return config.with_variant(str(name))
+
+
 def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
     """Return a copy of `config` with `key=value` overrides applied, type-checked and validated.
 
-    Raises ConfigError naming the field for unknown keys (with close matches), values of the wrong
-    type, and values rejected by a section's `check()` method.
+    Raises ConfigError naming the field for unknown keys (with close matches, or the config's own
+    explanation: `explain_unknown_key`), values of the wrong type, and values rejected by a
+    section's `check()` method.
     """
+    parsed = [(*_parse_override(item), item) for item in overrides]
+    config = _with_variant(config, parsed)
+    variant_field = getattr(type(config), "VARIANT_FIELD", None)
     structured = OmegaConf.structured(config)
-    for item in overrides:
-        key, value = _parse_override(item)
+    for key, value, item in parsed:
+        if key == variant_field:
+            continue
         leaf_above = _leaf_above(config, key)
         if leaf_above:  # Hydra habit: a key under a leaf
             raise ConfigError(f"'{leaf_above}' is a value, not a section: '{key}' goes nowhere; write "
@@ -76,6 +96,9 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
             OmegaConf.update(structured, key, OmegaConf.from_dotlist([f"x={value}"]).x, merge=False,
                              force_add=False)
         except (ConfigKeyError, ConfigAttributeError):
+            explanation = getattr(config, "explain_unknown_key", lambda key: None)(key)
+            if explanation:
+                raise ConfigError(explanation) from None
             prefix, _, leaf = key.rpartition(".")
             valid = _field_names(config, prefix)
             while prefix and not valid:  # an unknown section: name the valid ones of the nearest known level
@@ -192,10 +215,11 @@ def _field_default(spec: dataclasses.Field) -> Any:
 
 
 def _hashed_dict(config: Any) -> Any:
-    """Like `to_dict`, without the `added_field`s that are at their default."""
+    """Like `to_dict`, without the `added_field`s that are at their default, and with the sections a
+    config hashes beside its fields (`hash_extras()`: what older versions of its class held)."""
     if not dataclasses.is_dataclass(config):
         return config
-    data = {}
+    data = {name: _hashed_dict(section) for name, section in getattr(config, "hash_extras", dict)().items()}
     for spec in dataclasses.fields(config):
         value = getattr(config, spec.name)
         if spec.metadata.get("hash_neutral_at_default") and value == _field_default(spec):
@@ -223,9 +247,13 @@ def save_yaml(config: Any, path: Path) -> None:
 
 
 def load_yaml(path: Path, config_class: type[ConfigT]) -> ConfigT:
-    """Read a resolved config written by `save_yaml` back into its dataclass (unknown keys fail)."""
+    """Read a resolved config written by `save_yaml` back into its dataclass (unknown keys fail). A class
+    with variants (`loadable(raw) -> (class, contents)`) reads the file as the variant it names."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(config_class), OmegaConf.load(path))
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        if hasattr(config_class, "loadable") and isinstance(raw, dict):
+            config_class, raw = config_class.loadable(raw)
+        merged = OmegaConf.merge(OmegaConf.structured(config_class), OmegaConf.create(raw))
     except OmegaConfBaseException as error:
         raise ConfigError(f"{path}: does not match {config_class.__name__}: {error}") from None
     return OmegaConf.to_object(merged)
