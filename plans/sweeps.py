@@ -161,21 +161,29 @@ def sweep_file(output_root: Path, name: str) -> Path:
     return Path(output_root) / ".sweeps" / f"{name}.json"
 
 
-def save_sweep(output_root: Path, sweep: Sweep) -> Path:
-    """Keep the definition for the report. Relaunching a name with more seeds or values is allowed
-    (their runs coexist); the saved definition becomes the union of the grids and seeds."""
+def merged_sweep(output_root: Path, sweep: Sweep) -> Sweep:
+    """The definition `save_sweep` would keep, writing nothing (a launch checks it before any stage, a dry
+    run too). Relaunching a name with more seeds or values is allowed (their runs coexist): the union of
+    the grids and seeds. A name kept with another preset or other keys, or a damaged file, is refused."""
     path = sweep_file(output_root, sweep.name)
-    if path.is_file():
-        old = load_sweep(output_root, sweep.name)
-        if old.preset != sweep.preset or old.keys != sweep.keys:
-            raise ValueError(f"sweep {sweep.name!r} exists with preset {old.preset} and keys {', '.join(old.keys)} "
-                             f"({path}); choose another --name")
-        grid = tuple((key, tuple(dict.fromkeys((*dict(old.grid)[key], *values)))) for key, values in sweep.grid)
-        evals = tuple(dict.fromkeys((*old.evals, *sweep.evals)))
-        sweep = Sweep(**{**asdict(sweep), "grid": grid, "seeds": tuple(sorted({*old.seeds, *sweep.seeds})),
-                         "evals": evals})
+    if not path.is_file():
+        return sweep
+    old = load_sweep(output_root, sweep.name)
+    if old.preset != sweep.preset or old.keys != sweep.keys:
+        raise ValueError(f"sweep {sweep.name!r} exists with preset {old.preset} and keys {', '.join(old.keys)} "
+                         f"({path}); choose another --name")
+    grid = tuple((key, tuple(dict.fromkeys((*dict(old.grid)[key], *values)))) for key, values in sweep.grid)
+    evals = tuple(dict.fromkeys((*old.evals, *sweep.evals)))
+    return Sweep(**{**asdict(sweep), "grid": grid, "seeds": tuple(sorted({*old.seeds, *sweep.seeds})),
+                    "evals": evals})
+
+
+def save_sweep(output_root: Path, sweep: Sweep) -> Path:
+    """Keep the definition for the report: `merged_sweep` with what was kept of the name before."""
+    merged = merged_sweep(output_root, sweep)
+    path = sweep_file(output_root, sweep.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(asdict(sweep), indent=2), path)
+    atomic_write_text(json.dumps(asdict(merged), indent=2), path)
     return path
 
 

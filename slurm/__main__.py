@@ -1,6 +1,6 @@
 """`python -m slurm run PLAN ...`, `python -m slurm sweep ...`, `python -m slurm status`, `python -m slurm plans`.
 
-    python -m slurm run table6 --executor slurm --datasets cifar100 --cluster partition=gpu --dry-run
+    python -m slurm run table6 --executor slurm --datasets cifar100 --cluster partition=gpu account=lab --dry-run
     python -m slurm run demo --executor inline
     python -m slurm sweep --preset debug_cpu --grid loss.temperature=0.1,0.2 mix.num_mixed=2,3 --seeds 0,1 \
         --evals knn,linear:fast
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from common.cli import RUN_FAILURES, exit_status, parse_items, parse_positive_number, parse_seeds, parse_whole_number
-from plans.launches import record_launch
-from plans.sweeps import Sweep, check_grid, default_name, parse_evals, parse_grid, save_sweep, sweep_plan
+from plans.launches import read_launches, record_launch
+from plans.sweeps import (Sweep, check_grid, default_name, merged_sweep, parse_evals, parse_grid, save_sweep,
+                          sweep_plan)
 from plans.tables import ALIASES, PLANS, build_plan
 from slurm.executors import load_cluster_config, resolve_executor
 from slurm.graph import launch
@@ -24,7 +25,8 @@ from slurm.status import print_status
 def _launch_options(command: argparse.ArgumentParser) -> None:
     """Where and how a plan's or a sweep's jobs run."""
     command.add_argument("--executor", default="auto", help="auto | slurm | local | inline")
-    command.add_argument("--dry-run", action="store_true", help="print the jobs that would be submitted")
+    command.add_argument("--dry-run", action="store_true",
+                         help="print the jobs that would be submitted (or refuse, as the launch would)")
     command.add_argument("--output-root", default="runs", type=Path)
     command.add_argument("--profile", help="cluster profile YAML (partition, account, qos, ...)")
     command.add_argument("--cluster", nargs="*", default=[], metavar="key=value",
@@ -74,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
         executor = resolve_executor(arguments.executor)
         cluster = load_cluster_config(arguments.profile, arguments.cluster)
         # What is kept of a launch is written once every check has passed (launch's on_accepted), so
-        # that a refused launch leaves no definition or seeds behind.
+        # that a refused launch leaves no definition or seeds behind; whether it can be kept is checked
+        # with the launch's own refusals (launch's check), so that a dry run refuses it too.
         if arguments.command == "sweep":
             definition = _sweep_definition(arguments, seeds)
             plan = sweep_plan(definition)
+
+            def check() -> None:  # the name kept with another preset or other keys, or a damaged file
+                merged_sweep(arguments.output_root, definition)
 
             def accepted() -> None:  # the report rebuilds the sweep from this file
                 save_sweep(arguments.output_root, definition)
@@ -85,10 +91,13 @@ def main(argv: list[str] | None = None) -> None:
             datasets = () if arguments.datasets is None else parse_items(arguments.datasets, "--datasets", "dataset")
             plan = build_plan(arguments.plan, arguments.flavour, seeds, datasets)
 
+            def check() -> None:  # a damaged launch record: adding to it would guess
+                read_launches(arguments.output_root, plan.name)
+
             def accepted() -> None:  # `make report` reports what was launched without being told again
                 record_launch(arguments.output_root, plan.name, arguments.flavour, seeds, datasets)
         outcome = launch(plan, executor, arguments.output_root, cluster, arguments.dry_run, arguments.set,
-                         arguments.eval_set, on_accepted=accepted, jobs=jobs)
+                         arguments.eval_set, on_accepted=accepted, jobs=jobs, check=check)
     except RUN_FAILURES as error:  # a bad plan or setting, a stage run inline that failed, a busy plan
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(exit_status(error)) from None
