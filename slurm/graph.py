@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from plans.registry import stage_record
 from plans.tables import Plan, Stage
 from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
 from slurm.snapshot import CodeSnapshot, snapshot_code, submitting_from
+from slurm.workers import end_if_orphaned, end_with_parent
 # SLURM job states that end a job (it will not run again by itself); any other counts as active.
 ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "REVOKED"}
@@ -320,12 +322,15 @@ class _Launcher:
         stages one after another, as `run_inline` would): a stage starts once the stage it reads has
         finished, and never beside a running stage of the same run directory (rows that share a run
         wait for it, then find it complete). After a failure nothing new starts; the running stages
-        finish, then the first failure is raised."""
+        finish, then the first failure is raised. The workers end with this process, even when it is
+        killed outright (slurm/workers.py)."""
         pending, running, finished = list(self.stages), {}, set()
         failure: BaseException | None = None
+        launcher = os.getpid()
         # spawn: the workers start from a clean interpreter, not a copy of this one's state; they may
         # start processes of their own (loader workers).
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=end_with_parent,
+                                 initargs=(launcher,)) as pool:
             while True:
                 for item in list(pending) if failure is None else ():
                     if len(running) >= jobs:
@@ -341,7 +346,7 @@ class _Launcher:
                         finished.add(item.stage.key)
                         continue
                     self.echo(f"[run] {item.stage.key}")
-                    running[pool.submit(run_stage, item.stage.kind, item.config)] = item
+                    running[pool.submit(run_stage_in_worker, launcher, item.stage.kind, item.config)] = item
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -383,6 +388,13 @@ class _Launcher:
         self.echo(f"[dry-run] {sum(v == 'would submit' for v in self.outcome.values())} job(s), at most "
                   f"{self.gpu_hours:,.0f} GPU-hours (each job's GPUs x its time limit; requeued jobs add their "
                   "extra attempts)")
+
+
+def run_stage_in_worker(launcher: int, kind: str, config: Any) -> dict:
+    """What a worker of `run_inline_in_parallel` runs: the stage, unless the launcher (its parent) is gone,
+    a stage handed over just before the launcher died included."""
+    end_if_orphaned(launcher)
+    return run_stage(kind, config)
 
 
 def _snapshot(repository: Path, root: Path, cluster: ClusterConfig,
