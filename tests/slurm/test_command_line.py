@@ -136,3 +136,18 @@ def test_an_empty_grid_value_is_refused(tmp_path, capsys):
                  "--output-root", str(tmp_path / "runs")]
     _refused(capsys, slurm_main, arguments, "loss.temperature=0.1,,0.2", "empty")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (["sweep", "--preset", "debug_cpu", "--grid", "run.seed=0,012"], "'run.seed': 012 is ambiguous"),
+    (["sweep", "--preset", "debug_cpu", "--grid", "optim.epochs=010"], "'optim.epochs': 010 is ambiguous"),
+    (["run", "smoke", "--set", "run.seed=012"], "'run.seed': 012 is ambiguous"),
+    (["run", "smoke", "--eval-set", "optim.epochs=0x10"], "'optim.epochs': 0x10 is ambiguous"),
+    (["run", "smoke", "--cluster", "max_hours=1:30"], "'max_hours': 1:30 is ambiguous"),
+])
+def test_a_seed_or_number_in_an_override_is_decimal_too(tmp_path, capsys, arguments, named):
+    """Seeds and numbers given as key=value (--set, --eval-set, --grid, --cluster) follow the same rule: what
+    YAML would read as octal, hex or minutes:seconds is refused, not run as another number."""
+    _refused(capsys, slurm_main, [*arguments, "--executor", "inline", "--output-root", str(tmp_path / "runs")],
+             named.split(":")[0], named)
+    assert not (tmp_path / "runs").exists()

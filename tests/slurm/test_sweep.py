@@ -96,7 +96,7 @@ def test_an_unknown_grid_key_lists_the_valid_ones(tmp_path, capsys):
 
 
 def test_grid_values_equal_as_numbers_are_one_point(tmp_path, capsys):
-    grid = check_grid("debug_cpu", parse_grid(["loss.temperature=0.3,0.30,3e-1", "mix.num_mixed=2,02"]))
+    grid = check_grid("debug_cpu", parse_grid(["loss.temperature=0.3,0.30,3e-1", "mix.num_mixed=2,+2"]))
     assert grid == (("loss.temperature", ("0.3",)), ("mix.num_mixed", ("2",)))
     slurm_main(["sweep", "--preset", "debug_cpu", "--grid", "loss.temperature=0.3,0.30", "--dry-run",
                 "--executor", "local", "--output-root", str(tmp_path)])
