@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -24,6 +25,12 @@ ConfigT = TypeVar("ConfigT")
 
 class ConfigError(ValueError):
     """A config value or override that cannot be used; the message names the field and the fix."""
+
+
+# Numbers that YAML 1.1, the reader of override values, takes in another base or as minutes:seconds
+# (012 is octal 10, 0x10 is 16, 0b11 is 3, 1:30 is 90), and decimals with a leading zero (08): each
+# would silently be another number than the one it looks like (run.seed=012 ran seed 10).
+NOT_PLAIN_DECIMAL = re.compile(r"[-+]?(0[0-9_]+|0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")
 
 
 def _field_names(config: Any, dotted_prefix: str) -> list[str]:
@@ -44,6 +51,11 @@ def _parse_override(item: str) -> tuple[str, str]:
     if "=" not in item or item.startswith("="):
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=100)")
     key, value = item.split("=", 1)
+    if NOT_PLAIN_DECIMAL.fullmatch(value.strip()):
+        raise ConfigError(f"bad value for '{key.strip()}': {value.strip()} is ambiguous (overrides are read as YAML, "
+                          "where a leading zero means octal, 0x and 0b hex and binary, and a:b minutes:seconds: 012 "
+                          "would be 10, 1:30 would be 90); write the number in decimal, or quote it "
+                          f"('{value.strip()}') to keep it as text")
     return key.strip(), value
 
 

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli import parse_items, parse_seeds
 from reports.belonging import split_foreign
 from reports.collect import collect, load_reference, split_superseded
 from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
@@ -161,14 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-root", default="runs", type=Path, help="where the runs are")
     parser.add_argument("--out", default=Path("reports/out"), type=Path)
     parser.add_argument("--flavour", default="official")
-    parser.add_argument("--seeds", default="", help="default: the seeds launched for each plan, else 0")
-    parser.add_argument("--datasets", default="", help="default: the datasets launched for each plan")
+    parser.add_argument("--seeds", help="comma-separated; default: the seeds launched for each plan, else 0")
+    parser.add_argument("--datasets", help="comma-separated; default: the datasets launched for each plan")
     parser.add_argument("--csv", type=Path, help="also write every collected result (one row per run) to this CSV")
     arguments = parser.parse_args(argv)
     names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke")]
-    seeds = tuple(int(s) for s in arguments.seeds.replace(",", " ").split())
-    datasets = tuple(arguments.datasets.replace(",", " ").split())
-    try:
+    try:  # the launcher's parsers: the same seeds and datasets are refused or accepted on both sides
+        seeds = parse_seeds(arguments.seeds) if arguments.seeds is not None else ()
+        datasets = parse_items(arguments.datasets, "--datasets", "dataset") if arguments.datasets is not None else ()
         for path in write_reports(names, arguments.output_root, arguments.out, arguments.flavour, seeds, datasets):
             print(f"wrote {path}")
         if arguments.csv:

@@ -108,3 +108,16 @@ def test_presets_cover_tables():
     patchmix_imagenet = [p for p in PRESETS if p.startswith("imagenet") and preset(p).method == "patchmix"]
     assert len(patchmix_imagenet) == 6
     assert {preset(p).method for p in PRESETS if p.startswith("imagenet")} == {"patchmix", "dino", "sdmp"}
+
+
+@pytest.mark.parametrize("value", ["012", "-012", "08", "00", "0_12", "0x10", "0b11", "1:30", "1:30.5"])
+def test_a_number_yaml_reads_in_another_base_is_refused_not_converted(value):
+    """Override values are read as YAML 1.1, where 012 is octal 10 and 1:30 is 90 (minutes:seconds): a seed
+    or an epoch count written so would silently be another number (a text field got "10"). Refused,
+    naming the field, with the decimal to write or the quotes that keep it as text."""
+    for key in ("run.seed", "optim.epochs", "run.experiment"):
+        with pytest.raises(ConfigError, match=rf"'{key}'.*{value}.*decimal.*quote"):
+            apply_overrides(preset("debug_cpu"), [f"{key}={value}"])
+    assert apply_overrides(preset("debug_cpu"), [f"run.experiment='{value}'"]).run.experiment == value
+    assert apply_overrides(preset("debug_cpu"), ["run.seed=0", "run.seed=12", "optim.epochs=1_000"]).run.seed == 12
+    assert apply_overrides(preset("debug_cpu"), ["loss.temperature=0.05"]).loss.temperature == 0.05
