@@ -70,6 +70,10 @@ class PretrainingMethod:
     sections: tuple[str, ...] = ()
     # Multi-crop: whether the method uses augment.num_local_crops.
     uses_local_crops: bool = False
+    # The few hyperparameters this method is most sensitive to and the values a tuning tries for them
+    # (plans/tuning.py, `make tune`): {override key: candidate values}, a grid around the method's preset
+    # at the Fashion-MNIST cpu scale, the scale that is tuned. Empty: the method is not tuned.
+    tuning_space: dict[str, tuple] = {}
 
     def check(self, config: "PretrainConfig") -> None:
         """Checks of fields across sections that only this method needs (raise ConfigError)."""

@@ -113,9 +113,11 @@ def test_a_validation_split_is_another_run_and_other_training_features():
     trial = apply_overrides(study, ["data.train_subset=6096", "data.validation_size=2000"])
     assert config_hash(trial, NON_RESULT_FIELDS) != config_hash(apply_overrides(study, ["data.train_subset=6096"]),
                                                                 NON_RESULT_FIELDS)
-    with_split = _evaluation("knn", ("data.validation_size=2000",)).data
-    without = _evaluation("knn").data
-    assert cache_key("d", FeatureConfig(), with_split, "train", 28) != cache_key("d", FeatureConfig(), without, "train", 28)
-    assert len({cache_key("d", FeatureConfig(), with_split, split, 28) for split in ("train", "validation", "test")}) == 3
-    # The test images are the same with or without a validation split: one cache entry.
-    assert cache_key("d", FeatureConfig(), with_split, "test", 28) == cache_key("d", FeatureConfig(), without, "test", 28)
+    with_split, without = _evaluation("knn", ("data.validation_size=2000",)).data, _evaluation("knn").data
+
+    def key(data, split):
+        return cache_key("d", FeatureConfig(), data, split, 28)
+
+    assert key(with_split, "train") != key(without, "train")
+    assert len({key(with_split, split) for split in ("train", "validation", "test")}) == 3
+    assert key(with_split, "test") == key(without, "test")  # the same test images: one cache entry

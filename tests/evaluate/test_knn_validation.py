@@ -51,7 +51,8 @@ def test_a_validation_knn_never_reads_the_test_set(tmp_path, monkeypatch):
         return original(data, split, *arguments, **keywords)
 
     monkeypatch.setattr(evaluate.features, "build_dataset", recording)
-    result = knn.main(resolve_eval_config("knn", "", run["run_dir"], "", ["knn.split=validation", "run.progress=false"]))
+    result = knn.main(resolve_eval_config("knn", "", run["run_dir"], "", ["knn.split=validation",
+                                                                          "run.progress=false"]))
     assert built == ["train", "validation"]
     assert (result["split"], result["train_size"], result["validation_size"]) == ("validation", 64, 32)
     assert "test_size" not in result and 0 <= result["metrics"]["top1_k20"] <= 100
