@@ -28,7 +28,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
 from common import dist
-from common.config import ConfigError
+from common.config import ConfigError, added_field
 from common.encoded_images import read_encoded, to_rgb
 from common.errors import DatasetFileError, TrainingAborted
 
@@ -45,7 +45,7 @@ class DataConfig:
     RANGES: ClassVar[dict[str, str]] = {"num_workers": "[0, inf)", "train_subset": "[0, inf)",
         "test_subset": "[0, inf)", "max_bad_images": "[0, inf)", "synthetic_train_size": "[1, inf)",
         "synthetic_test_size": "[1, inf)", "synthetic_classes": "[1, inf)",
-        "synthetic_image_size": "[1, inf)"}
+        "synthetic_image_size": "[1, inf)", "validation_size": "[0, inf)"}
 
     dataset: str = "synthetic"  # cifar10 | cifar100 | imagenet | imagefolder | fashion_mnist | synthetic
     root: str = "data"  # the dataset folder (not hashed: a fingerprint of folder data is)
@@ -59,10 +59,16 @@ class DataConfig:
     synthetic_test_size: int = 128  # generated test images (dataset=synthetic)
     synthetic_classes: int = 8  # classes of the generated images
     synthetic_image_size: int = 32  # side of the generated images in pixels
+    # Hold out N training images (a fixed seeded draw among the first train_subset) as the validation
+    # split: no stage reads them as training images; tuning ranks its trials on them, never on the test set
+    validation_size: int = added_field(0)
 
     def check(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.train_subset and self.validation_size >= self.train_subset:
+            raise ConfigError(f"validation_size {self.validation_size} leaves no training image of the "
+                              f"train_subset of {self.train_subset}: hold out fewer, or raise train_subset")
 
 
 def num_classes(config: DataConfig) -> int:
@@ -486,18 +492,50 @@ def _subset(dataset: Dataset, count: int) -> Dataset:
     return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
 
 
+SPLITS = ("train", "validation", "test")
+# The validation draw's seed: fixed, not the run's, so that every run of a tuning (every method, point
+# and seed) ranks on the same held-out images and trains on the same others.
+VALIDATION_SEED = 0
+
+
+def validation_indices(train_size: int, validation_size: int) -> np.ndarray:
+    """Indices (sorted) of the `validation_size` images held out of `train_size` training images: a
+    seeded draw without replacement, the same for every run with these two numbers. Spread over the
+    whole training set rather than its last images, so the split has the training set's classes."""
+    if validation_size >= train_size:
+        raise ConfigError(f"data.validation_size={validation_size} holds out every one of the {train_size} "
+                          "training images: hold out fewer")
+    return np.sort(np.random.default_rng(VALIDATION_SEED).permutation(train_size)[:validation_size])
+
+
+def _split_validation(dataset: Dataset, split: str, validation_size: int) -> Dataset:
+    """The training images without the validation split ('train'), or the split alone ('validation')."""
+    if not validation_size:
+        if split == "validation":
+            raise ConfigError("the validation split needs data.validation_size > 0 (the training images to hold out)")
+        return dataset
+    held_out = validation_indices(len(dataset), validation_size)
+    if split == "validation":
+        return Subset(dataset, held_out.tolist())
+    kept = np.ones(len(dataset), dtype=bool)
+    kept[held_out] = False
+    return Subset(dataset, np.flatnonzero(kept).tolist())
+
+
 def build_dataset(config: DataConfig, split: str, transform: Callable | None,
                   bad_image_log: Path | None = None, decode: bool = True, keep_gray: bool = False) -> Dataset:
-    """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label).
+    """The `split` of the configured dataset, yielding (transform(image), label): 'test', or the
+    training images (the first `train_subset`) divided into 'validation' (the `validation_size` held
+    out, see `validation_indices`) and 'train' (the others; all of them without a validation split).
 
     Folder datasets skip unreadable files, logging them under `bad_image_log` (see RobustImageFolder);
     with `decode=False` they yield `EncodedImage`s for the training device to decode (the others,
     already in memory, yield PIL images either way); with `keep_gray` a grey dataset (Fashion-MNIST)
     yields single-channel 'L' images instead of their RGB expansion.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    train = split == "train"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    train = split != "test"  # the validation images are training images held out
     if config.dataset in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if config.dataset == "cifar10" else datasets.CIFAR100
         try:
@@ -528,4 +566,6 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         images, labels = synthetic_arrays(size, config.synthetic_classes, config.synthetic_image_size,
                                           seed=0 if train else 1)  # the same images in every stage
         dataset = ArrayImageDataset(images, labels, transform)
-    return _subset(dataset, config.train_subset if train else config.test_subset)
+    if not train:
+        return _subset(dataset, config.test_subset)
+    return _split_validation(_subset(dataset, config.train_subset), split, config.validation_size)

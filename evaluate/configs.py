@@ -37,6 +37,7 @@ class FeatureConfig:
 
 
 BACKENDS = ("auto", "faiss", "torch")
+QUERY_SPLITS = ("test", "validation")
 
 
 @dataclass
@@ -50,12 +51,17 @@ class KnnConfig:
     query_chunk: int = 4096  # queries per search call
     bank_chunk: int = 262144  # training features per matmul (torch backend)
     half_precision: bool = True  # torch backend on GPU: fp16 similarities (ranking-level accuracy)
+    # the queries: test | validation (the training images held out by data.validation_size; what a
+    # tuning ranks its trials by, so that no choice is made on the test set)
+    split: str = added_field("test")
 
     def check(self) -> None:
         if not self.ks:
             raise ConfigError("ks must be a non-empty list of positive integers")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.split not in QUERY_SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(QUERY_SPLITS)}, got {self.split!r}")
 
 
 @dataclass
@@ -152,6 +158,11 @@ class EvalConfig:
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", output_root="", log_every_steps=50))
     preset: str = "default"  # the protocol preset it was built from
+
+    def check(self) -> None:
+        if self.knn.split == "validation" and not self.data.validation_size:
+            raise ConfigError("knn.split=validation needs a validation split: data.validation_size is 0 (the "
+                              "encoder's pretraining held out no training images; set data.validation_size=N)")
 
     def unused_sections(self, section: str, uses_features: bool = True) -> tuple[str, ...]:
         """Dotted keys left out of this run's config hash: the sections its protocol does not read

@@ -1,5 +1,7 @@
 """`python -m reports [PLAN ...] [--output-root runs] [--out reports/out]`: markdown + PNG per plan.
 `python -m reports sweep NAME [--output-root runs] [--out reports/out]`: a sweep's grouped table.
+`python -m reports tune [--output-root runs] [--out reports/out] [--datasets fashion_mnist]`: the tuning's
+tuning.csv (every trial) and tuning.md (the procedure and each method's chosen point).
 
 Reads only result.json files under the output root; rows without results say "not run".
 """
@@ -18,9 +20,13 @@ from reports.tables import InconsistentResults, plan_report, row_results
 from plans.launches import launched
 from plans.sweeps import load_sweep, sweep_plan
 from reports.sweeps import sweep_report
+from reports.tuning import write_tuning_report
 from plans.tables import ALIASES, PLANS, build_plan
+from plans.tuning import SCALES, TUNED_METHODS, schedule_for, tuning_trials
 
 PLANS_WITHOUT_DATASETS = ("table2", "table4", "demo", "smoke")
+# Plans with a report of their own kind, not a plan_report: written by their own subcommand only.
+PLANS_OF_THEIR_OWN = ("tune",)
 
 
 def left_out(plan, results) -> str:
@@ -152,10 +158,46 @@ def sweep_main(argv: list[str]) -> None:
         raise SystemExit(2) from None
 
 
+def tune_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reports tune",
+                                     description="the tuning's trials (tuning.csv) and each method's chosen point")
+    parser.add_argument("--output-root", default="runs", type=Path, help="where the trials' runs are")
+    parser.add_argument("--out", default=Path("reports/out"), type=Path, help="where tuning.csv and tuning.md go")
+    parser.add_argument("--flavour", default="official")
+    parser.add_argument("--seeds", default="", help="default: the seeds launched, else 0")
+    parser.add_argument("--datasets", default="", help="the one scale reported (default: the one launched, else "
+                                                       "fashion_mnist)")
+    arguments = parser.parse_args(argv)
+    try:
+        seeds, datasets = seeds_and_datasets(
+            arguments.output_root, "tune", arguments.flavour,
+            parse_seeds(arguments.seeds) if arguments.seeds else (),
+            parse_items(arguments.datasets, "--datasets", "dataset") if arguments.datasets else ())
+        datasets = datasets or ("fashion_mnist",)
+        if len(datasets) != 1 or datasets[0] not in SCALES:
+            raise ValueError(f"one tuning report per scale: give --datasets with one of {', '.join(SCALES)} "
+                             f"(got {', '.join(datasets)})")
+        dataset = datasets[0]
+        plan = build_plan("tune", arguments.flavour, seeds, datasets)
+        belonging, foreign = split_foreign(plan, collect(arguments.output_root))
+        warn_foreign(plan.name, foreign)
+        results, _ = split_superseded(belonging)
+        paths = write_tuning_report(plan, tuning_trials(dataset, arguments.flavour, seeds), results, arguments.out,
+                                    TUNED_METHODS, schedule_for(dataset), f"Fashion-MNIST {SCALES[dataset]}", seeds)
+    except (InconsistentResults, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for path in paths:
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sweep"]:
         sweep_main(argv[1:])
+        return
+    if argv[:1] == ["tune"]:
+        tune_main(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="python -m reports")
     parser.add_argument("plans", nargs="*", help=f"default: all of {', '.join(PLANS)}")
@@ -166,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", help="comma-separated; default: the datasets launched for each plan")
     parser.add_argument("--csv", type=Path, help="also write every collected result (one row per run) to this CSV")
     arguments = parser.parse_args(argv)
-    names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke")]
+    names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke",
+                                                                                             *PLANS_OF_THEIR_OWN)]
+    if set(names) & set(PLANS_OF_THEIR_OWN):
+        parser.error("the tuning's report is written on its own: python -m reports tune [--datasets ...]")
     try:  # the launcher's parsers: the same seeds and datasets are refused or accepted on both sides
         seeds = parse_seeds(arguments.seeds) if arguments.seeds is not None else ()
         datasets = parse_items(arguments.datasets, "--datasets", "dataset") if arguments.datasets is not None else ()

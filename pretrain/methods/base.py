@@ -73,6 +73,10 @@ class PretrainingMethod:
     # Whether every other method's runs hash this method's sections at their defaults (PatchMix's:
     # they were in every run's config before methods owned their sections; no run directory moves).
     sections_in_every_hash: bool = False
+    # The few hyperparameters this method is most sensitive to and the values a tuning tries for them
+    # (plans/tuning.py, `make tune`): {override key: candidate values}, a grid around the method's preset
+    # at the Fashion-MNIST cpu scale, the scale that is tuned. Empty: the method is not tuned.
+    tuning_space: dict[str, tuple] = {}
 
     @property
     def sections(self) -> tuple[str, ...]:

@@ -131,6 +131,8 @@ class PatchMix(PretrainingMethod):
     config_class = PatchMixPretrainConfig
     uses_local_crops = True
     sections_in_every_hash = True
+    # Around the cpu scale's lr 1e-2 and MoCo v3's temperature 0.2 (also MoCo v3's space, with m = 1).
+    tuning_space = {"optim.base_lr": (3e-3, 5e-3, 1e-2, 2e-2), "loss.temperature": (0.1, 0.2, 0.3)}
 
     def presets(self) -> dict[str, Callable[[], PretrainConfig]]:
         return patchmix_presets()

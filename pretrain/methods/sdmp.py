@@ -153,6 +153,8 @@ def mix_to_mix_weights(own_share: torch.Tensor, partner_share: torch.Tensor) -> 
 class Sdmp(PretrainingMethod):
     name = "sdmp"
     config_class = SdmpPretrainConfig
+    # Around the cpu scale's lr 3e-3 (the published 1.5e-4 x 20) and the published tau 0.2.
+    tuning_space = {"optim.base_lr": (1e-3, 3e-3, 1e-2, 2e-2), "sdmp.temperature": (0.1, 0.2, 0.3)}
 
     def presets(self) -> dict[str, Callable[[], SdmpPretrainConfig]]:
         return sdmp_presets()
