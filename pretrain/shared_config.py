@@ -9,6 +9,7 @@ method: it reads the registry (pretrain/registry.py), which the methods fill.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -90,10 +91,18 @@ class PretrainConfig:
     def explain_unknown_key(self, key: str) -> str | None:
         """A key of another method's section: say whose it is and how to select that method."""
         section = key.split(".")[0]
-        for other in METHODS.values():
-            if section in method_sections(other.config_class) and section not in method_sections(type(self)):
-                return (f"{key} is a field of method {other.name}; this run's method is {self.method} "
-                        f"(set method={other.name}, or leave {section}.* out)")
+        own = [spec.name for spec in dataclasses.fields(self)]
+        if section in own:
+            return None  # a typo inside one of this run's sections: the generic message names its fields
+        owners = {name: other.name for other in METHODS.values() for name in method_sections(other.config_class)
+                  if name not in own}
+        if section in owners:
+            return (f"{key} is a field of method {owners[section]}; this run's method is {self.method} "
+                    f"(set method={owners[section]}, or leave {section}.* out)")
+        close = difflib.get_close_matches(section, [*own, *owners], n=1)
+        if close and close[0] in owners:  # a mistyped section of another method
+            return (f"unknown config key '{key}'; did you mean {close[0]}? (a section of method {owners[close[0]]}: "
+                    f"set method={owners[close[0]]}) Valid keys in the top level: {', '.join(own)}")
         return None
 
     def hash_extras(self) -> dict[str, Any]:

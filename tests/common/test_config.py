@@ -22,8 +22,8 @@ def test_unknown_key_names_field_and_suggests():
     with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
         apply_overrides(preset("debug_cpu"), ["nonsense=1"])
     # An unknown section names the sections there are (it listed nothing before).
-    with pytest.raises(ConfigError, match=r"'dinoo\.out_dim'; did you mean dino\? Valid keys in the top level: method, "
-                                          r"model, .*dino, sdmp"):
+    with pytest.raises(ConfigError, match=r"'dinoo\.out_dim'; did you mean dino\? \(a section of method dino: set "
+                                          r"method=dino\) Valid keys in the top level: method, model, .*mix, loss"):
         apply_overrides(preset("debug_cpu"), ["dinoo.out_dim=8"])
 
 
