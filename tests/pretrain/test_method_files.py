@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -53,9 +52,12 @@ def test_every_preset_keeps_its_config_hash():
 
 @pytest.mark.parametrize("name", ["fashion_mnist_cpu_dino_official", "imagenet_dino_vit_s16_300ep_official",
                                   "cifar10_sdmp_vit_s2_800ep_paper", "fashion_mnist_cpu_official"])
-def test_print_config_shows_the_shared_sections_and_its_methods_only(name):
-    text = subprocess.run([sys.executable, "-m", "pretrain", "--preset", name, "--print-config"],
-                          capture_output=True, text=True, check=True).stdout
+def test_print_config_shows_the_shared_sections_and_its_methods_only(name, monkeypatch, capsys):
+    from pretrain.__main__ import cli
+
+    monkeypatch.setattr(sys, "argv", ["pretrain", "--preset", name, "--print-config"])
+    cli()
+    text = capsys.readouterr().out
     config = preset(name)
     own = set(method_sections(type(config)))
     assert set(yaml.safe_load(text)) == SHARED | own
