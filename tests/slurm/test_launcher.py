@@ -211,14 +211,28 @@ def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
 
 
 SACCT = """#!/bin/sh
+jobs=""
+while [ $# -gt 0 ]; do [ "$1" = "-j" ] && jobs="$2"; shift; done
 echo "JobID|State|NodeList"
-[ -n "$SACCT_STATE" ] && echo "1001|$SACCT_STATE|node1"
+[ -n "$SACCT_STATE" ] && for id in $(echo "$jobs" | tr ',' ' '); do echo "$id|$SACCT_STATE|node1"; done
 exit 0
 """
 SQUEUE = """#!/bin/sh
 [ -n "$SQUEUE_STATE" ] && echo "$SQUEUE_STATE"
 exit 0
 """
+
+
+def fake_slurm_queue(tmp_path: Path, monkeypatch, sacct: str, squeue: str) -> None:
+    """sacct and squeue on the PATH answering with these states for every job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("sacct", SACCT), ("squeue", SQUEUE)):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SACCT_STATE", sacct)
+    monkeypatch.setenv("SQUEUE_STATE", squeue)
 
 
 @pytest.mark.parametrize("sacct, squeue, active", [
@@ -232,14 +246,7 @@ exit 0
 def test_a_recorded_job_is_never_submitted_twice_while_slurm_may_run_it(tmp_path, monkeypatch, sacct, squeue, active):
     from slurm.graph import JobRegistry
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, script in (("sacct", SACCT), ("squeue", SQUEUE)):
-        (bin_dir / name).write_text(script)
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("SACCT_STATE", sacct)
-    monkeypatch.setenv("SQUEUE_STATE", squeue)
+    fake_slurm_queue(tmp_path, monkeypatch, sacct, squeue)
     registry = JobRegistry(tmp_path / "runs", "table6")
     registry.record("table6/cifar100/m1/seed0/pretrain", "1001", tmp_path / "logs")
     found = registry.active_job("table6/cifar100/m1/seed0/pretrain")
@@ -440,18 +447,12 @@ def test_a_dry_run_names_a_stage_queued_in_slurm_as_the_launch_would(tmp_path, m
     """A recorded job SLURM still runs is not submitted again: the dry run says so instead of listing it."""
     from slurm.graph import JobRegistry
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, script in (("sacct", SACCT), ("squeue", SQUEUE)):
-        (bin_dir / name).write_text(script)
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("SACCT_STATE", "PENDING")
-    monkeypatch.setenv("SQUEUE_STATE", "")
-    JobRegistry(tmp_path / "runs", "smoke").record("smoke/m2/seed0/pretrain", "1001", tmp_path / "logs")
+    fake_slurm_queue(tmp_path, monkeypatch, "PENDING", "")
+    # A job id no other test of this process uses: submitit keeps each job's last sacct answer per process.
+    JobRegistry(tmp_path / "runs", "smoke").record("smoke/m2/seed0/pretrain", "1101", tmp_path / "logs")
     lines: list[str] = []
     outcome = launch(build_plan("smoke"), "slurm", tmp_path / "runs", ClusterConfig(partition="p", account="a"),
                      dry_run=True, echo=lines.append)
-    assert outcome["smoke/m2/seed0/pretrain"] == "queued as 1001"
+    assert outcome["smoke/m2/seed0/pretrain"] == "queued as 1101"
     assert all(outcome[key] == "would submit" for key in ("smoke/m2/seed0/knn", "smoke/m2/seed0/linear"))
-    assert any("after=1001" in line for line in lines if "seed0/knn" in line), lines
+    assert any("after=1101" in line for line in lines if "seed0/knn" in line), lines
