@@ -212,7 +212,7 @@ def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
 
 SACCT = """#!/bin/sh
 jobs=""
-while [ $# -gt 0 ]; do [ "$1" = "-j" ] && jobs="$2"; shift; done
+while [ $# -gt 0 ]; do [ "$1" = "-j" ] && jobs="$jobs,$2"; shift; done
 echo "JobID|State|NodeList"
 [ -n "$SACCT_STATE" ] && for id in $(echo "$jobs" | tr ',' ' '); do echo "$id|$SACCT_STATE|node1"; done
 exit 0
