@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import json
 import numbers
+import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ class RunStatus:
     state: str
     run_dir: Path
     progress: str = ""  # "step 4000/150000 (3%) 2551 /s ETA 15:53:10, last metric 12 s ago"
-    job: str = ""  # "job 1001 RUNNING log: <path>"
+    job: str = ""  # "job 1001 PENDING (requeued 2 times, waiting for BeginTime, may start ...) log: <path>"
     error: tuple[str, ...] = ()
 
 
@@ -74,6 +76,25 @@ def _progress(records: list[dict], now: float) -> str:
             remaining = int((total - position) / rate)
             text += f" ETA {remaining // 3600}:{remaining // 60 % 60:02d}:{remaining % 60:02d}"
     return text + f", last metric {int(now - last['time'])} s ago"
+
+
+def _waiting(job_id: str) -> str:
+    """What the controller says of an active job besides its state: how often it was requeued (a time
+    limit or a preemption), why it waits and when it may start; "" when it does not know the job."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):  # no scontrol here, or no answer
+        return ""
+    fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout)) if shown.returncode == 0 else {}
+    details = []
+    restarts = int(fields["Restarts"]) if fields.get("Restarts", "").isdigit() else 0
+    if restarts:
+        details.append(f"requeued {restarts} time{'s' if restarts > 1 else ''}")
+    if fields.get("JobState") == "PENDING" and fields.get("Reason", "None") != "None":
+        details.append(f"waiting for {fields['Reason']}")
+        if fields.get("StartTime", "Unknown") not in ("Unknown", "None"):
+            details.append(f"may start {fields['StartTime']}")
+    return f" ({', '.join(details)})" if details else ""
 
 
 def _jobs(output_root: Path, skipped: list[str]) -> dict[str, dict]:
@@ -129,7 +150,8 @@ def run_statuses(output_root: Path, skipped: list[str] | None = None) -> list[Ru
         scheduler = job_state(entry["job_id"], entry["log_folder"]) if entry else ""
         if entry:
             log = Path(entry["log_folder"]) / f"{entry['job_id']}_0_log.err"
-            status.job = f"job {entry['job_id']} {scheduler} log: {log}"
+            waiting = _waiting(entry["job_id"]) if scheduler not in ENDED_STATES else ""
+            status.job = f"job {entry['job_id']} {scheduler}{waiting} log: {log}"
         if (run_dir / "result.json").is_file():
             status.state = "done"
         elif _lock_is_held(run_dir):

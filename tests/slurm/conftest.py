@@ -19,7 +19,8 @@ from slurm.executors import ClusterConfig
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SANDBOX = "sandbox"  # the sandbox's partition and account
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+NEVER = "DependencyNeverSatisfied"  # the reason of a job whose afterok dependency failed: it will never start
+ENDED = {NEVER, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
          "DEADLINE"}
 
 
@@ -38,7 +39,11 @@ def pytest_runtest_makereport(item, call):
 
 
 class Sandbox:
-    """The running sandbox, through SLURM's own commands."""
+    """The running sandbox, through SLURM's own commands. The jobs a test waits for are cancelled when
+    it ends (`tracked`), so that a failed test leaves no job running into the next."""
+
+    def __init__(self):
+        self.tracked: set[str] = set()
 
     def cluster(self, **settings) -> ClusterConfig:
         """Launcher settings for the sandbox: its partition and account, a CPU and a GB per task."""
@@ -57,8 +62,12 @@ class Sandbox:
         return [dict(zip(names, line.split("|"))) for line in listed.stdout.splitlines() if line.strip()]
 
     def state(self, job_id: str) -> str:
-        """The job's state from the controller, else from accounting ("" when neither knows it)."""
-        state = self.show(job_id).get("JobState", "")
+        """The job's state from the controller, else from accounting ("" when neither knows it); a job
+        pending on a dependency that can no longer be satisfied reads DependencyNeverSatisfied."""
+        shown = self.show(job_id)
+        state = shown.get("JobState", "")
+        if state == "PENDING" and shown.get("Reason") == NEVER:
+            return NEVER
         if not state:
             attempts = self.attempts(job_id)
             state = attempts[-1]["State"].split()[0] if attempts else ""
@@ -74,6 +83,7 @@ class Sandbox:
     def wait(self, condition: Callable[[], bool], job_ids=(), timeout: float = 300, what: str = "") -> None:
         """Poll `condition` every half second, starting the listed jobs at once whenever they are requeued."""
         deadline = time.time() + timeout
+        self.tracked.update(map(str, job_ids))
         while not condition():
             if time.time() > deadline:
                 states = {job_id: self.show(job_id).get("JobState", "?") for job_id in job_ids}
@@ -115,8 +125,15 @@ def _why_no_sandbox() -> str:
 
 
 @pytest.fixture(scope="session")
-def sandbox() -> Sandbox:
+def sandbox_session() -> Sandbox:
     why = _why_no_sandbox()
     if why:
         pytest.skip(f"no SLURM sandbox here: {why}; `make slurm-up` (as root) starts one")
     return Sandbox()
+
+
+@pytest.fixture
+def sandbox(sandbox_session) -> Sandbox:
+    yield sandbox_session
+    sandbox_session.cancel(sorted(sandbox_session.tracked))
+    sandbox_session.tracked.clear()

@@ -7,6 +7,8 @@ jobs are started at once instead of after SLURM's two-minute wait (conftest.Sand
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -94,7 +96,7 @@ def _seconds_per_step() -> float:
 
 
 @pytest.fixture(scope="module")
-def smoke_on_slurm(sandbox, tmp_path_factory):
+def smoke_on_slurm(sandbox_session, tmp_path_factory):
     """The smoke plan submitted through SLURM from a checkout that is edited right after submission,
     and the same plan run inline (in this process, meanwhile) as the reference."""
     folder = tmp_path_factory.mktemp("smoke")
@@ -103,22 +105,25 @@ def smoke_on_slurm(sandbox, tmp_path_factory):
     here = os.getcwd()
     os.chdir(checkout)  # where a user launches from: the jobs' working directory
     try:
-        outcome = launch(plan, "slurm", folder / "runs", sandbox.cluster(), pretrain_overrides=pretrain_overrides,
+        outcome = launch(plan, "slurm", folder / "runs", sandbox_session.cluster(), pretrain_overrides=pretrain_overrides,
                          eval_overrides=EVALUATE, echo=lambda line: None, snapshot_code_of=checkout)
     finally:
         os.chdir(here)
     jobs = _submitted(outcome)
-    dependencies = {key: sandbox.show(job).get("Dependency", "") for key, job in jobs.items()}
+    dependencies = {key: sandbox_session.show(job).get("Dependency", "") for key, job in jobs.items()}
     # Edited while the evaluations wait for the pretraining: a job importing from the checkout would fail.
     for package in ("evaluate", "pretrain", "common"):
         with open(checkout / package / "__init__.py", "a") as handle:
             handle.write("\nraise RuntimeError('the checkout was edited after submission')\n")
-    states_at_edit = {key: sandbox.state(job) for key, job in jobs.items()}
+    states_at_edit = {key: sandbox_session.state(job) for key, job in jobs.items()}
     inline = launch(plan, "inline", folder / "inline", ClusterConfig(), pretrain_overrides=pretrain_overrides,
                     eval_overrides=EVALUATE, echo=lambda line: None)
-    final = sandbox.wait_ended(jobs.values(), timeout=400)
-    return SimpleNamespace(folder=folder, checkout=checkout, outcome=outcome, jobs=jobs, dependencies=dependencies,
-                           states_at_edit=states_at_edit, inline=inline, final=final)
+    try:
+        final = sandbox_session.wait_ended(jobs.values(), timeout=300)
+        yield SimpleNamespace(folder=folder, checkout=checkout, outcome=outcome, jobs=jobs, dependencies=dependencies,
+                              states_at_edit=states_at_edit, inline=inline, final=final)
+    finally:
+        sandbox_session.cancel(list(jobs.values()))
 
 
 def test_smoke_plan_runs_its_jobs_after_their_dependency_and_equals_the_inline_run(sandbox, smoke_on_slurm):
@@ -159,3 +164,54 @@ def test_jobs_run_the_code_snapshot_they_were_submitted_with(sandbox, smoke_on_s
         provenance = json.loads((run.folder / "runs" / where / "provenance.json").read_text())
         assert provenance["git_commit"] == commit.strip() and provenance["code_snapshot"] == str(snapshot), where
     assert "edited after submission" not in (snapshot / "evaluate" / "__init__.py").read_text()
+
+
+def test_a_time_limit_shorter_than_the_run_requeues_it_until_it_finishes_as_if_uninterrupted(sandbox, tmp_path):
+    """A 2-minute limit with USR2 60 s before it: SLURM signals each attempt 30 to 60 s after its start;
+    the run saves at its next step boundary, submitit requeues the job, the next attempt resumes. The run
+    is sized from this machine's step time to need at least three attempts; the uninterrupted reference
+    runs beside it."""
+    steps = int(150 / _seconds_per_step())  # about 150 s of steps: more than two attempts can do
+    overrides = [*PRETRAIN, "optim.epochs=1000", f"optim.max_steps={steps}", "run.log_every_steps=4",
+                 "run.checkpoint_every_steps=100000"]  # no periodic checkpoints: every resume is a preemption's
+    plan = build_plan("smoke")
+    plan = Plan("limit", plan.description, [stage for stage in plan.stages if stage.kind == "pretrain"])
+    root = tmp_path / "runs"
+    outcome = launch(plan, "slurm", root, sandbox.cluster(max_hours=2 / 60, signal_delay_s=60),
+                     pretrain_overrides=overrides, echo=lambda line: None)
+    (job,) = _submitted(outcome).values()
+    reference = subprocess.Popen([sys.executable, "-m", "pretrain", "--preset", "debug_cpu", *overrides,
+                                  f"run.output_root={tmp_path / 'reference'}"], cwd=REPOSITORY,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run_dir = run_directory(apply_overrides(preset("debug_cpu"), [*overrides, f"run.output_root={root}"])).path
+    status_while_requeued: list[str] = []
+
+    def finished() -> bool:
+        """Ended; on the way, `slurm status` as a user sees it while the requeued job waits."""
+        shown = sandbox.show(job)
+        if shown.get("JobState") == "PENDING" and int(shown.get("Restarts", 0)) >= 1 and not status_while_requeued:
+            status_while_requeued.append(_status(root))
+        return sandbox.state(job) in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+
+    sandbox.wait(finished, [job], timeout=600, what="the time-limited job to finish")
+    assert sandbox.state(job) == "COMPLETED", sandbox.attempts(job)
+    log = _log(root / ".submitit" / "limit", job)
+    saved = [int(step) for step in re.findall(r"preemption: checkpoint saved at step (\d+)", log)]
+    resumed = [int(step) for step in re.findall(r"resuming .* at step (\d+)", log)]
+    assert len(saved) >= 2 and resumed == saved, log[-3000:]  # each attempt resumes where the last one saved
+    assert [attempt["State"] for attempt in sandbox.attempts(job)].count("REQUEUED") >= 2, sandbox.attempts(job)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
+    (reference_dir,) = (tmp_path / "reference").iterdir()
+    assert reference_dir.name == run_dir.name
+    assert _same_weights(_final_weights(run_dir), _final_weights(reference_dir))
+    (text,) = status_while_requeued
+    assert text.startswith("queued") and re.search(rf"job {job} PENDING \(requeued \d+ times?", text), text
+    assert re.search(rf"step \d+/{steps} ", text), text  # its progress so far
+
+
+def _status(root: Path) -> str:
+    """What `python -m slurm status --output-root ROOT` prints."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_status(root)
+    return printed.getvalue()

@@ -16,6 +16,11 @@ SACCT = """#!/bin/sh
 echo "JobID|State|NodeList"
 case "$*" in *2001*) echo "2001|PENDING|";; *2002*) echo "2002|FAILED|node1";; esac
 """
+# The controller's view of job 2001: a job that was requeued twice and waits for its begin time.
+SCONTROL = """#!/bin/sh
+case "$*" in *2001*) echo "JobId=2001 JobName=p JobState=PENDING Reason=BeginTime Dependency=(null) Restarts=2 \
+StartTime=2026-01-01T10:00:00 EndTime=Unknown";; *) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;; esac
+"""
 
 
 def _run(root: Path, name: str, experiment: str, records: list[dict] = ()) -> Path:
@@ -35,6 +40,8 @@ def test_status_states_progress_and_errors(tmp_path, monkeypatch):
     (bin_dir / "sacct").chmod(0o755)
     (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "squeue").chmod(0o755)
+    (bin_dir / "scontrol").write_text(SCONTROL)
+    (bin_dir / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     root, now = tmp_path / "runs", time.time()
     done = _run(root, "done", "p/done")
@@ -62,7 +69,9 @@ def test_status_states_progress_and_errors(tmp_path, monkeypatch):
         "done": "done", "running": "running", "queued": "queued", "failed": "failed", "stale": "stale"}
     progress = statuses["running"].progress
     assert progress.startswith("step 300/1000 (30%) 2.22 step/s ETA 0:05:15") and "last metric 1" in progress
-    assert "job 2001 PENDING" in statuses["queued"].job
+    # A waiting job says how often it was requeued, why it waits and when it may start.
+    assert "job 2001 PENDING (requeued 2 times, waiting for BeginTime, may start 2026-01-01T10:00:00) log:" \
+        in statuses["queued"].job
     assert "job 2002 FAILED log:" in statuses["failed"].job
     assert statuses["failed"].error[-1] == "error: non-finite loss at step 5"
 
