@@ -134,6 +134,18 @@ def job_state(job_id: str, log_folder: str) -> str:
     return (queued.stdout.split() or ["UNKNOWN"])[0] if queued.returncode == 0 else "UNKNOWN"
 
 
+def never_starts(job_id: str) -> bool:
+    """Whether SLURM holds the job pending on a dependency that can no longer be satisfied: the job it
+    waits for (afterok) failed or was cancelled. Such a job stays pending for good (unless the cluster
+    sets kill_invalid_depend, which cancels it)."""
+    try:
+        queued = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%r"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return queued.returncode == 0 and queued.stdout.strip() == "DependencyNeverSatisfied"
+
+
 @releases_run_locks
 def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
            pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
@@ -228,6 +240,18 @@ class _Launcher:
         if not active:
             return False
         job_id, state = active
+        if state == "PENDING" and never_starts(job_id):
+            # Its upstream job ended without a result: this one will never start. It is cancelled and
+            # submitted again, behind the upstream stage's new job and from this launch's code.
+            try:
+                submitit.SlurmJob(folder=self.registry.read(stage.key)["log_folder"], job_id=job_id).cancel(check=True)
+            except Exception as error:  # scancel refused (another user's job) or missing
+                raise ValueError(f"{stage.key}: job {job_id} can never start (the job it depends on ended without "
+                                 f"success) and could not be cancelled ({error}): cancel it (scancel {job_id}) and "
+                                 "launch again") from None
+            self.echo(f"[cancelled] {stage.key}: job {job_id} could never start (the job it depended on ended "
+                      "without success); submitting it again")
+            return False
         self.job_ids[stage.key] = job_id
         self.outcome[stage.key] = f"queued as {job_id}"
         why = (f"state {state}" if state != "UNKNOWN" else "state unknown to sacct and squeue (accounting "

@@ -215,3 +215,65 @@ def _status(root: Path) -> str:
     with contextlib.redirect_stdout(printed):
         print_status(root)
     return printed.getvalue()
+
+
+def test_preemption_and_cancellation_resume_from_the_checkpoint_and_run_nothing_twice(sandbox, tmp_path):
+    """`scontrol requeue` mid-run (preemption): the run saves at its next boundary and resumes there.
+    Relaunching meanwhile submits nothing, also with slurmdbd stopped. `scancel` mid-run, then a new
+    launch: the pretraining resumes from its checkpoint and the evaluations that waited on the cancelled
+    job run once, behind the new one."""
+    steps = int(60 / _seconds_per_step())
+    plan, root = build_plan("smoke"), tmp_path / "runs"
+    overrides = [*PRETRAIN, "optim.epochs=1000", f"optim.max_steps={steps}", "run.log_every_steps=4",
+                 "run.checkpoint_every_steps=100000"]
+    lines: list[str] = []
+
+    def launch_again() -> dict[str, str]:
+        lines.clear()
+        return launch(plan, "slurm", root, sandbox.cluster(), pretrain_overrides=overrides, eval_overrides=EVALUATE,
+                      echo=lines.append)
+
+    first = _submitted(launch_again())
+    pretrain_key = "smoke/m2/seed0/pretrain"
+    job, evaluations = first[pretrain_key], {key: job for key, job in first.items() if key != pretrain_key}
+    run_dir = run_directory(apply_overrides(preset("debug_cpu"), [*overrides, f"run.output_root={root}"])).path
+    log_folder = root / ".submitit" / "smoke"
+    sandbox.wait(lambda: _step(run_dir) >= 20, [job], what="the pretraining to reach step 20")
+    # Running and pending: nothing is submitted again (sacct answers).
+    assert all(what.startswith("queued as") for what in launch_again().values()), lines
+
+    # Preemption: SLURM requeues the running job (SIGTERM to its tasks).
+    step_at_preemption = _step(run_dir)
+    subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
+    sandbox.wait(lambda: sandbox.show(job).get("JobState") == "PENDING", what="the preempted job to be requeued")
+    # While it waits, with slurmdbd stopped (sacct silent), squeue still answers: nothing is submitted.
+    subprocess.run(["sacctmgr", "-i", "shutdown"], check=True, capture_output=True)
+    try:
+        sandbox.wait(lambda: subprocess.run(["sacct", "-j", job], capture_output=True).returncode != 0,
+                     what="sacct to fail")
+        assert all(what.startswith("queued as") for what in launch_again().values()), "\n".join(lines)
+    finally:
+        sandbox.restart_daemons()
+    sandbox.wait(lambda: "resuming" in _log(log_folder, job), [job], what="the preempted job to resume")
+    log = _log(log_folder, job)
+    (saved,) = map(int, re.findall(r"preemption: checkpoint saved at step (\d+)", log))
+    (resumed,) = map(int, re.findall(r"resuming .* at step (\d+)", log))
+    assert resumed == saved >= step_at_preemption, log[-3000:]  # nothing logged before the signal is lost
+
+    # Cancelled mid-run, after some more steps: the evaluations behind it can never start.
+    sandbox.wait(lambda: _step(run_dir) >= resumed + 20, [job], what="the resumed run to progress")
+    subprocess.run(["scancel", job], check=True, capture_output=True)
+    sandbox.wait(lambda: sandbox.state(job) == "CANCELLED", what="the job to be cancelled")
+    cancelled_at = int(re.findall(r"preemption: checkpoint saved at step (\d+)", _log(log_folder, job))[-1])
+
+    second = launch_again()
+    assert second[pretrain_key].startswith("submitted"), lines
+    assert all(second[key].startswith("submitted") for key in evaluations), lines
+    new = _submitted(second)
+    final = sandbox.wait_ended([*new.values(), *evaluations.values()], timeout=300)
+    assert all(final[new[key]] == "COMPLETED" for key in new), final
+    assert re.search(rf"resuming .* at step {cancelled_at}\b", _log(log_folder, new[pretrain_key]))
+    # Nothing ran twice: the first evaluation jobs never started; each stage has one finished run.
+    for key, old in evaluations.items():
+        assert all(attempt["Start"] in ("None", "Unknown") for attempt in sandbox.attempts(old)), sandbox.attempts(old)
+    assert len(_results(root)) == 3
