@@ -277,3 +277,45 @@ def test_preemption_and_cancellation_resume_from_the_checkpoint_and_run_nothing_
     for key, old in evaluations.items():
         assert all(attempt["Start"] in ("None", "Unknown") for attempt in sandbox.attempts(old)), sandbox.attempts(old)
     assert len(_results(root)) == 3
+
+
+def test_a_failed_stage_stops_its_dependants_is_named_by_status_and_the_next_launch_runs_what_is_missing(
+        sandbox, tmp_path, monkeypatch):
+    """A pretraining job that fails (a bug, here one line added to the checkout): its evaluations never
+    start; `slurm status` names the failed job, its state and its log; once the bug is fixed, the next
+    launch submits the pretraining and its evaluations again, and they run."""
+    checkout, root = _checkout(tmp_path), tmp_path / "runs"
+    monkeypatch.chdir(checkout)
+    train = checkout / "pretrain" / "train.py"
+    fixed = train.read_text()
+    train.write_text(fixed.replace("    device = resolve_device(config.run.device)\n",
+                                   "    raise RuntimeError('a bug in the pretraining')\n"
+                                   "    device = resolve_device(config.run.device)\n", 1))
+    plan, overrides = build_plan("smoke"), [*PRETRAIN, "optim.epochs=1"]
+
+    def launch_here() -> dict[str, str]:
+        return launch(plan, "slurm", root, sandbox.cluster(), pretrain_overrides=overrides, eval_overrides=EVALUATE,
+                      echo=lambda line: None, snapshot_code_of=checkout)
+
+    first = _submitted(launch_here())
+    pretrain_key = "smoke/m2/seed0/pretrain"
+    final = sandbox.wait_ended(first.values(), timeout=120)
+    assert final[first[pretrain_key]] == "FAILED", final
+    for key, job in first.items():
+        if key != pretrain_key:  # never started: held for good behind the failed job
+            assert final[job] == "DependencyNeverSatisfied", final
+            assert all(attempt["Start"] in ("None", "Unknown") for attempt in sandbox.attempts(job))
+
+    text = _status(root)
+    log = root / ".submitit" / "smoke" / f"{first[pretrain_key]}_0_log.err"
+    assert f"job {first[pretrain_key]} FAILED log: {log}" in text, text
+    assert "RuntimeError: a bug in the pretraining" in text, text
+    assert f"failed   pretrain             {pretrain_key} (no run directory yet)" in text, text
+
+    train.write_text(fixed)
+    second = launch_here()
+    assert all(what.startswith("submitted") for what in second.values()), second
+    final = sandbox.wait_ended(_submitted(second).values(), timeout=300)
+    assert set(final.values()) == {"COMPLETED"}, final
+    assert len(_results(root)) == 3
+    assert all(line.startswith("done") for line in _status(root).splitlines() if line[:1].strip()), _status(root)

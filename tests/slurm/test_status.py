@@ -54,19 +54,23 @@ def test_status_states_progress_and_errors(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "2002_0_log.err").write_text("Traceback (most recent call last):\n  ...\nerror: non-finite loss at step 5\n")
-    for key, job in (("p/queued", "2001"), ("p/failed", "2002")):
-        JobRegistry(root, "p").record(key, job, logs)
+    for key, job in (("p/queued", "2001"), ("p/failed", "2002"), ("p/early", "2002")):
+        JobRegistry(root, "p").record(key, job, logs)  # p/early: failed before its run directory existed
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
                                "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
                                str(running)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert holder.stdout.readline().strip() == "held"
-        statuses = {status.run_dir.name: status for status in run_statuses(root)}
+        every = run_statuses(root)
     finally:
         holder.kill()
         holder.wait()
+    statuses = {status.run_dir.name: status for status in every if status.run_dir}
+    early = [status for status in every if status.run_dir is None]
     assert {name: status.state for name, status in statuses.items()} == {
         "done": "done", "running": "running", "queued": "queued", "failed": "failed", "stale": "stale"}
+    assert [(s.experiment, s.state, s.error[-1]) for s in early] == [("p/early", "failed",
+                                                                       "error: non-finite loss at step 5")]
     progress = statuses["running"].progress
     assert progress.startswith("step 300/1000 (30%) 2.22 step/s ETA 0:05:15") and "last metric 1" in progress
     # A waiting job says how often it was requeued, why it waits and when it may start.
