@@ -78,6 +78,12 @@ def _step(run_dir: Path) -> int:
     return max(steps, default=0)
 
 
+def _logged(run_dir: Path) -> list[dict]:
+    """The run's metrics records without their wall-clock time."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in record.items() if key != "time"} for record in records]
+
+
 def _log(log_folder: Path, job_id: str) -> str:
     """What the job's first task printed (submitit appends every attempt to the same files)."""
     return "\n".join(path.read_text(errors="replace") for path in sorted(log_folder.glob(f"{job_id}_0_log.*")))
@@ -319,3 +325,31 @@ def test_a_failed_stage_stops_its_dependants_is_named_by_status_and_the_next_lau
     assert set(final.values()) == {"COMPLETED"}, final
     assert len(_results(root)) == 3
     assert all(line.startswith("done") for line in _status(root).splitlines() if line[:1].strip()), _status(root)
+
+
+def test_two_tasks_of_one_stage_take_their_environment_from_slurm_and_equal_torchrun(sandbox, tmp_path):
+    """One job of two SLURM tasks on one node: each task learns its rank, the world size and the master
+    from SLURM (StageTask exports them), joins the gloo group and trains its half of every batch; the
+    run equals the same two processes started by torchrun, which runs beside it."""
+    sys.path.insert(0, str(REPOSITORY / "tests"))
+    from distributed import torchrun
+
+    overrides = [*PRETRAIN, "optim.epochs=1", "optim.batch_size=16", "run.log_every_steps=4"]
+    config = apply_overrides(preset("debug_cpu"), [*overrides, f"run.output_root={tmp_path / 'slurm'}"])
+    cluster = sandbox.cluster()
+    executor = make_executor("slurm", tmp_path / "logs", cluster)
+    executor.update_parameters(**job_parameters("slurm", "ddp", 1, 0, 0.5, cluster, []))
+    executor.update_parameters(ntasks_per_node=2)  # the launcher asks one task per GPU; on CPUs, two here
+    job = executor.submit(StageTask("pretrain", config))
+    reference = torchrun(2, "--output", str(tmp_path / "torchrun"), *overrides)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert sandbox.wait_ended([job.job_id], timeout=300) == {job.job_id: "COMPLETED"}, _log(tmp_path / "logs", job.job_id)
+
+    tasks = subprocess.run(["sacct", "-n", "-P", "-j", f"{job.job_id}.0", "-o", "NTasks"], capture_output=True,
+                           text=True).stdout.split()
+    assert tasks == ["2"], tasks  # one SLURM step of two tasks
+    (slurm_dir,), (torchrun_dir,) = (tmp_path / "slurm").iterdir(), (tmp_path / "torchrun").iterdir()
+    assert slurm_dir.name == torchrun_dir.name
+    assert json.loads((slurm_dir / "provenance.json").read_text())["world_size"] == 2
+    assert _logged(slurm_dir) == _logged(torchrun_dir) and len(_logged(slurm_dir)) == 4  # steps 4, 8, 12, 16
+    assert _same_weights(_final_weights(slurm_dir), _final_weights(torchrun_dir))
