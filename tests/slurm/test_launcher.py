@@ -145,6 +145,9 @@ def test_job_parameters_cap_time_and_count_tasks():
     assert parameters["dependency"] == "afterok:7:9"
     local = job_parameters("local", "x", 1, 0, 1.0, ClusterConfig(), [])
     assert local["tasks_per_node"] == 1 and local["timeout_min"] == 60
+    # Whole minutes, at least one: SLURM reads --time=0 as no limit at all.
+    for max_hours, minutes in ((0.005, 1), (2 / 60, 2), (1.999 / 60, 2), (0.5, 30)):
+        assert job_parameters("slurm", "x", 1, 0, 4.0, ClusterConfig(max_hours=max_hours), [])["time"] == minutes
 
 
 def test_cluster_profile_file(tmp_path):
