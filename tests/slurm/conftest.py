@@ -15,9 +15,10 @@ from typing import Callable
 
 import pytest
 
-from slurm.executors import ClusterConfig
+from slurm.executors import ClusterConfig, load_cluster_config
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+PROFILE = REPOSITORY / "slurm" / "sandbox" / "profile.yaml"
 SANDBOX = "sandbox"  # the sandbox's partition and account
 NEVER = "DependencyNeverSatisfied"  # the reason of a job whose afterok dependency failed: it will never start
 ENDED = {NEVER, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -45,9 +46,15 @@ class Sandbox:
     def __init__(self):
         self.tracked: set[str] = set()
 
-    def cluster(self, **settings) -> ClusterConfig:
-        """Launcher settings for the sandbox: its partition and account, a CPU and a GB per task."""
-        return ClusterConfig(partition=SANDBOX, account=SANDBOX, cpus_per_gpu=1, mem_gb_per_gpu=1, **settings)
+    def cluster(self, *settings: str) -> ClusterConfig:
+        """Launcher settings for the sandbox (its profile: partition, account, a core and 2 GB per task)."""
+        return load_cluster_config(str(PROFILE), list(settings))
+
+    def submitted(self, outcome: dict[str, str]) -> dict[str, str]:
+        """{stage key: job id} of the stages a launch submitted (tracked: cancelled when the test ends)."""
+        jobs = {key: what.split()[1] for key, what in outcome.items() if what.startswith("submitted")}
+        self.tracked.update(jobs.values())
+        return jobs
 
     def show(self, job_id: str) -> dict[str, str]:
         """`scontrol show job` as {field: value}; {} once the controller has forgotten the job."""

@@ -40,11 +40,6 @@ PRETRAIN = ["run.progress=false", "run.cpu_threads=1"]
 EVALUATE = ["run.progress=false", "run.cpu_threads=1"]
 
 
-def _submitted(outcome: dict[str, str]) -> dict[str, str]:
-    """{stage key: job id} of the stages a launch submitted."""
-    return {key: what.split()[1] for key, what in outcome.items() if what.startswith("submitted")}
-
-
 def _checkout(folder: Path) -> Path:
     """A git checkout of the code under test (its uncommitted changes committed), to edit freely."""
     snapshot = snapshot_code(REPOSITORY, folder / "snapshots")
@@ -115,7 +110,7 @@ def smoke_on_slurm(sandbox_session, tmp_path_factory):
                          eval_overrides=EVALUATE, echo=lambda line: None, snapshot_code_of=checkout)
     finally:
         os.chdir(here)
-    jobs = _submitted(outcome)
+    jobs = sandbox_session.submitted(outcome)
     dependencies = {key: sandbox_session.show(job).get("Dependency", "") for key, job in jobs.items()}
     # Edited while the evaluations wait for the pretraining: a job importing from the checkout would fail.
     for package in ("evaluate", "pretrain", "common"):
@@ -154,7 +149,7 @@ def test_smoke_plan_runs_its_jobs_after_their_dependency_and_equals_the_inline_r
     for where, result in inline.items():
         assert on_slurm[where].get("metrics") == result.get("metrics"), where
         assert on_slurm[where].get("final_metrics") == result.get("final_metrics"), where
-    (pretrain_dir,) = [where for where in inline if (run.folder / "inline" / where / "checkpoints").is_dir()]
+    (pretrain_dir,) = [where for where in inline if len(where.parts) == 1]  # evaluations live under it
     assert _same_weights(_final_weights(run.folder / "runs" / pretrain_dir),
                          _final_weights(run.folder / "inline" / pretrain_dir))
 
@@ -183,9 +178,9 @@ def test_a_time_limit_shorter_than_the_run_requeues_it_until_it_finishes_as_if_u
     plan = build_plan("smoke")
     plan = Plan("limit", plan.description, [stage for stage in plan.stages if stage.kind == "pretrain"])
     root = tmp_path / "runs"
-    outcome = launch(plan, "slurm", root, sandbox.cluster(max_hours=2 / 60, signal_delay_s=60),
+    outcome = launch(plan, "slurm", root, sandbox.cluster(f"max_hours={2 / 60}", "signal_delay_s=60"),
                      pretrain_overrides=overrides, echo=lambda line: None)
-    (job,) = _submitted(outcome).values()
+    (job,) = sandbox.submitted(outcome).values()
     reference = subprocess.Popen([sys.executable, "-m", "pretrain", "--preset", "debug_cpu", *overrides,
                                   f"run.output_root={tmp_path / 'reference'}"], cwd=REPOSITORY,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -211,7 +206,8 @@ def test_a_time_limit_shorter_than_the_run_requeues_it_until_it_finishes_as_if_u
     assert reference_dir.name == run_dir.name
     assert _same_weights(_final_weights(run_dir), _final_weights(reference_dir))
     (text,) = status_while_requeued
-    assert text.startswith("queued") and re.search(rf"job {job} PENDING \(requeued \d+ times?", text), text
+    # sacct reads REQUEUED until the job is pending again, then PENDING
+    assert text.startswith("queued") and re.search(rf"job {job} (REQUEUED|PENDING) \(requeued \d+ times?", text), text
     assert re.search(rf"step \d+/{steps} ", text), text  # its progress so far
 
 
@@ -239,7 +235,7 @@ def test_preemption_and_cancellation_resume_from_the_checkpoint_and_run_nothing_
         return launch(plan, "slurm", root, sandbox.cluster(), pretrain_overrides=overrides, eval_overrides=EVALUATE,
                       echo=lines.append)
 
-    first = _submitted(launch_again())
+    first = sandbox.submitted(launch_again())
     pretrain_key = "smoke/m2/seed0/pretrain"
     job, evaluations = first[pretrain_key], {key: job for key, job in first.items() if key != pretrain_key}
     run_dir = run_directory(apply_overrides(preset("debug_cpu"), [*overrides, f"run.output_root={root}"])).path
@@ -252,14 +248,20 @@ def test_preemption_and_cancellation_resume_from_the_checkpoint_and_run_nothing_
     step_at_preemption = _step(run_dir)
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     sandbox.wait(lambda: sandbox.show(job).get("JobState") == "PENDING", what="the preempted job to be requeued")
-    # While it waits, with slurmdbd stopped (sacct silent), squeue still answers: nothing is submitted.
+    # While it waits, with slurmdbd stopped (sacct silent), squeue still answers: a relaunch from the shell
+    # (a new process, nothing cached) submits nothing.
     subprocess.run(["sacctmgr", "-i", "shutdown"], check=True, capture_output=True)
     try:
         sandbox.wait(lambda: subprocess.run(["sacct", "-j", job], capture_output=True).returncode != 0,
                      what="sacct to fail")
-        assert all(what.startswith("queued as") for what in launch_again().values()), "\n".join(lines)
+        relaunched = subprocess.run(
+            [sys.executable, "-m", "slurm", "run", "smoke", "--executor", "slurm", "--output-root", str(root),
+             "--profile", "slurm/sandbox/profile.yaml", "--set", *overrides, "--eval-set", *EVALUATE],
+            cwd=REPOSITORY, capture_output=True, text=True, timeout=300)
     finally:
         sandbox.restart_daemons()
+    assert relaunched.returncode == 0 and "[smoke] 3 queued as" in relaunched.stdout, relaunched.stdout + relaunched.stderr
+    assert f"[queued] {pretrain_key}: job {job}, state PENDING" in relaunched.stdout, relaunched.stdout  # squeue's
     sandbox.wait(lambda: "resuming" in _log(log_folder, job), [job], what="the preempted job to resume")
     log = _log(log_folder, job)
     (saved,) = map(int, re.findall(r"preemption: checkpoint saved at step (\d+)", log))
@@ -275,7 +277,7 @@ def test_preemption_and_cancellation_resume_from_the_checkpoint_and_run_nothing_
     second = launch_again()
     assert second[pretrain_key].startswith("submitted"), lines
     assert all(second[key].startswith("submitted") for key in evaluations), lines
-    new = _submitted(second)
+    new = sandbox.submitted(second)
     final = sandbox.wait_ended([*new.values(), *evaluations.values()], timeout=300)
     assert all(final[new[key]] == "COMPLETED" for key in new), final
     assert re.search(rf"resuming .* at step {cancelled_at}\b", _log(log_folder, new[pretrain_key]))
@@ -303,7 +305,7 @@ def test_a_failed_stage_stops_its_dependants_is_named_by_status_and_the_next_lau
         return launch(plan, "slurm", root, sandbox.cluster(), pretrain_overrides=overrides, eval_overrides=EVALUATE,
                       echo=lambda line: None, snapshot_code_of=checkout)
 
-    first = _submitted(launch_here())
+    first = sandbox.submitted(launch_here())
     pretrain_key = "smoke/m2/seed0/pretrain"
     final = sandbox.wait_ended(first.values(), timeout=120)
     assert final[first[pretrain_key]] == "FAILED", final
@@ -321,7 +323,7 @@ def test_a_failed_stage_stops_its_dependants_is_named_by_status_and_the_next_lau
     train.write_text(fixed)
     second = launch_here()
     assert all(what.startswith("submitted") for what in second.values()), second
-    final = sandbox.wait_ended(_submitted(second).values(), timeout=300)
+    final = sandbox.wait_ended(sandbox.submitted(second).values(), timeout=300)
     assert set(final.values()) == {"COMPLETED"}, final
     assert len(_results(root)) == 3
     assert all(line.startswith("done") for line in _status(root).splitlines() if line[:1].strip()), _status(root)
@@ -341,6 +343,7 @@ def test_two_tasks_of_one_stage_take_their_environment_from_slurm_and_equal_torc
     executor.update_parameters(**job_parameters("slurm", "ddp", 1, 0, 0.5, cluster, []))
     executor.update_parameters(ntasks_per_node=2)  # the launcher asks one task per GPU; on CPUs, two here
     job = executor.submit(StageTask("pretrain", config))
+    sandbox.tracked.add(job.job_id)
     reference = torchrun(2, "--output", str(tmp_path / "torchrun"), *overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert sandbox.wait_ended([job.job_id], timeout=300) == {job.job_id: "COMPLETED"}, _log(tmp_path / "logs", job.job_id)

@@ -83,8 +83,16 @@ def test_local_executor_timeout_requeues_and_matches_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path):
+def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path, monkeypatch):
     from submitit.slurm.test_slurm import mocked_slurm
+
+    # submitit's mock answers sacct and sbatch; squeue (asked why a pending job waits) would otherwise be
+    # this machine's own, which may run a SLURM with jobs of the same ids: here it knows no job.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
 
     cluster = load_cluster_config(None, ["partition=gpu", "account=lab", "qos=high", "constraint=a100",
                                          "cpus_per_gpu=8", "max_hours=12"])
