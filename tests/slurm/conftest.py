@@ -5,6 +5,7 @@ Without a running sandbox those tests skip, naming why; with REQUIRE_SLURM=1 (.c
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
@@ -81,10 +82,15 @@ class Sandbox:
         return state
 
     def start_requeued_now(self, job_ids) -> None:
-        """A requeued job waits about two minutes (its BeginTime) before it may start again: start it now."""
+        """A requeued job waits about two minutes (its BeginTime) before it may start again: start it a few
+        seconds after its requeue instead. Not at once: slurmd refuses a job whose credential is not
+        newer than the revocation of its previous attempt's (whole seconds), and fails it."""
         for job_id in job_ids:
             shown = self.show(job_id)
-            if shown.get("JobState") == "PENDING" and shown.get("Reason") == "BeginTime":
+            if shown.get("JobState") != "PENDING" or shown.get("Reason") != "BeginTime":
+                continue
+            requeued = datetime.datetime.strptime(shown["SubmitTime"], "%Y-%m-%dT%H:%M:%S")
+            if (datetime.datetime.now() - requeued).total_seconds() >= 3:
                 _command("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def wait(self, condition: Callable[[], bool], job_ids=(), timeout: float = 300, what: str = "") -> None:
