@@ -130,10 +130,14 @@ def _why_no_sandbox() -> str:
         account = _command("sacctmgr", "-n", "-P", "show", "account", SANDBOX, "format=account", timeout=30)
     except subprocess.TimeoutExpired:
         return "SLURM does not answer within 30 s"
+
+    def said(done: subprocess.CompletedProcess) -> str:  # a command's last word on the matter
+        return ((done.stderr or done.stdout).strip().splitlines() or ["nothing"])[-1]
+
     if partition.returncode or not re.search(r"idle|mixed|allocated", partition.stdout):
-        return f"no partition '{SANDBOX}' with a node up ({(partition.stderr or partition.stdout).strip() or 'none'})"
+        return f"no partition '{SANDBOX}' with a node up (sinfo: {said(partition)})"
     if account.returncode or account.stdout.strip() != SANDBOX:
-        return f"no account '{SANDBOX}' in SLURM's accounting ({account.stderr.strip() or 'none'})"
+        return f"no account '{SANDBOX}' in SLURM's accounting (sacctmgr: {said(account)})"
     return ""
 
 
