@@ -222,7 +222,7 @@ up() {
     else
         say "already running (partition and account '$NAME'); make slurm-down stops it"
     fi
-    say "try it: python -m slurm run smoke --executor slurm --cluster partition=$NAME account=$NAME cpus_per_gpu=1 mem_gb_per_gpu=1"
+    say "try it: python -m slurm run smoke --executor slurm --profile slurm/sandbox/profile.yaml"
 }
 
 stop() {
