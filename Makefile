@@ -52,7 +52,7 @@ slurm-down: ## stop what slurm-up started and remove its state
 	slurm/sandbox/sandbox.sh down
 
 test-slurm: setup ## the tests marked slurm, against a running SLURM (make slurm-up)
-	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
+	$(PY) -m pytest -m slurm tests/slurm $(PYTEST_ARGS)
 
 # Fashion-MNIST for the demo: Debian's package when we may install it, else torchvision's download.
 fashion-mnist: ## Fashion-MNIST from Debian when possible
