@@ -192,7 +192,8 @@ def print_status(output_root: Path) -> None:
     if not statuses:
         print(f"no runs under {output_root}")
     for status in statuses:
-        where = status.run_dir.relative_to(output_root) if status.run_dir else f"{status.experiment} (no run directory yet)"
+        where = (status.run_dir.relative_to(output_root) if status.run_dir
+                 else f"{status.experiment} (no run directory yet)")
         print(f"{status.state:8} {status.stage:20} {where}")
         for detail in (status.progress, status.job, *status.error):
             if detail:

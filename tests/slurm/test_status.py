@@ -18,8 +18,11 @@ case "$*" in *2001*) echo "2001|PENDING|";; *2002*) echo "2002|FAILED|node1";; e
 """
 # The controller's view of job 2001: a job that was requeued twice and waits for its begin time.
 SCONTROL = """#!/bin/sh
-case "$*" in *2001*) echo "JobId=2001 JobName=p JobState=PENDING Reason=BeginTime Dependency=(null) Restarts=2 \
-StartTime=2026-01-01T10:00:00 EndTime=Unknown";; *) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;; esac
+case "$*" in
+  *2001*) echo "JobId=2001 JobName=p JobState=PENDING Reason=BeginTime Dependency=(null) Restarts=2 \
+StartTime=2026-01-01T10:00:00 EndTime=Unknown";;
+  *) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;;
+esac
 """
 
 
