@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from typing import Any, Callable
 
@@ -24,12 +26,95 @@ def exit_status(error: BaseException) -> int:
     return next(status for kind, status in EXIT_STATUS if isinstance(error, kind))
 
 
+# How torch's DataLoader re-raises a worker's error: same type, the worker's whole traceback as message.
+LOADER_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def error_message(error: BaseException) -> str:
+    """The failure's message; for one raised in a loader worker, the worker's own message (the last line
+    of the traceback torch puts in its place, after the exception's name)."""
+    message = str(error)
+    if LOADER_WORKER_ERROR.match(message):
+        last_line = message.rstrip().splitlines()[-1]
+        return last_line.split(": ", 1)[-1]
+    return message
+
+
+# A whole number as people write it: digits only, no sign, point, exponent, separator or leading zero.
+PLAIN_WHOLE_NUMBER = re.compile(r"0|[1-9][0-9]*")
+# numpy seeds its generator with 32 bits (common/runtime.py takes the seed modulo 2**32): a larger seed
+# would repeat the draws of a smaller one.
+MAX_SEED = 2**32 - 1
+
+
+def parse_items(text: str, option: str, what: str) -> tuple[str, ...]:
+    """The items of a comma-separated option value ("a, b" -> ("a", "b"); whitespace also separates).
+    An empty value, an empty item (a stray comma) or an item given twice is refused: ConfigError naming
+    the option (each would otherwise be dropped or run twice without a word)."""
+    written = text.strip()
+    if not written:
+        raise ConfigError(f"{option} is empty: name at least one {what} (comma-separated), or leave {option} out")
+    items = tuple(re.split(r"\s*,\s*|\s+", written))
+    if "" in items:
+        raise ConfigError(f"{option} {written}: an empty {what} between commas (a stray comma?); "
+                          f"write {','.join(item for item in items if item)}")
+    repeated = next((item for index, item in enumerate(items) if item in items[:index]), None)
+    if repeated is not None:
+        raise ConfigError(f"{option} {written}: {what} {repeated} is given twice; name each {what} once")
+    return items
+
+
+def parse_whole_number(text: str, option: str, what: str = "value", minimum: int = 0) -> int:
+    """`text` as a whole number >= `minimum`, written plainly. A leading zero is refused, not
+    dropped: 012 would silently be 12 here while a shell or C reads it as octal 10, and a reader may
+    have meant 0,12. Raises ConfigError naming `option`."""
+    written = text.strip()
+    if not PLAIN_WHOLE_NUMBER.fullmatch(written):
+        if re.fullmatch(r"0[0-9]+", written):
+            number = int(written)
+            octal = f", a shell or C reads it as octal {int(written, 8)}" if set(written) <= set("01234567") else ""
+            raise ConfigError(f"{option}: {what} {written} has a leading zero, which is ambiguous (here it would "
+                              f"silently be {number}{octal}); write {number}")
+        if re.fullmatch(r"-[0-9]+", written):
+            raise ConfigError(f"{option}: {what} {written} is negative; it must be a whole number >= {minimum}")
+        raise ConfigError(f"{option}: {what} {written!r} is not a whole number (digits only, e.g. {minimum})")
+    number = int(written)
+    if number < minimum:
+        raise ConfigError(f"{option}: {what} {written} is too small; it must be >= {minimum}")
+    return number
+
+
+def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
+    """Comma-separated seeds, "0,1,2" -> (0, 1, 2), in the order given. A seed names runs (their stage
+    keys and directories), so what would silently become another seed, or the same seed twice, is
+    refused (`parse_items`, `parse_whole_number`): ConfigError naming the option."""
+    items = parse_items(text, option, "seed")
+    where = f"{option} {text.strip()}"
+    seeds = tuple(parse_whole_number(item, where, "seed") for item in items)
+    too_large = [seed for seed in seeds if seed > MAX_SEED]
+    if too_large:
+        raise ConfigError(f"{where}: seed {too_large[0]} is above {MAX_SEED}: numpy takes 32 bits of a seed, so "
+                          f"it would repeat the draws of seed {too_large[0] % 2**32}")
+    return seeds
+
+
+def parse_positive_number(text: str, option: str) -> float:
+    """A finite number > 0 (a time limit in hours): ConfigError naming the option otherwise."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{option}: {text.strip()!r} must be a number > 0, e.g. 24")
+    return number
+
+
 def run_stage(main: Callable[[Any], Any], config: Any) -> Any:
     """Run a stage's main; a known failure reaches the user as one `error:` line and its exit status."""
     try:
         return main(config)
     except RUN_FAILURES as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error_message(error)}", file=sys.stderr)
         raise SystemExit(exit_status(error)) from None
 
 

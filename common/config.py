@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -23,6 +25,12 @@ ConfigT = TypeVar("ConfigT")
 
 class ConfigError(ValueError):
     """A config value or override that cannot be used; the message names the field and the fix."""
+
+
+# Numbers that YAML 1.1, the reader of override values, takes in another base or as minutes:seconds
+# (012 is octal 10, 0x10 is 16, 0b11 is 3, 1:30 is 90), and decimals with a leading zero (08): each
+# would silently be another number than the one it looks like (run.seed=012 ran seed 10).
+NOT_PLAIN_DECIMAL = re.compile(r"[-+]?(0[0-9_]+|0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")
 
 
 def _field_names(config: Any, dotted_prefix: str) -> list[str]:
@@ -43,6 +51,11 @@ def _parse_override(item: str) -> tuple[str, str]:
     if "=" not in item or item.startswith("="):
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=100)")
     key, value = item.split("=", 1)
+    if NOT_PLAIN_DECIMAL.fullmatch(value.strip()):
+        raise ConfigError(f"bad value for '{key.strip()}': {value.strip()} is ambiguous (overrides are read as YAML, "
+                          "where a leading zero means octal, 0x and 0b hex and binary, and a:b minutes:seconds: 012 "
+                          "would be 10, 1:30 would be 90); write the number in decimal, or quote it "
+                          f"('{value.strip()}') to keep it as text")
     return key.strip(), value
 
 
@@ -58,15 +71,35 @@ def _leaf_above(config: Any, key: str) -> str:
     return ""
 
 
+def _with_variant(config: Any, overrides: list[tuple[str, str, str]]) -> Any:
+    """A config class may come in variants named by one field (`VARIANT_FIELD`, e.g. a pretraining
+    run's `method`), each variant a class of its own sections (`with_variant(name)`). The last override
+    of that field picks the variant first, so the other overrides are checked against its sections
+    whatever their order."""
+    variant_field = getattr(type(config), "VARIANT_FIELD", None)
+    chosen = [value for key, value, _ in overrides if key == variant_field]
+    if not chosen:
+        return config
+    name = OmegaConf.from_dotlist([f"x={chosen[-1]}"]).x
+    if name == getattr(config, variant_field):
+        return config
+    return config.with_variant(str(name))
+
+
 def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
     """Return a copy of `config` with `key=value` overrides applied, type-checked and validated.
 
-    Raises ConfigError naming the field for unknown keys (with close matches), values of the wrong
-    type, and values rejected by a section's `check()` method.
+    Raises ConfigError naming the field for unknown keys (with close matches, or the config's own
+    explanation: `explain_unknown_key`), values of the wrong type, and values rejected by a
+    section's `check()` method.
     """
+    parsed = [(*_parse_override(item), item) for item in overrides]
+    config = _with_variant(config, parsed)
+    variant_field = getattr(type(config), "VARIANT_FIELD", None)
     structured = OmegaConf.structured(config)
-    for item in overrides:
-        key, value = _parse_override(item)
+    for key, value, item in parsed:
+        if key == variant_field:
+            continue
         leaf_above = _leaf_above(config, key)
         if leaf_above:  # Hydra habit: a key under a leaf
             raise ConfigError(f"'{leaf_above}' is a value, not a section: '{key}' goes nowhere; write "
@@ -75,6 +108,9 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
             OmegaConf.update(structured, key, OmegaConf.from_dotlist([f"x={value}"]).x, merge=False,
                              force_add=False)
         except (ConfigKeyError, ConfigAttributeError):
+            explanation = getattr(config, "explain_unknown_key", lambda key: None)(key)
+            if explanation:
+                raise ConfigError(explanation) from None
             prefix, _, leaf = key.rpartition(".")
             valid = _field_names(config, prefix)
             while prefix and not valid:  # an unknown section: name the valid ones of the nearest known level
@@ -95,12 +131,72 @@ def apply_overrides(config: ConfigT, overrides: Iterable[str] = ()) -> ConfigT:
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """The values a numeric field accepts, written as in mathematics: "(0, inf)", "[0, 1)", "[1, inf)".
+    Infinite ends are always open: no field takes an infinite (or NaN) value."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "Interval":
+        opening, closing = text.strip()[0], text.strip()[-1]
+        low, high = (float(part) for part in text.strip()[1:-1].split(","))
+        if opening not in "[(" or closing not in ")]" or not low <= high:
+            raise ValueError(f"not an interval: {text!r} (write e.g. '(0, inf)' or '[0, 1]')")
+        return cls(low, high, opening == "[" and math.isfinite(low), closing == "]" and math.isfinite(high))
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        def end(value: float) -> str:
+            return "inf" if value == math.inf else "-inf" if value == -math.inf else f"{value:g}"
+        return f"{'[' if self.low_closed else '('}{end(self.low)}, {end(self.high)}{']' if self.high_closed else ')'}"
+
+
+def field_ranges(section_class: type) -> dict[str, Interval]:
+    """The declared ranges of a section's numeric fields: its class attribute
+    `RANGES: ClassVar[dict[str, str]] = {"temperature": "(0, inf)", ...}`, parsed."""
+    return {name: Interval.parse(text) for name, text in getattr(section_class, "RANGES", {}).items()}
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers a field holds: itself, or the elements of a list of numbers (booleans are not numbers)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def check_numbers(section: Any, path: str = "") -> None:
+    """Refuse a non-finite number in any numeric field of `section` (NaN or infinity never means
+    anything a run could use: a NaN weight silently drops its loss term, an infinite temperature trains
+    to nothing) and a number outside the field's declared range. One place for every field of every
+    section: a section declares its ranges (`RANGES`), this checks them, before any run starts."""
+    ranges = field_ranges(type(section))
+    for spec in dataclasses.fields(section):
+        name = f"{path}{spec.name}"
+        interval = ranges.get(spec.name)
+        within = f" in {interval}" if interval else ""
+        for number in _numbers(getattr(section, spec.name)):
+            if not math.isfinite(number):
+                raise ConfigError(f"{name}={number}: must be a finite number{within} (set {name}=VALUE)")
+            if interval is not None and number not in interval:
+                raise ConfigError(f"{name}={number} is out of range: must be{within} (set {name}=VALUE)")
+
+
 def validate(config: Any, path: str = "") -> None:
-    """Call `check()` on every nested dataclass section; sections raise ConfigError on bad values."""
+    """Check every nested dataclass section: its numbers (`check_numbers`), then its `check()`;
+    sections raise ConfigError on bad values."""
     if not dataclasses.is_dataclass(config):
         return
     for field in dataclasses.fields(config):
         validate(getattr(config, field.name), f"{path}{field.name}.")
+    check_numbers(config, path)
     check = getattr(config, "check", None)
     if check is not None:
         try:
@@ -131,10 +227,11 @@ def _field_default(spec: dataclasses.Field) -> Any:
 
 
 def _hashed_dict(config: Any) -> Any:
-    """Like `to_dict`, without the `added_field`s that are at their default."""
+    """Like `to_dict`, without the `added_field`s that are at their default, and with the sections a
+    config hashes beside its fields (`hash_extras()`: what older versions of its class held)."""
     if not dataclasses.is_dataclass(config):
         return config
-    data = {}
+    data = {name: _hashed_dict(section) for name, section in getattr(config, "hash_extras", dict)().items()}
     for spec in dataclasses.fields(config):
         value = getattr(config, spec.name)
         if spec.metadata.get("hash_neutral_at_default") and value == _field_default(spec):
@@ -162,9 +259,13 @@ def save_yaml(config: Any, path: Path) -> None:
 
 
 def load_yaml(path: Path, config_class: type[ConfigT]) -> ConfigT:
-    """Read a resolved config written by `save_yaml` back into its dataclass (unknown keys fail)."""
+    """Read a resolved config written by `save_yaml` back into its dataclass (unknown keys fail). A class
+    with variants (`loadable(raw) -> (class, contents)`) reads the file as the variant it names."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(config_class), OmegaConf.load(path))
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        if hasattr(config_class, "loadable") and isinstance(raw, dict):
+            config_class, raw = config_class.loadable(raw)
+        merged = OmegaConf.merge(OmegaConf.structured(config_class), OmegaConf.create(raw))
     except OmegaConfBaseException as error:
         raise ConfigError(f"{path}: does not match {config_class.__name__}: {error}") from None
     return OmegaConf.to_object(merged)

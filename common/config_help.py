@@ -16,17 +16,21 @@ FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=]+?(?:=.*?)?(?:#\s*(?P<comment>.*))
 @lru_cache(maxsize=None)
 def field_comments(cls: type) -> dict[str, str]:
     """{field: its comment}: the comment at the end of the field's line, else the comment lines
-    right above it."""
+    right above it; a field declared in a base class (the shared sections of a method's config) has
+    the comment written there, unless the class declares the field again with one of its own."""
     comments, above = {}, []
-    for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            above.append(stripped.lstrip("# ").strip())
-            continue
-        match = FIELD_LINE.match(line)
-        if match and match.group(1) in {f.name for f in dataclasses.fields(cls)}:
-            comments[match.group(1)] = match.group("comment") or " ".join(above)
-        above = []
+    for base in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        for line in inspect.getsource(base).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# ").strip())
+                continue
+            match = FIELD_LINE.match(line)
+            if match and match.group(1) in {f.name for f in dataclasses.fields(base)}:
+                comment = match.group("comment") or " ".join(above)
+                if comment or match.group(1) not in comments:
+                    comments[match.group(1)] = comment
+            above = []
     return comments
 
 

@@ -12,19 +12,25 @@ import functools
 import gzip
 import hashlib
 import json
+import math
 import os
+import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
-from common.config import ConfigError
+from common import dist
+from common.config import ConfigError, added_field
 from common.encoded_images import read_encoded, to_rgb
+from common.errors import DatasetFileError, TrainingAborted
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "imagefolder", "fashion_mnist", "synthetic")
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -36,6 +42,10 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 @dataclass
 class DataConfig:
     """Which images to read. `root` is the dataset folder (ImageNet: the folder with train/ and val/)."""
+    RANGES: ClassVar[dict[str, str]] = {"num_workers": "[0, inf)", "train_subset": "[0, inf)",
+        "test_subset": "[0, inf)", "max_bad_images": "[0, inf)", "synthetic_train_size": "[1, inf)",
+        "synthetic_test_size": "[1, inf)", "synthetic_classes": "[1, inf)",
+        "synthetic_image_size": "[1, inf)", "validation_size": "[0, inf)"}
 
     dataset: str = "synthetic"  # cifar10 | cifar100 | imagenet | imagefolder | fashion_mnist | synthetic
     root: str = "data"  # the dataset folder (not hashed: a fingerprint of folder data is)
@@ -49,12 +59,16 @@ class DataConfig:
     synthetic_test_size: int = 128  # generated test images (dataset=synthetic)
     synthetic_classes: int = 8  # classes of the generated images
     synthetic_image_size: int = 32  # side of the generated images in pixels
+    # Hold out N training images (a fixed seeded draw among the first train_subset) as the validation
+    # split: no stage reads them as training images; tuning ranks its trials on them, never on the test set
+    validation_size: int = added_field(0)
 
     def check(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
-        if min(self.num_workers, self.train_subset, self.test_subset, self.max_bad_images) < 0:
-            raise ConfigError("num_workers, train_subset, test_subset and max_bad_images must be >= 0")
+        if self.train_subset and self.validation_size >= self.train_subset:
+            raise ConfigError(f"validation_size {self.validation_size} leaves no training image of the "
+                              f"train_subset of {self.train_subset}: hold out fewer, or raise train_subset")
 
 
 def num_classes(config: DataConfig) -> int:
@@ -107,14 +121,81 @@ def synthetic_arrays(size: int, classes: int, image_size: int, seed: int) -> tup
     return images, labels
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (MNIST format), gzipped or not."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    dims = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+GZIP_MAGIC = b"\x1f\x8b"
+IDX_UNSIGNED_BYTES = 0x08  # the IDX data type of MNIST-style files
+IDX_KINDS = {1: "labels", 3: "images"}  # what an IDX file of Fashion-MNIST holds, by its number of dimensions
+FASHION_MNIST_IMAGE_SIZE = 28
+FASHION_MNIST_CLASSES = 10
+FASHION_MNIST_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+
+
+def _file_bytes(path: Path) -> bytes:
+    """The contents of `path`, decompressed when they are gzip (whatever the name says: a file
+    uncompressed but still named .gz reads as well). Raises DatasetFileError for an empty file, a .gz
+    file that is not gzip (an error page saved by a failed download), and gzip that is cut short or
+    fails its checksum (gzip's own EOFError and BadGzipFile name no file), or that the disk cannot read."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:  # a failing disk or network mount (EIO), a file without read permission
+        raise DatasetFileError(f"{path} cannot be read: {error.strerror or error}") from None
+    if not data:
+        raise DatasetFileError(f"{path} is empty (0 bytes)")
+    if not data.startswith(GZIP_MAGIC):
+        if path.suffix == ".gz" and not data.startswith(b"\x00\x00"):  # IDX files start with two zero bytes
+            raise DatasetFileError(f"{path} is not a gzip file: it starts with {data[:16]!r}")
+        return data  # uncompressed; the IDX header check names anything else
+    try:
+        return gzip.decompress(data)
+    except EOFError:
+        raise DatasetFileError(f"{path} is cut short: its gzip stream ends before its end marker "
+                               f"({len(data):,} bytes on disk; a truncated download or copy)") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise DatasetFileError(f"{path} is corrupted: {error}") from None
+
+
+def _read_idx(path: Path, dimensions: int) -> np.ndarray:
+    """An IDX file (MNIST format, gzipped or not) of unsigned bytes with `dimensions` axes, e.g.
+    (N, 28, 28) images or (N,) labels. Only the header and the sizes are checked (no pass over the
+    pixels); a file whose data is shorter or longer than its header says is refused, not reshaped."""
+    data = _file_bytes(path)
+    kind = IDX_KINDS.get(dimensions, f"{dimensions}-dimensional data")
+    expected_magic = bytes((0, 0, IDX_UNSIGNED_BYTES, dimensions))
+    if data[:4] != expected_magic:
+        raise DatasetFileError(f"{path} is not an IDX file of {kind}: its magic number is 0x{data[:4].hex()}, "
+                               f"expected 0x{expected_magic.hex()} (unsigned bytes, {dimensions} dimension(s))")
+    header_size = 4 + 4 * dimensions
+    if len(data) < header_size:
+        raise DatasetFileError(f"{path} is cut short inside its header ({len(data)} of {header_size} bytes)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dimensions))
+    expected, found = math.prod(shape), len(data) - header_size
+    if found != expected:
+        sizes = " x ".join(f"{size:,}" for size in shape)
+        difference = (f"cut short by {expected - found:,} bytes" if found < expected
+                      else f"{found - expected:,} bytes more than that")
+        raise DatasetFileError(f"{path} holds {found:,} bytes of {kind}, its header says {sizes} = {expected:,}: "
+                               f"{difference}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _check_fashion_mnist(images_path: Path, images: np.ndarray, labels_path: Path, labels: np.ndarray) -> None:
+    """What a well-formed pair of IDX files can still get wrong: image size, counts, label values."""
+    if images.shape[1:] != (FASHION_MNIST_IMAGE_SIZE,) * 2:
+        raise DatasetFileError(f"{images_path} holds {images.shape[1]}x{images.shape[2]} images; Fashion-MNIST's "
+                               f"are {FASHION_MNIST_IMAGE_SIZE}x{FASHION_MNIST_IMAGE_SIZE}")
+    if len(images) != len(labels):
+        raise DatasetFileError(f"{images_path} holds {len(images):,} images but {labels_path} holds "
+                               f"{len(labels):,} labels (files of different copies or a damaged one)")
+    largest = int(labels.max(initial=0))  # one pass over N bytes: the labels, not the pixels
+    if largest >= FASHION_MNIST_CLASSES:
+        raise DatasetFileError(f"{labels_path} holds label {largest}; Fashion-MNIST's labels are 0 to "
+                               f"{FASHION_MNIST_CLASSES - 1}")
+
+
+def _repair_hint(folder: Path) -> str:
+    if folder == DEBIAN_FASHION_MNIST:
+        return "reinstall it: apt-get install --reinstall dataset-fashion-mnist"
+    return "replace it with a good copy, or delete it and run once with data.download=true"
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -125,20 +206,52 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _fashion_mnist_files(root: Path, prefix: str) -> tuple[Path, Path] | None:
+    """(images file, labels file) of split `prefix` in `root`, or None when `root` holds no file of the
+    set. A root holding part of the set is the dataset folder: a missing file is named rather than taken
+    from elsewhere (one split, or one file of a split, from another copy would pass unnoticed)."""
+    found = {stem: _find_idx(root, stem) for stem in FASHION_MNIST_STEMS}
+    if not any(found.values()):
+        return None
+    wanted = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    missing = [stem for stem in wanted if found[stem] is None]
+    if missing:
+        present = ", ".join(str(path.relative_to(root)) for path in found.values() if path is not None)
+        raise FileNotFoundError(f"Fashion-MNIST: {root} holds {present} but no {missing[0]} (or {missing[0]}.gz); "
+                                "add it, or set data.download=true to fetch the missing files")
+    return found[wanted[0]], found[wanted[1]]
+
+
 def fashion_mnist_arrays(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST from IDX files in `root` (Debian's dataset-fashion-mnist layout) or in
-    torchvision's root/FashionMNIST/raw layout."""
+    torchvision's root/FashionMNIST/raw layout; from Debian's copy, saying so, when `root` holds none.
+    Returns images (N, 28, 28) and labels (N,), uint8. A damaged file raises DatasetFileError naming it."""
     prefix = "train" if train else "t10k"
     searched = [Path(root), DEBIAN_FASHION_MNIST]
     for folder in searched:
-        images = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
-        labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
-        if images and labels:
-            return _read_idx(images), _read_idx(labels)
+        files = _fashion_mnist_files(folder, prefix)
+        if files is None:
+            continue
+        if folder != Path(root) and dist.is_main_process():
+            print(f"[data] data.root {root} holds no Fashion-MNIST files; reading the {prefix} split from the "
+                  f"system's copy in {folder}", file=sys.stderr)
+        images_path, labels_path = files
+        try:
+            images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
+            _check_fashion_mnist(images_path, images, labels_path, labels)
+        except DatasetFileError as error:
+            raise DatasetFileError(f"Fashion-MNIST: {error}; {_repair_hint(folder)}") from None
+        return images, labels
     raise FileNotFoundError(
         f"Fashion-MNIST {prefix}-images/labels IDX files not found in {' or '.join(map(str, searched))}. "
         "Install Debian's dataset-fashion-mnist, or set data.download=true to fetch it with torchvision."
     )
+
+
+def holds_fashion_mnist_split(root: Path, train: bool) -> bool:
+    """Whether `root` itself holds the split's two files (damaged or not): nothing to download."""
+    prefix = "train" if train else "t10k"
+    return all(_find_idx(Path(root), f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
 
 
 @dataclass
@@ -265,7 +378,7 @@ class RobustImageFolder(Dataset):
     def __init__(self, root: str, transform: Callable | None, bad_image_log: Path | None = None,
                  decode: bool = True):
         scan = scan_image_folder(Path(root))  # the files the preflight counted, in ImageFolder's order
-        self.samples, self.classes = list(scan.samples), list(scan.classes)
+        self.root, self.samples, self.classes = root, list(scan.samples), list(scan.classes)
         self.transform, self.bad_image_log, self.decode = transform, bad_image_log, decode
 
     def __len__(self) -> int:
@@ -290,9 +403,20 @@ class RobustImageFolder(Dataset):
                     image = read_encoded(Path(path).read_bytes())
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
                 self._record(path, error)
+                failure = error
                 continue
             return (self.transform(image) if self.transform is not None else image), label
-        raise RuntimeError(f"{self.MAX_CONSECUTIVE_FAILURES} consecutive unreadable images from index {index}")
+        raise self._too_many_failures(index, path, failure)
+
+    def _too_many_failures(self, index: int, last_path: str, error: Exception) -> TrainingAborted:
+        """The stop after MAX_CONSECUTIVE_FAILURES unreadable files in a row: not scattered damage that
+        skipping absorbs but a broken folder, named with its first and last file (one line: it reaches
+        the user through a loader worker)."""
+        first_path = self.samples[index % len(self.samples)][0]
+        reason = f"{type(error).__name__}: {error}".replace("\n", " ")
+        listed = f"; all are listed in {self.bad_image_log}" if self.bad_image_log is not None else ""
+        return TrainingAborted(f"{self.MAX_CONSECUTIVE_FAILURES} unreadable images in a row in {self.root}, from "
+                               f"{first_path} to {last_path} ({reason}){listed}; replace or remove them")
 
 
 def count_bad_images(log_dir: Path) -> Counter:
@@ -342,29 +466,84 @@ def dataset_fingerprint(config: DataConfig) -> str:
     return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def cifar_folder_problem(dataset_class: type, root: Path, name: str) -> Exception | None:
+    """Why torchvision refused a CIFAR folder, which it says only as 'not found or corrupted': the files
+    missing from it, else those whose checksum is not the published one. None when the folder is absent
+    or every file is whole. Asked only after a refusal: the checksums are one more pass over the files."""
+    folder = root / dataset_class.base_folder
+    if not folder.is_dir():
+        return None
+    expected = [*dataset_class.train_list, *dataset_class.test_list,
+                (dataset_class.meta["filename"], dataset_class.meta["md5"])]
+    missing = [file_name for file_name, _ in expected if not (folder / file_name).is_file()]
+    if missing:
+        return FileNotFoundError(f"{name}: {folder} lacks {', '.join(missing)}; copy the whole folder again, or "
+                                 f"delete it and set data.download=true")
+    damaged = [str(folder / file_name) for file_name, checksum in expected
+               if not check_integrity(str(folder / file_name), checksum)]
+    if not damaged:
+        return None
+    return DatasetFileError(f"{name}: {', '.join(damaged)} {'does' if len(damaged) == 1 else 'do'} not match the "
+                            "published checksum (cut short or corrupted); replace it with a good copy, or delete "
+                            f"{folder} and set data.download=true")
+
+
 def _subset(dataset: Dataset, count: int) -> Dataset:
     return Subset(dataset, range(min(count, len(dataset)))) if count else dataset
 
 
+SPLITS = ("train", "validation", "test")
+# The validation draw's seed: fixed, not the run's, so that every run of a tuning (every method, point
+# and seed) ranks on the same held-out images and trains on the same others.
+VALIDATION_SEED = 0
+
+
+def validation_indices(train_size: int, validation_size: int) -> np.ndarray:
+    """Indices (sorted) of the `validation_size` images held out of `train_size` training images: a
+    seeded draw without replacement, the same for every run with these two numbers. Spread over the
+    whole training set rather than its last images, so the split has the training set's classes."""
+    if validation_size >= train_size:
+        raise ConfigError(f"data.validation_size={validation_size} holds out every one of the {train_size} "
+                          "training images: hold out fewer")
+    return np.sort(np.random.default_rng(VALIDATION_SEED).permutation(train_size)[:validation_size])
+
+
+def _split_validation(dataset: Dataset, split: str, validation_size: int) -> Dataset:
+    """The training images without the validation split ('train'), or the split alone ('validation')."""
+    if not validation_size:
+        if split == "validation":
+            raise ConfigError("the validation split needs data.validation_size > 0 (the training images to hold out)")
+        return dataset
+    held_out = validation_indices(len(dataset), validation_size)
+    if split == "validation":
+        return Subset(dataset, held_out.tolist())
+    kept = np.ones(len(dataset), dtype=bool)
+    kept[held_out] = False
+    return Subset(dataset, np.flatnonzero(kept).tolist())
+
+
 def build_dataset(config: DataConfig, split: str, transform: Callable | None,
                   bad_image_log: Path | None = None, decode: bool = True, keep_gray: bool = False) -> Dataset:
-    """The `split` ('train' or 'test') of the configured dataset, yielding (transform(image), label).
+    """The `split` of the configured dataset, yielding (transform(image), label): 'test', or the
+    training images (the first `train_subset`) divided into 'validation' (the `validation_size` held
+    out, see `validation_indices`) and 'train' (the others; all of them without a validation split).
 
     Folder datasets skip unreadable files, logging them under `bad_image_log` (see RobustImageFolder);
     with `decode=False` they yield `EncodedImage`s for the training device to decode (the others,
     already in memory, yield PIL images either way); with `keep_gray` a grey dataset (Fashion-MNIST)
     yields single-channel 'L' images instead of their RGB expansion.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    train = split == "train"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    train = split != "test"  # the validation images are training images held out
     if config.dataset in ("cifar10", "cifar100"):
         cls = datasets.CIFAR10 if config.dataset == "cifar10" else datasets.CIFAR100
         try:
             dataset = cls(config.root, train=train, download=config.download, transform=transform)
         except RuntimeError as error:
-            raise FileNotFoundError(f"{config.dataset} not found under {config.root} ({error}); set "
-                                    "data.download=true or data.root to the folder holding it") from None
+            raise cifar_folder_problem(cls, Path(config.root), config.dataset) or FileNotFoundError(
+                f"{config.dataset} not found under {config.root} ({error}); set data.download=true or "
+                "data.root to the folder holding it") from None
     elif config.dataset in ("imagenet", "imagefolder"):
         check_split_root(Path(config.root))
         folder = Path(config.root) / ("train" if train else "val")
@@ -376,7 +555,9 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         )
         dataset = RobustImageFolder(str(folder), transform, bad_image_log, decode)
     elif config.dataset == "fashion_mnist":
-        if config.download:
+        if config.download and not holds_fashion_mnist_split(Path(config.root), train):
+            # Only what is missing: torchvision parses the files it finds with assertions, and the
+            # reader below names what is wrong with a damaged one.
             datasets.FashionMNIST(config.root, train=train, download=True)
         images, labels = fashion_mnist_arrays(Path(config.root), train)
         dataset = ArrayImageDataset(images, labels, transform, keep_gray)
@@ -385,4 +566,6 @@ def build_dataset(config: DataConfig, split: str, transform: Callable | None,
         images, labels = synthetic_arrays(size, config.synthetic_classes, config.synthetic_image_size,
                                           seed=0 if train else 1)  # the same images in every stage
         dataset = ArrayImageDataset(images, labels, transform)
-    return _subset(dataset, config.train_subset if train else config.test_subset)
+    if not train:
+        return _subset(dataset, config.test_subset)
+    return _split_validation(_subset(dataset, config.train_subset), split, config.validation_size)

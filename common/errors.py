@@ -22,3 +22,8 @@ class RunDirectoryBusy(RuntimeError):
 
 class DiskWriteError(OSError):
     """A write failed for lack of space or quota; the message names the file and what to do."""
+
+
+class DatasetFileError(ValueError):
+    """A dataset file is empty, cut short, corrupted or not what its name says; the message names the
+    file, what is wrong with it and how to replace it. Input refused before any work (exit 2)."""

@@ -197,16 +197,33 @@ class RunDirectory:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
+            holder = handle.read()
             handle.close()
-            raise RunDirectoryBusy(
-                f"{self.path} is in use by {holder}: the same run is already going. Wait for it to finish "
-                "(or stop it), or add --wait to start once it is released.") from None
+            raise self._busy(holder) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
         _HELD_LOCKS[key] = handle
+
+    def refuse_if_busy(self) -> None:
+        """Raise what `acquire` would raise when another live process holds the directory, creating
+        nothing (a dry run's check). The probe holds the lock for an instant: an `acquire` at that very
+        instant is refused as if the directory were busy, and may simply be run again."""
+        path = self.path / ".lock"
+        if self.path.resolve() in _HELD_LOCKS or not path.is_file():
+            return
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(handle.read()) from None
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _busy(self, holder: str) -> RunDirectoryBusy:
+        return RunDirectoryBusy(
+            f"{self.path} is in use by {holder.strip() or 'another process'}: the same run is already going. Wait "
+            "for it to finish (or stop it), or add --wait to start once it is released.")
 
     def prepare(self, config: Any, world_size: int = 1, stage: str = "") -> None:
         """Create the folder, remove what failed writes left, write config and provenance (with the

@@ -1,6 +1,8 @@
 """Device, precision and seeding: resolved from config fields, never hard-coded."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import contextlib
 import hashlib
 import random
@@ -85,6 +87,10 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
 @dataclass
 class RunConfig:
     """Where and how a stage runs; most of it does not change results (see NON_RESULT_FIELDS)."""
+    RANGES: ClassVar[dict[str, str]] = {"seed": "[0, inf)", "checkpoint_every_steps": "[1, inf)",
+        "keep_last_checkpoints": "[1, inf)", "milestone_every_epochs": "[0, inf)",
+        "log_every_steps": "[1, inf)", "max_skipped_steps": "[0, inf)", "collapse_warning": "[0, inf)",
+        "cpu_threads": "[0, inf)"}
 
     name: str = "run"  # run folder name (+ config hash); presets set it
     output_root: str = "runs"  # where run folders go
@@ -125,10 +131,6 @@ class RunConfig:
             check_loggers(self.loggers)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        if self.cpu_threads < 0:
-            raise ConfigError(f"run.cpu_threads must be 0 (torch's default) or a thread count, got {self.cpu_threads}")
-        if self.checkpoint_every_steps < 1 or self.log_every_steps < 1 or self.keep_last_checkpoints < 1:
-            raise ConfigError("checkpoint_every_steps, log_every_steps and keep_last_checkpoints must be >= 1")
 
 
 # Fields that decide where or how verbosely a run happens, not what it computes: left out of the

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 class UnreadableData(ValueError):
     """The data a config reads cannot be read from here, so its run directory is only a guess
-    (`placeholder`); a launch refuses it, a dry run shows it."""
+    (`placeholder`, so that the plan still resolves); a launch refuses it, and so does its dry run."""
 
     def __init__(self, message: str, placeholder: Path):
         super().__init__(message)

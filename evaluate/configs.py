@@ -6,6 +6,8 @@ record (or must be given for an encoder file). Each protocol's presets live with
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from dataclasses import dataclass, field
 
 from common.config import ConfigError, added_field
@@ -23,6 +25,7 @@ FEATURE_KINDS = ("cls", "mean_patch", "cls_last_n")
 
 @dataclass
 class FeatureConfig:
+    RANGES: ClassVar[dict[str, str]] = {"last_n": "[1, inf)", "batch_size": "[1, inf)"}
     kind: str = "cls"  # cls (after the final norm) | mean_patch | cls_last_n (concatenated)
     last_n: int = 4  # blocks for cls_last_n
     batch_size: int = 256  # per process
@@ -31,15 +34,16 @@ class FeatureConfig:
     def check(self) -> None:
         if self.kind not in FEATURE_KINDS:
             raise ConfigError(f"kind must be one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
-        if self.last_n < 1 or self.batch_size < 1:
-            raise ConfigError("last_n and batch_size must be >= 1")
 
 
 BACKENDS = ("auto", "faiss", "torch")
+QUERY_SPLITS = ("test", "validation")
 
 
 @dataclass
 class KnnConfig:
+    RANGES: ClassVar[dict[str, str]] = {"ks": "[1, inf)", "temperature": "(0, inf)",
+        "query_chunk": "[1, inf)", "bank_chunk": "[1, inf)"}
     # neighbour counts, all read from one search
     ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
     temperature: float = 0.07  # vote weight exp(similarity / T)
@@ -47,29 +51,33 @@ class KnnConfig:
     query_chunk: int = 4096  # queries per search call
     bank_chunk: int = 262144  # training features per matmul (torch backend)
     half_precision: bool = True  # torch backend on GPU: fp16 similarities (ranking-level accuracy)
+    # the queries: test | validation (the training images held out by data.validation_size; what a
+    # tuning ranks its trials by, so that no choice is made on the test set)
+    split: str = added_field("test")
 
     def check(self) -> None:
-        if not self.ks or min(self.ks) < 1:
+        if not self.ks:
             raise ConfigError("ks must be a non-empty list of positive integers")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.temperature <= 0:
-            raise ConfigError("temperature must be > 0")
+        if self.split not in QUERY_SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(QUERY_SPLITS)}, got {self.split!r}")
 
 
 @dataclass
 class SimilarityConfig:
+    RANGES: ClassVar[dict[str, str]] = {"num_queries": "[1, inf)", "profile_length": "[1, inf)",
+        "keys_per_query": "[1, inf)"}
     num_queries: int = 1000  # test queries sampled for the profile and histograms
     profile_length: int = 10  # other classes kept in the profile
     keys_per_query: int = 2000  # training images sampled per query for the histograms
 
-    def check(self) -> None:
-        if min(self.num_queries, self.profile_length, self.keys_per_query) < 1:
-            raise ConfigError("num_queries, profile_length and keys_per_query must be >= 1")
-
 
 @dataclass
 class LinearConfig:
+    RANGES: ClassVar[dict[str, str]] = {"epochs": "[1, inf)", "batch_size": "[1, inf)",
+        "base_lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "head_init_std": "[0, inf)",
+        "crop_scale_min": "(0, 1]", "warmup_epochs": "[0, inf)"}
     epochs: int = 100  # training epochs
     batch_size: int = 256  # global
     base_lr: float = 0.02  # x batch_size / 256
@@ -84,9 +92,7 @@ class LinearConfig:
     optimizer: str = added_field("sgd")  # sgd | lars (MAE: LARS, trust ratio on weight matrices only)
 
     def check(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.base_lr <= 0:
-            raise ConfigError("need epochs >= 1, batch_size >= 1 and base_lr > 0")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.optimizer not in ("sgd", "lars"):
             raise ConfigError(f"optimizer must be sgd or lars, got {self.optimizer!r}")
@@ -94,6 +100,11 @@ class LinearConfig:
 
 @dataclass
 class FinetuneConfig:
+    RANGES: ClassVar[dict[str, str]] = {"epochs": "[1, inf)", "batch_size": "[1, inf)",
+        "base_lr": "(0, inf)", "weight_decay": "[0, inf)", "layer_decay": "(0, 1]",
+        "warmup_epochs": "[0, inf)", "warmup_lr": "[0, inf)", "min_lr": "[0, inf)",
+        "drop_path_rate": "[0, 1)", "label_smoothing": "[0, 1)", "mixup": "[0, inf)", "cutmix": "[0, inf)",
+        "random_erasing": "[0, 1]", "head_init_std": "[0, inf)", "model_ema_decay": "[0, 1)"}
     epochs: int = 100  # training epochs
     batch_size: int = 1024  # global
     base_lr: float = 5e-4  # x batch_size / 256
@@ -124,9 +135,7 @@ class FinetuneConfig:
     def check(self) -> None:
         if self.global_pool not in ("token", "avg"):
             raise ConfigError(f"global_pool must be token or avg, got {self.global_pool!r}")
-        if not 0 < self.layer_decay <= 1:
-            raise ConfigError("layer_decay must be in (0, 1]")
-        if self.epochs < 1 or self.warmup_epochs > self.epochs:
+        if self.warmup_epochs > self.epochs:
             raise ConfigError("need epochs >= 1 and warmup_epochs <= epochs")
         if self.test_transform not in ("resize_crop", "raw"):
             raise ConfigError(f"test_transform must be resize_crop or raw, got {self.test_transform!r}")
@@ -136,6 +145,7 @@ class FinetuneConfig:
 class EvalConfig:
     """One protocol's run. Only the protocol's own section (and `features` where it reads frozen
     features) is used."""
+    RANGES: ClassVar[dict[str, str]] = {"image_size": "[0, inf)"}
 
     protocol: str = "knn"  # knn | linear | finetune | similarity | knn_standardized (evaluate/protocols.py)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -148,6 +158,11 @@ class EvalConfig:
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(name="eval", output_root="", log_every_steps=50))
     preset: str = "default"  # the protocol preset it was built from
+
+    def check(self) -> None:
+        if self.knn.split == "validation" and not self.data.validation_size:
+            raise ConfigError("knn.split=validation needs a validation split: data.validation_size is 0 (the "
+                              "encoder's pretraining held out no training images; set data.validation_size=N)")
 
     def unused_sections(self, section: str, uses_features: bool = True) -> tuple[str, ...]:
         """Dotted keys left out of this run's config hash: the sections its protocol does not read

@@ -1,4 +1,4 @@
-"""Frozen-encoder features for the train and test sets, in dataset order, cached on disk.
+"""Frozen-encoder features of a split (train, validation or test), in dataset order, cached on disk.
 
 Under data parallelism each rank encodes one contiguous shard and the shards are gathered, so the
 result is the same tensor whatever the number of processes. The cache key covers the encoder
@@ -80,9 +80,11 @@ def cache_key(encoder_digest: str, config: FeatureConfig, data: DataConfig, spli
                 "last_n": config.last_n if config.kind == "cls_last_n" else 0,
                 "transform": f"resize{int(image_size * 256 / 224)}-center{image_size}-bicubic-imagenet-norm",
                 "dataset": data.dataset, "split": split,
-                "subset": data.train_subset if split == "train" else data.test_subset,
+                "subset": data.test_subset if split == "test" else data.train_subset,
                 "synthetic": [data.synthetic_train_size, data.synthetic_test_size, data.synthetic_classes,
                               data.synthetic_image_size] if data.dataset == "synthetic" else None}
+    if split != "test" and data.validation_size:  # the training images without (or only) the held-out ones
+        relevant["validation_size"] = data.validation_size
     fingerprint = dataset_fingerprint(data)
     if fingerprint:  # folder datasets: which images, wherever they are mounted
         relevant["images"] = fingerprint

@@ -138,16 +138,19 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
 
 def run(session: EvalSession) -> dict:
-    """The kNN protocol: features of train and test sets, then one search."""
+    """The kNN protocol: features of the training images (the bank) and of the query split (`knn.split`:
+    the test set, or the validation images held out of the training set, the only split a tuning
+    reads), then one search. The split it does not query is never built."""
     config = session.config
     encoder = session.encoder.build()
-    (train_features, train_labels), (test_features, test_labels) = (session.features(encoder, split)
-                                                                    for split in ("train", "test"))
+    query_split = config.knn.split
+    (train_features, train_labels), (query_features, query_labels) = (session.features(encoder, split)
+                                                                      for split in ("train", query_split))
     backend = resolve_backend(config.knn.backend, session.device)
-    metrics = knn_accuracy(train_features.to(session.device), train_labels, test_features, test_labels,
+    metrics = knn_accuracy(train_features.to(session.device), train_labels, query_features, query_labels,
                            session.num_classes, config.knn, backend)
-    return session.result(metrics, backend=backend, feature_kind=config.features.kind,
-                          train_size=len(train_features), test_size=len(test_features))
+    return session.result(metrics, backend=backend, feature_kind=config.features.kind, split=query_split,
+                          train_size=len(train_features), **{f"{query_split}_size": len(query_features)})
 
 
 PROTOCOL = Protocol("knn", section="knn", presets=("default",), run=run,

@@ -21,14 +21,15 @@ def standardize(train_features: torch.Tensor, test_features: torch.Tensor,
 def run(session: EvalSession) -> dict:
     config = session.config
     encoder = session.encoder.build()
-    (train_features, train_labels), (test_features, test_labels) = (session.features(encoder, split)
-                                                                    for split in ("train", "test"))
-    train_features, test_features = standardize(train_features.float(), test_features.float())
+    query_split = config.knn.split  # as `knn`: the test set, or the validation images of a tuning
+    (train_features, train_labels), (query_features, query_labels) = (session.features(encoder, split)
+                                                                      for split in ("train", query_split))
+    train_features, query_features = standardize(train_features.float(), query_features.float())
     backend = resolve_backend(config.knn.backend, session.device)
-    metrics = knn_accuracy(train_features.to(session.device), train_labels, test_features, test_labels,
+    metrics = knn_accuracy(train_features.to(session.device), train_labels, query_features, query_labels,
                            session.num_classes, config.knn, backend)
-    return session.result(metrics, backend=backend, feature_kind=config.features.kind,
-                          train_size=len(train_features), test_size=len(test_features))
+    return session.result(metrics, backend=backend, feature_kind=config.features.kind, split=query_split,
+                          train_size=len(train_features), **{f"{query_split}_size": len(query_features)})
 
 
 PROTOCOL = Protocol("knn_standardized", section="knn", presets=("default",), run=run, hours=2.0,

@@ -22,3 +22,10 @@ def headline(protocol: str) -> tuple[str, str]:
         if protocol in record.headline:
             return record.headline[protocol]
     raise ValueError(f"no stage reports {protocol!r}")
+
+
+def baseline_preset(name: str, flavour: str) -> str:
+    """`<name>_<flavour>` where that preset exists, else the baseline's only (official) recipe: DINO's
+    published recipe is the same in both flavours (the paper trains no DINO)."""
+    presets = stage_record("pretrain").presets
+    return f"{name}_{flavour}" if f"{name}_{flavour}" in presets else f"{name}_official"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.checkpoint import atomic_write_text
+from common.cli import parse_items
 from common.config import ConfigError, apply_overrides
 from plans.registry import stage_record
 from plans.tables import PRETRAIN, Plan, Row, Stage
@@ -66,6 +67,8 @@ def parse_grid(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
         listed = tuple(value for value in values.split(",") if value)
         if not separator or not key or not listed:
             raise ValueError(f"grid entries are key=value1,value2,...; got {item!r}")
+        if len(listed) != len(values.split(",")):  # a stray comma: a value left out, not a point dropped
+            raise ValueError(f"--grid {item}: an empty value between commas; write {key}={','.join(listed)}")
         if "/" in values:
             raise ValueError(f"grid values may not contain '/' (they name stages): {item!r}")
         grid.append((key, listed))
@@ -74,6 +77,18 @@ def parse_grid(items: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if len({key for key, _ in grid}) != len(grid):
         raise ValueError("each key may appear once in --grid")
     return tuple(grid)
+
+
+def parse_evals(text: str) -> tuple[str, ...]:
+    """--evals "knn,linear:fast" -> ("knn", "linear:fast"). Each protocol once: a point has one stage per
+    protocol (`<point>/seed0/knn`), so "knn,knn:fast" would name one stage twice."""
+    evals = parse_items(text, "--evals", "evaluation")
+    protocols = [item.partition(":")[0] for item in evals]
+    repeated = next((protocol for index, protocol in enumerate(protocols) if protocol in protocols[:index]), None)
+    if repeated is not None:
+        raise ValueError(f"--evals {text.strip()}: protocol {repeated} is given twice (a point has one {repeated} "
+                         "stage); name each protocol once")
+    return evals
 
 
 def check_grid(preset: str, grid: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -146,21 +161,29 @@ def sweep_file(output_root: Path, name: str) -> Path:
     return Path(output_root) / ".sweeps" / f"{name}.json"
 
 
-def save_sweep(output_root: Path, sweep: Sweep) -> Path:
-    """Keep the definition for the report. Relaunching a name with more seeds or values is allowed
-    (their runs coexist); the saved definition becomes the union of the grids and seeds."""
+def merged_sweep(output_root: Path, sweep: Sweep) -> Sweep:
+    """The definition `save_sweep` would keep, writing nothing (a launch checks it before any stage, a dry
+    run too). Relaunching a name with more seeds or values is allowed (their runs coexist): the union of
+    the grids and seeds. A name kept with another preset or other keys, or a damaged file, is refused."""
     path = sweep_file(output_root, sweep.name)
-    if path.is_file():
-        old = load_sweep(output_root, sweep.name)
-        if old.preset != sweep.preset or old.keys != sweep.keys:
-            raise ValueError(f"sweep {sweep.name!r} exists with preset {old.preset} and keys {', '.join(old.keys)} "
-                             f"({path}); choose another --name")
-        grid = tuple((key, tuple(dict.fromkeys((*dict(old.grid)[key], *values)))) for key, values in sweep.grid)
-        evals = tuple(dict.fromkeys((*old.evals, *sweep.evals)))
-        sweep = Sweep(**{**asdict(sweep), "grid": grid, "seeds": tuple(sorted({*old.seeds, *sweep.seeds})),
-                         "evals": evals})
+    if not path.is_file():
+        return sweep
+    old = load_sweep(output_root, sweep.name)
+    if old.preset != sweep.preset or old.keys != sweep.keys:
+        raise ValueError(f"sweep {sweep.name!r} exists with preset {old.preset} and keys {', '.join(old.keys)} "
+                         f"({path}); choose another --name")
+    grid = tuple((key, tuple(dict.fromkeys((*dict(old.grid)[key], *values)))) for key, values in sweep.grid)
+    evals = tuple(dict.fromkeys((*old.evals, *sweep.evals)))
+    return Sweep(**{**asdict(sweep), "grid": grid, "seeds": tuple(sorted({*old.seeds, *sweep.seeds})),
+                    "evals": evals})
+
+
+def save_sweep(output_root: Path, sweep: Sweep) -> Path:
+    """Keep the definition for the report: `merged_sweep` with what was kept of the name before."""
+    merged = merged_sweep(output_root, sweep)
+    path = sweep_file(output_root, sweep.name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(asdict(sweep), indent=2), path)
+    atomic_write_text(json.dumps(asdict(merged), indent=2), path)
     return path
 
 

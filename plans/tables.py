@@ -11,7 +11,8 @@ import functools
 from dataclasses import dataclass, field
 
 from common.config import config_hash
-from plans.registry import stage_record
+from plans.registry import baseline_preset, stage_record
+from plans.tuning import TRIALS_PER_METHOD, TUNED_METHODS, VALIDATION_KNN, Trial, schedule_for, tuning_trials
 from pretrain.configs import FASHION_MNIST_SCALES, preset
 
 PRETRAIN = "pretrain"
@@ -106,13 +107,6 @@ RANDOM_INIT = "random init (no pretraining)"  # the row of an encoder evaluated 
 BASELINE_LABELS = {"imagenet": {"dino": "DINO*", "sdmp": "SDMP"}, "cifar": {"dino": "DINO", "sdmp": "SDMP"}}
 
 
-def baseline_preset(name: str, flavour: str) -> str:
-    """`<name>_<flavour>` where that preset exists, else the baseline's only (official) recipe: DINO's
-    published recipe is the same in both flavours (the paper trains no DINO)."""
-    presets = stage_record(PRETRAIN).presets
-    return f"{name}_{flavour}" if f"{name}_{flavour}" in presets else f"{name}_official"
-
-
 def table2(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Plan:
     plan = Plan("table2", "ImageNet-1K: ViT-S/16 300 and 800 epochs, ViT-B/16 300 epochs; finetune, linear, kNN; "
                 "DINO (ViT-S/16, ViT-B/16) and SDMP (ViT-S/16) 300 epochs run here as published")
@@ -161,7 +155,9 @@ def table3(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: t
 def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> None:
     """Table 3 at a Fashion-MNIST scale: PatchMix (m = 2), MoCo v3 (m = 1), DINO and SDMP, each with the
     same data, budget, seeds and evaluations (linear probe and kNN), and the kNN of a randomly
-    initialised encoder as the reference of what pretraining added."""
+    initialised encoder's kNN and linear probe as the reference of what pretraining added on each
+    protocol (a method whose interval over it is not above 0 did not learn there: its claims are not
+    compared, reports/tables.py)."""
     base, protocols = ABLATION_BASES[dataset], ("linear", "knn")
     scale = base.preset.removeprefix("fashion_mnist_")
     rows = {"patchmix": ("PatchMix", f"{base.preset}_m2_{flavour}"), "mocov3": ("MoCo v3 (m=1)", f"{base.preset}_m1_{flavour}"),
@@ -171,11 +167,12 @@ def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> 
         _pretrain_with_evals(plan, f"table3/{dataset}/{key}", preset, seed, protocols,
                              _rows("table3", label, base.backbone, base.epochs, dataset, protocols),
                              base.resources, eval_presets=base.eval_presets)
-    # What pretraining adds: kNN of the same architecture, randomly initialised with the run's seed.
-    plan.stages.append(Stage(f"table3/{dataset}/random-init/seed{seed}/knn", "knn", "default", ("source.encoder=random",),
-                             after=f"table3/{dataset}/mocov3/seed{seed}/pretrain", seed=seed, **base.resources,
-                             rows=(Row("table3", RANDOM_INIT, base.backbone, 0,
-                                       DATASET_LABEL[dataset], "knn"),)))
+    # What pretraining adds: both protocols of the same architecture, randomly initialised with the run's seed.
+    for protocol in protocols:
+        plan.stages.append(Stage(f"table3/{dataset}/random-init/seed{seed}/{protocol}", protocol,
+                                 base.eval_presets.get(protocol, "default"), ("source.encoder=random",),
+                                 after=f"table3/{dataset}/mocov3/seed{seed}/pretrain", seed=seed, **base.resources,
+                                 rows=(Row("table3", RANDOM_INIT, base.backbone, 0, DATASET_LABEL[dataset], protocol),)))
 
 
 TABLE4_PROTOCOLS = {  # transfer config -> the method name of its rows
@@ -384,13 +381,44 @@ def smoke(seeds: tuple[int, ...] = (0,), **_) -> Plan:
     return plan
 
 
+def tuning_plan(trials: list[Trial], description: str, resources: dict, backbone: str) -> Plan:
+    """The stages of a tuning's trials (plans/tuning.py): each trial's pretraining, then its kNN on the
+    validation split, which fills the report row of its point. No stage reads the test set."""
+    plan = Plan("tune", description)
+    knn_resources = {"nodes": 1, "gpus_per_node": resources["gpus_per_node"], "hours": stage_record("knn").hours}
+    for trial in trials:
+        plan.stages.append(Stage(trial.pretrain_key, PRETRAIN, trial.preset, trial.overrides, seed=trial.seed,
+                                 **resources))
+        plan.stages.append(Stage(trial.knn_key, "knn", "default", VALIDATION_KNN, after=trial.pretrain_key,
+                                 seed=trial.seed, rows=(Row("tune", trial.row_method, backbone, trial.epochs,
+                                                            DATASET_LABEL.get(trial.dataset, trial.dataset), "knn"),),
+                                 **knn_resources))
+    return plan
+
+
+def tune(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("fashion_mnist",),
+         **_) -> Plan:
+    """One tuning procedure for every method at a Fashion-MNIST scale (plans/tuning.py): the same number of
+    short trials for PatchMix, MoCo v3, DINO and SDMP, each ranked by kNN on images held out of the
+    training set; the test set is never read."""
+    stages, descriptions = [], []
+    for dataset in datasets:
+        base, schedule = ABLATION_BASES[dataset], schedule_for(dataset)
+        trials = tuning_trials(dataset, flavour, seeds)
+        stages += tuning_plan(trials, "", base.resources, base.backbone).stages
+        descriptions.append(f"{dataset}: {TRIALS_PER_METHOD} trials per method ({', '.join(TUNED_METHODS)}) "
+                            f"of {schedule.epochs} epochs, ranked by kNN on {schedule.validation_images:,} "
+                            "training images held out (never the test set)")
+    return Plan("tune", "Tuning, the same budget for every method: " + "; ".join(descriptions), stages)
+
+
 PLANS = {"table2": table2, "table3": table3, "table4": table4, "table5": table5, "table6": table6,
-         "table7": table7, "fig4": fig4, "fig5": fig5, "demo": demo, "smoke": smoke}
+         "table7": table7, "fig4": fig4, "fig5": fig5, "demo": demo, "smoke": smoke, "tune": tune}
 ALIASES = {"ablation-mix-number": "table6", "ablation-loss": "table7"}
 # The datasets each plan can run (the others have fixed datasets and ignore the option).
 PLAN_DATASETS = {**{name: ("cifar10", "cifar100", *FASHION_MNIST) for name in ("table5", "table6", "table7")},
                  "fig4": ("imagenet", *FASHION_MNIST), "fig5": ("cifar10", "cifar100"),
-                 "table3": ("cifar10", "cifar100", *FASHION_MNIST)}
+                 "table3": ("cifar10", "cifar100", *FASHION_MNIST), "tune": FASHION_MNIST}
 
 
 def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0,),
@@ -408,7 +436,8 @@ def build_plan(name: str, flavour: str = "official", seeds: tuple[int, ...] = (0
         keywords["datasets"] = tuple(datasets)
     plan = PLANS[name](**keywords)
     scales = [ABLATION_BASES[d] for d in datasets if d in FASHION_MNIST]
-    if scales and len(scales) == len(datasets):  # say what ran, and which setting of the paper it stands in for
+    # Say what ran, and which setting of the paper it stands in for (a tuning stands in for none).
+    if scales and len(scales) == len(datasets) and name != "tune":
         base = scales[0]
         plan.description = (f"Fashion-MNIST scale-down ({base.backbone}, {base.epochs} epochs, 28 px); the paper's "
                             f"setting: {plan.description}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from torchvision import transforms
 
@@ -16,6 +16,9 @@ CROP_INTERPOLATIONS = {"bicubic": BICUBIC, "bilinear": transforms.InterpolationM
 
 @dataclass
 class AugmentConfig:
+    RANGES: ClassVar[dict[str, str]] = {"crop_scale_min": "(0, 1]", "crop_scale_max": "(0, 1]",
+        "num_local_crops": "[0, inf)", "local_crop_size": "[1, inf)", "local_crop_scale_min": "(0, 1]",
+        "local_crop_scale_max": "(0, 1]"}
     crop_scale_min: float = 0.08  # random resized crop: smallest area share of the global views
     crop_scale_max: float = 1.0  # random resized crop: largest area share of the global views
     num_local_crops: int = 0  # multi-crop of the official ImageNet preset: 8
@@ -37,10 +40,8 @@ class AugmentConfig:
     def check(self) -> None:
         for low, high, what in ((self.crop_scale_min, self.crop_scale_max, "crop_scale"),
                                 (self.local_crop_scale_min, self.local_crop_scale_max, "local_crop_scale")):
-            if not 0 < low <= high <= 1:
+            if low > high:
                 raise ConfigError(f"{what}_min/max must satisfy 0 < min <= max <= 1, got {low}, {high}")
-        if self.num_local_crops < 0:
-            raise ConfigError("num_local_crops must be >= 0")
         if self.crop_interpolation not in CROP_INTERPOLATIONS:
             raise ConfigError(f"crop_interpolation must be one of {', '.join(CROP_INTERPOLATIONS)}, "
                               f"got {self.crop_interpolation!r}")

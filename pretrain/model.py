@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass
 class ModelConfig:
+    RANGES: ClassVar[dict[str, str]] = {"patch_size": "[1, inf)", "image_size": "[1, inf)",
+        "num_heads": "[0, inf)", "drop_path_rate": "[0, 1)", "projector_hidden_dim": "[1, inf)",
+        "predictor_hidden_dim": "[1, inf)", "output_dim": "[1, inf)"}
     arch: str = "vit_small"  # vit_tiny | vit_small | vit_base (vit_debug, vit_mini: tests and the CPU demo)
     patch_size: int = 16  # ViT patch side in pixels; also PatchMix's mix patch (16 ImageNet, 2 CIFAR)
     image_size: int = 224  # training input side in pixels (global crops)
@@ -56,10 +59,8 @@ class ModelConfig:
     def check(self) -> None:
         if self.arch not in VIT_SIZES:
             raise ConfigError(f"arch {self.arch!r} is not one of {', '.join(VIT_SIZES)}")
-        if self.patch_size < 1 or self.image_size % self.patch_size:
+        if self.image_size % self.patch_size:
             raise ConfigError(f"patch_size {self.patch_size} must divide image_size {self.image_size}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
             raise ConfigError(f"pos_embed_interpolation {self.pos_embed_interpolation!r} is not one of "
                               f"{', '.join(POS_EMBED_INTERPOLATIONS)}")

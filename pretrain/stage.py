@@ -7,7 +7,7 @@ from typing import Sequence
 
 from common.config import apply_overrides
 from common.stage import StageRecord, UnreadableData, Upstream
-from pretrain.configs import PRESETS, PretrainConfig, encoder_record, preset, run_directory
+from pretrain.configs import PresetNames, PretrainConfig, encoder_record, preset, run_directory
 from pretrain.train import main
 
 
@@ -24,5 +24,5 @@ def planned_run_directory(config: PretrainConfig) -> Path:
         raise UnreadableData(str(error), run_directory(config, data_fingerprint="unread").path) from None
 
 
-STAGE = StageRecord("pretrain", main, resolve, planned_run_directory, presets=tuple(PRESETS), hours=24.0,
+STAGE = StageRecord("pretrain", main, resolve, planned_run_directory, presets=PresetNames(), hours=24.0,
                     encoder_record=encoder_record)

@@ -300,7 +300,7 @@ def finish(config: PretrainConfig, run: RunLifecycle, training: TrainingState, s
     result = {"stage": "pretrain", "preset": config.preset, "experiment": config.run.experiment,
               "seed": config.run.seed, "dataset": config.data.dataset, "method": config.method,
               "arch": config.model.arch, "patch_size": config.model.patch_size,
-              "num_mixed": config.mix.num_mixed if config.method == "patchmix" else None,
+              "num_mixed": None, **method_named(config.method).result_fields(config),
               "epochs": config.optim.epochs, "steps": step, "total_steps": total_steps,
               "epochs_completed": step / steps_per_epoch, "final_metrics": last_metrics,
               "checkpoint": str(checkpoint_path(checkpoint_dir, step)),

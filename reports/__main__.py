@@ -1,5 +1,7 @@
 """`python -m reports [PLAN ...] [--output-root runs] [--out reports/out]`: markdown + PNG per plan.
 `python -m reports sweep NAME [--output-root runs] [--out reports/out]`: a sweep's grouped table.
+`python -m reports tune [--output-root runs] [--out reports/out] [--datasets fashion_mnist]`: the tuning's
+tuning.csv (every trial) and tuning.md (the procedure and each method's chosen point).
 
 Reads only result.json files under the output root; rows without results say "not run".
 """
@@ -10,15 +12,21 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli import parse_items, parse_seeds
+from reports.belonging import split_foreign
 from reports.collect import collect, load_reference, split_superseded
 from reports.plots import plot_against, plot_bars, plot_loss_curves, plot_similarity
 from reports.tables import InconsistentResults, plan_report, row_results
 from plans.launches import launched
-from plans.sweeps import load_sweep
+from plans.sweeps import load_sweep, sweep_plan
 from reports.sweeps import sweep_report
+from reports.tuning import write_tuning_report
 from plans.tables import ALIASES, PLANS, build_plan
+from plans.tuning import SCALES, TUNED_METHODS, schedule_for, tuning_trials
 
 PLANS_WITHOUT_DATASETS = ("table2", "table4", "demo", "smoke")
+# Plans with a report of their own kind, not a plan_report: written by their own subcommand only.
+PLANS_OF_THEIR_OWN = ("tune",)
 
 
 def left_out(plan, results) -> str:
@@ -80,28 +88,38 @@ def seeds_and_datasets(output_root: Path, name: str, flavour: str, seeds: tuple[
     return seeds or launched_seeds or (0,), (datasets or launched_datasets) if has_datasets else ()
 
 
+def warn_foreign(name: str, foreign: list[tuple[str, str]]) -> None:
+    """One warning line per result left out for another dataset, method or preset than its stage's."""
+    for path, what in foreign:
+        print(f"warning: {name}: left out {path}: {what} (averaged nowhere)", file=sys.stderr)
+
+
 def write_reports(names: list[str], output_root: Path, out: Path, flavour: str = "official",
                   seeds: tuple[int, ...] = (), datasets: tuple[str, ...] = ()) -> list[Path]:
     """One markdown report (+ figures) per plan. Seeds and datasets not given are those launched
-    for the plan (plans/launches.py), else seed 0 and the plan's datasets."""
+    for the plan (plans/launches.py), else seed 0 and the plan's datasets. Per plan, results that
+    carry one of its stage keys but not that stage's dataset, method or preset are left out first
+    (named in a warning and in the report), then older results of a stage are superseded."""
     collected = collect(output_root)
     damaged = collected.attrs.get("damaged", [])
     for path, reason in damaged:
         print(f"warning: unreadable result {path} ({reason}); listed in the reports, averaged nowhere",
               file=sys.stderr)
-    results, superseded = split_superseded(collected)
     reference = load_reference()
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
         plan_seeds, plan_datasets = seeds_and_datasets(output_root, name, flavour, seeds, datasets)
         plan = build_plan(name, flavour, plan_seeds, plan_datasets)
+        belonging, foreign = split_foreign(plan, collected)
+        warn_foreign(plan.name, foreign)
+        results, superseded = split_superseded(belonging)  # after: a foreign result supersedes nothing
         rows = row_results(plan, results, reference)
         unreported = left_out(plan, results)
         if unreported:
             print(f"note: {plan.name}: {unreported}", file=sys.stderr)
         text = plan_report(plan, results, reference, figures_for(plan, rows, results, out), superseded,
-                           damaged, unreported)
+                           damaged, unreported, foreign)
         path = out / f"{plan.name}.md"
         path.write_text(text)
         written.append(path)
@@ -131,11 +149,46 @@ def sweep_main(argv: list[str]) -> None:
     arguments = parser.parse_args(argv)
     try:
         sweep = load_sweep(arguments.output_root, arguments.name)
-        results, _ = split_superseded(collect(arguments.output_root))
-        print(f"wrote {sweep_report(sweep, results, arguments.out)}")
+        belonging, foreign = split_foreign(sweep_plan(sweep), collect(arguments.output_root))
+        warn_foreign(f"sweep {sweep.name}", foreign)
+        results, _ = split_superseded(belonging)
+        print(f"wrote {sweep_report(sweep, results, arguments.out, foreign)}")
     except (InconsistentResults, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def tune_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m reports tune",
+                                     description="the tuning's trials (tuning.csv) and each method's chosen point")
+    parser.add_argument("--output-root", default="runs", type=Path, help="where the trials' runs are")
+    parser.add_argument("--out", default=Path("reports/out"), type=Path, help="where tuning.csv and tuning.md go")
+    parser.add_argument("--flavour", default="official")
+    parser.add_argument("--seeds", default="", help="default: the seeds launched, else 0")
+    parser.add_argument("--datasets", default="", help="the one scale reported (default: the one launched, else "
+                                                       "fashion_mnist)")
+    arguments = parser.parse_args(argv)
+    try:
+        seeds, datasets = seeds_and_datasets(
+            arguments.output_root, "tune", arguments.flavour,
+            parse_seeds(arguments.seeds) if arguments.seeds else (),
+            parse_items(arguments.datasets, "--datasets", "dataset") if arguments.datasets else ())
+        datasets = datasets or ("fashion_mnist",)
+        if len(datasets) != 1 or datasets[0] not in SCALES:
+            raise ValueError(f"one tuning report per scale: give --datasets with one of {', '.join(SCALES)} "
+                             f"(got {', '.join(datasets)})")
+        dataset = datasets[0]
+        plan = build_plan("tune", arguments.flavour, seeds, datasets)
+        belonging, foreign = split_foreign(plan, collect(arguments.output_root))
+        warn_foreign(plan.name, foreign)
+        results, _ = split_superseded(belonging)
+        paths = write_tuning_report(plan, tuning_trials(dataset, arguments.flavour, seeds), results, arguments.out,
+                                    TUNED_METHODS, schedule_for(dataset), f"Fashion-MNIST {SCALES[dataset]}", seeds)
+    except (InconsistentResults, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,19 +196,25 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["sweep"]:
         sweep_main(argv[1:])
         return
+    if argv[:1] == ["tune"]:
+        tune_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m reports")
     parser.add_argument("plans", nargs="*", help=f"default: all of {', '.join(PLANS)}")
     parser.add_argument("--output-root", default="runs", type=Path, help="where the runs are")
     parser.add_argument("--out", default=Path("reports/out"), type=Path)
     parser.add_argument("--flavour", default="official")
-    parser.add_argument("--seeds", default="", help="default: the seeds launched for each plan, else 0")
-    parser.add_argument("--datasets", default="", help="default: the datasets launched for each plan")
+    parser.add_argument("--seeds", help="comma-separated; default: the seeds launched for each plan, else 0")
+    parser.add_argument("--datasets", help="comma-separated; default: the datasets launched for each plan")
     parser.add_argument("--csv", type=Path, help="also write every collected result (one row per run) to this CSV")
     arguments = parser.parse_args(argv)
-    names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke")]
-    seeds = tuple(int(s) for s in arguments.seeds.replace(",", " ").split())
-    datasets = tuple(arguments.datasets.replace(",", " ").split())
-    try:
+    names = [ALIASES.get(n, n) for n in arguments.plans] or [n for n in PLANS if n not in ("demo", "smoke",
+                                                                                             *PLANS_OF_THEIR_OWN)]
+    if set(names) & set(PLANS_OF_THEIR_OWN):
+        parser.error("the tuning's report is written on its own: python -m reports tune [--datasets ...]")
+    try:  # the launcher's parsers: the same seeds and datasets are refused or accepted on both sides
+        seeds = parse_seeds(arguments.seeds) if arguments.seeds is not None else ()
+        datasets = parse_items(arguments.datasets, "--datasets", "dataset") if arguments.datasets is not None else ()
         for path in write_reports(names, arguments.output_root, arguments.out, arguments.flavour, seeds, datasets):
             print(f"wrote {path}")
         if arguments.csv:

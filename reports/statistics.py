@@ -1,7 +1,7 @@
 """Statistics over seeds for the reports: 95 % confidence intervals of a mean (Student's t), paired
 differences between two rows over the seeds both have (same seed = same data order and
 initialisation, so the pairing removes most of the seed-to-seed noise), and the verdict on a claim
-of the paper from the interval of its paired difference."""
+of the paper from the interval of its paired difference (or none, where a side did not learn)."""
 from __future__ import annotations
 
 import math
@@ -12,6 +12,7 @@ T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 HOLDS, REVERSED, NOT_RESOLVED = "holds", "reversed", "not resolved"
+NOT_COMPARABLE = "not comparable"
 
 
 def t_quantile_95(degrees_of_freedom: int) -> float:
@@ -62,3 +63,10 @@ def verdict(interval: Interval | None) -> str:
     if interval is None or interval.low <= 0 <= interval.high:
         return NOT_RESOLVED
     return HOLDS if interval.low > 0 else REVERSED
+
+
+def not_comparable(methods: list[str]) -> str:
+    """The verdict on a claim where `methods` (one side or both, as the report names them) did not learn
+    at this scale: beating, or losing to, an encoder no better than its random initialisation says
+    nothing about the claim, whatever the interval of the difference."""
+    return f"{NOT_COMPARABLE} ({' and '.join(methods)} did not learn here)"

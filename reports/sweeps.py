@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from plans.registry import headline  # noqa: E402
 from plans.sweeps import Sweep, point_label, sweep_plan  # noqa: E402
+from reports.belonging import foreign_lines  # noqa: E402
 from reports.tables import RowResult, _number, row_results  # noqa: E402
 
 
@@ -68,8 +69,9 @@ def sweep_figure(sweep: Sweep, key: str, results: dict[tuple[str, str], RowResul
     return path
 
 
-def sweep_report(sweep: Sweep, results: pd.DataFrame, out: Path) -> Path:
-    """Write `<out>/sweep-<name>.md` and its figures; returns the markdown's path."""
+def sweep_report(sweep: Sweep, results: pd.DataFrame, out: Path, foreign: list[tuple[str, str]] = ()) -> Path:
+    """Write `<out>/sweep-<name>.md` and its figures; returns the markdown's path. `foreign`: results
+    left out for another dataset, method or preset than their point's (reports/belonging.split_foreign)."""
     plan = sweep_plan(sweep)
     by_row = {(r.row.method, r.row.protocol): r for r in row_results(plan, results, pd.DataFrame(
         columns=["table", "method", "backbone", "epochs", "dataset", "protocol", "value", "note"]))}
@@ -88,6 +90,7 @@ def sweep_report(sweep: Sweep, results: pd.DataFrame, out: Path) -> Path:
     notes = [f"- {r.row.method} {r.row.protocol}: {note}" for r in by_row.values() for note in r.notes]
     if notes:
         parts += ["", "Notes:", "", *notes]
+    parts += foreign_lines(foreign)
     for key in sweep.keys:
         name = f"sweep-{sweep.name}-{key}.png"
         if sweep_figure(sweep, key, by_row, out / name):

@@ -1,7 +1,8 @@
 """Markdown tables: for every row of a plan, the paper's number, ours (mean +- std over seeds),
 the difference, the protocol and preset, and provenance; with several seeds, the 95 % interval of
 the mean and the paired difference with the plan's baseline row, then the verdict on each of the
-paper's claims (reports/statistics.py); then the paper's other methods (MoCo v3, DINO, SDMP, iBOT,
+paper's claims (reports/statistics.py; not comparable where a side did not learn beyond its random
+initialisation); then the paper's other methods (MoCo v3, DINO, SDMP, iBOT,
 ...) for the same setting as reference rows.
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pandas as pd
 
 from plans.registry import headline
 from plans.tables import RANDOM_INIT, Plan, Row
-from reports.statistics import Interval, mean_interval, paired_difference, verdict
+from reports.belonging import foreign_lines
+from reports.statistics import Interval, mean_interval, not_comparable, paired_difference, verdict
 
 
 
@@ -120,7 +122,43 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
         epochs = {_epochs_run(record, epochs_by_pretraining) for _, record in records} - {None}
         output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in averaged),
                                 presets[row], identity, commit[:10], notes, dict(averaged), tuple(sorted(epochs))))
+    _note_not_learned(output)
     return output
+
+
+def random_initialisation(results: list[RowResult], row: Row) -> RowResult | None:
+    """The random-initialisation row with results in `row`'s setting (backbone, dataset, protocol;
+    not epochs: its encoder trained for 0)."""
+    return next((r for r in results if r.row.method == RANDOM_INIT and r.values
+                 and (r.row.backbone, r.row.dataset, r.row.protocol) == (row.backbone, row.dataset, row.protocol)),
+                None)
+
+
+def learned(result: RowResult, results: list[RowResult]) -> bool | None:
+    """Whether pretraining took `result`'s method above the random initialisation of the same
+    architecture and seeds, on this row's own metric: True when the 95 % interval of the paired
+    difference (pretrained - random init) lies above 0; False when its lower end does not (below
+    the initialisation, or straddling it: not shown to have learned anything); None when it cannot
+    be judged: no random-initialisation row in the setting, or fewer than two common seeds.
+
+    Judged per protocol, never carried over from another: a linear probe can read features that a
+    kNN vote cannot (and the reverse), so a method may learn on one protocol's metric and not on the
+    other's. A claim is judged on the protocol it compares, and where that protocol has no
+    random-initialisation row its verdict stands as it is."""
+    initial = random_initialisation(results, result.row)
+    if initial is None or result.row.method == RANDOM_INIT or not result.values:
+        return None
+    _, interval, _ = paired_difference(result.values, initial.values)
+    return None if interval is None else interval.low > 0
+
+
+def _note_not_learned(results: list[RowResult]) -> None:
+    """Star each row whose method did not learn at this scale, with the gain that says so."""
+    for result in results:
+        if learned(result, results) is False:
+            gain = _paired(result, random_initialisation(results, result.row))
+            result.notes.append(f"did not learn at this scale: pretrained − random init {gain} does not lie "
+                                f"above 0 (its claims on {result.row.protocol} are not comparable)")
 
 
 def _identity(record: pd.Series) -> str:
@@ -224,7 +262,8 @@ def markdown_table(results: list[RowResult], baseline: str = "") -> str:
 def claims_table(plan: Plan, results: list[RowResult]) -> str:
     """Each claim of the paper in this table, per setting where both rows have results: the paired
     difference (better - worse) over seeds with its 95 % interval, and the verdict: holds (interval
-    above 0), reversed (below 0), not resolved (contains 0, or a single seed)."""
+    above 0), reversed (below 0), not resolved (contains 0, or a single seed); or not comparable
+    when either side did not learn at this scale on the claim's protocol (`learned`)."""
     lines = []
     for claim in plan.claims:
         for better in (r for r in results if r.row.method == claim.better and r.values):
@@ -232,7 +271,10 @@ def claims_table(plan: Plan, results: list[RowResult]) -> str:
             if worse is None or not worse.values:
                 continue
             _, interval, pairs = paired_difference(better.values, worse.values)
-            outcome = verdict(interval) + (" (one seed)" if pairs == 1 else "")
+            # A side no better than its random initialisation makes the difference meaningless for the claim.
+            unlearned = [side.row.method for side in (better, worse) if learned(side, results) is False]
+            outcome = (not_comparable(unlearned) if unlearned
+                       else verdict(interval) + (" (one seed)" if pairs == 1 else ""))
             lines.append(f"| {claim.text} | {better.row.dataset} | {better.row.backbone} | {better.row.protocol} | "
                          f"{_paired(better, worse)} | {outcome} |")
     if not lines:
@@ -244,7 +286,7 @@ def claims_table(plan: Plan, results: list[RowResult]) -> str:
 def pretraining_gain_table(results: list[RowResult]) -> str:
     """What pretraining added: each pretrained row minus the randomly initialised encoder of the same
     setting (backbone, dataset, protocol), paired over seeds (same seed: same architecture and
-    initialisation), with its 95 % interval."""
+    initialisation), with its 95 % interval, and whether the method learned at this scale (`learned`)."""
     lines = []
     for initial in (r for r in results if r.row.method == RANDOM_INIT and r.values):
         setting = (initial.row.backbone, initial.row.dataset, initial.row.protocol)
@@ -252,11 +294,16 @@ def pretraining_gain_table(results: list[RowResult]) -> str:
             if trained.row.method != RANDOM_INIT and trained.values and \
                     (trained.row.backbone, trained.row.dataset, trained.row.protocol) == setting:
                 lines.append(f"| {trained.row.method} | {trained.row.dataset} | {trained.row.backbone} | "
-                             f"{trained.row.protocol} | {_ours(trained)} | {_ours(initial)} | {_paired(trained, initial)} |")
+                             f"{trained.row.protocol} | {_ours(trained)} | {_ours(initial)} | {_paired(trained, initial)} | "
+                             f"{LEARNED[learned(trained, results)]} |")
     if not lines:
         return ""
     return "\n".join(["| Pretrained row | Dataset | Backbone | Protocol | Pretrained | Random init | "
-                      "Pretrained − random init (paired, 95 % CI) |", "|---|---|---|---|---|---|---|", *lines])
+                      "Pretrained − random init (paired, 95 % CI) | Learned at this scale |",
+                      "|---|---|---|---|---|---|---|---|", *lines])
+
+
+LEARNED = {True: "yes", False: "did not learn at this scale", None: "not judged (under two seeds)"}
 
 
 FIDELITY_DOC = "docs/fidelity.md"
@@ -292,9 +339,16 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
     return "\n".join(lines)
 
 
+NOT_LEARNED_SENTENCE = (" A claim with a method that did not learn at this scale on the claim's protocol (its "
+                        "pretrained − random init interval not above 0, below) is not comparable.")
+
+
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                 figures: list[str] = (), superseded: pd.DataFrame | None = None,
-                damaged: list[tuple[str, str]] = (), unreported: str = "") -> str:
+                damaged: list[tuple[str, str]] = (), unreported: str = "",
+                foreign: list[tuple[str, str]] = ()) -> str:
+    """The plan's report. `superseded`, `damaged` and `foreign` (reports/belonging.split_foreign): the
+    results left out before `results`, each listed with its path."""
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
@@ -304,16 +358,19 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
              f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",
              markdown_table(rows, plan.baseline)]
     claims = claims_table(plan, rows)
+    has_initial = any(r.row.method == RANDOM_INIT and r.values for r in rows)  # else no claim is judged so
     if claims:
         parts += ["", "## The paper's claims at this scale", "",
                   f"Baseline row: {plan.baseline}. Δ columns are paired over seeds (same seed: same data order and "
                   "initialisation); a claim holds when the 95 % interval of its paired difference lies above 0, is "
-                  "reversed when it lies below 0, and is not resolved otherwise.", "", claims]
+                  "reversed when it lies below 0, and is not resolved otherwise." + NOT_LEARNED_SENTENCE * has_initial,
+                  "", claims]
     gains = pretraining_gain_table(rows)
     if gains:
         parts += ["", "## What pretraining added", "",
                   f"Each pretrained row against the \"{RANDOM_INIT}\" row: the same architecture evaluated at the "
-                  "initialisation of the same seed, before any training.", "", gains]
+                  "initialisation of the same seed, before any training. A method learned at this scale when the "
+                  "interval lies above 0; one that did not is starred above, per protocol.", "", gains]
     notes = [f"- {r.row.method} {r.row.dataset} {r.row.protocol}: {note}" for r in rows for note in r.notes]
     if notes:
         parts += ["", "\\* Seeds lists the seeds averaged. Notes:", "", *notes]
@@ -332,6 +389,7 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                           "(another config or code version):", ""]
             parts += [f"- `{record.experiment}`: {record.run_dir} (commit {str(record.get('git_commit', 'unknown'))[:10]})"
                       for _, record in old.iterrows()]
+    parts += foreign_lines(foreign)
     reference_rows = reference_table(reference, [r.row for r in rows], plan.name)
     if reference_rows:
         parts += ["", "## The paper's numbers for all methods (reference)", "",

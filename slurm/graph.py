@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import submitit
 
+from common.cli import RUN_FAILURES
 from common.encoder import ENCODER_RECORD, read_encoder_record
 from common.rundir import REPOSITORY_ROOT, RunDirectory, record_experiment, releases_run_locks
 from common.stage import UnreadableData, Upstream
@@ -27,6 +30,7 @@ from plans.registry import stage_record
 from plans.tables import Plan, Stage
 from slurm.executors import ClusterConfig, StageTask, job_parameters, make_executor, run_stage
 from slurm.snapshot import CodeSnapshot, snapshot_code, submitting_from
+from slurm.workers import end_if_orphaned, end_with_parent
 # SLURM job states that end a job (it will not run again by itself); any other counts as active.
 ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "REVOKED"}
@@ -146,53 +150,104 @@ def never_starts(job_id: str) -> bool:
     return queued.returncode == 0 and queued.stdout.strip() == "DependencyNeverSatisfied"
 
 
+class LaunchRefused(ValueError):
+    """A launch refused for several reasons, all named at once."""
+
+
 @releases_run_locks
 def launch(plan: Plan, executor: str, output_root: Path, cluster: ClusterConfig, dry_run: bool = False,
            pretrain_overrides: list[str] = (), eval_overrides: list[str] = (),
            echo: Callable[[str], None] = print, snapshot_code_of: Path | None = REPOSITORY_ROOT,
-           on_accepted: Callable[[], None] | None = None, jobs: int = 1) -> dict[str, str]:
+           on_accepted: Callable[[], None] | None = None, jobs: int = 1,
+           check: Callable[[], object] | None = None) -> dict[str, str]:
     """Run or submit the plan's stages that are not complete. Returns {stage key: what happened}.
     `jobs` > 1 (inline executor only) runs up to that many stages at a time, each in one of `jobs`
     worker processes, a stage once the run it reads has finished (`run_inline_in_parallel`).
     Submitted jobs run a snapshot of the code taken at their submission (`snapshot_code_of`, the
-    repository; None: the working tree as it is when each job starts). `on_accepted` is called once
-    the plan has passed every check, before any stage runs or is submitted (not in a dry run): what a
-    caller keeps of a launch (its seeds, a sweep's definition) then never describes a refused one."""
+    repository; None: the working tree as it is when each job starts).
+    Every refusal comes first, the same in a dry run (`launch_refusals`; `check` raises the caller's
+    own, e.g. a sweep name taken by another preset), so a dry run refuses what the launch would, with
+    the same message. `on_accepted` is called once the plan has passed every check, before any stage
+    runs or is submitted (not in a dry run): what a caller keeps of a launch (its seeds, a sweep's
+    definition) then never describes a refused one."""
     if jobs < 1 or (jobs > 1 and executor != "inline"):
         raise ValueError(f"--jobs {jobs}: it must be >= 1, and more than 1 runs stages at a time on this machine "
                          "with the inline executor only (SLURM runs submitted jobs as the cluster schedules them; "
                          "the local executor runs them one after the other)")
     stages = resolve_plan(plan, output_root, pretrain_overrides, eval_overrides)
-    _refuse_unlaunchable(stages, executor, cluster, dry_run, echo)
     launcher = _Launcher(plan.name, stages, executor, Path(output_root), cluster, echo, snapshot_code_of)
-    if not dry_run:
-        RunDirectory(launcher.registry.folder).acquire()  # two launchers of one plan would both submit every stage
-        if on_accepted is not None:
-            on_accepted()
-    if jobs > 1 and not dry_run:
+    refuse(launch_refusals(stages, executor, cluster, launcher.registry, check))
+    if dry_run:
+        for item in stages:
+            launcher.handle(item, dry_run=True)
+        launcher.summarise_dry_run()
+        return launcher.outcome
+    RunDirectory(launcher.registry.folder).acquire()  # two launchers of one plan would both submit every stage
+    if on_accepted is not None:
+        on_accepted()
+    if jobs > 1:
         launcher.run_inline_in_parallel(jobs)
     else:
         for item in stages:
-            launcher.handle(item, dry_run)
-    if dry_run:
-        launcher.summarise_dry_run()
+            launcher.handle(item, dry_run=False)
     return launcher.outcome
 
 
-def _refuse_unlaunchable(stages: list[ResolvedStage], executor: str, cluster: ClusterConfig, dry_run: bool,
-                         echo: Callable[[str], None]) -> None:
-    """Refuse, before anything is written, a launch whose jobs would fail: a dataset this machine cannot
-    read (a dry run only warns), or a SLURM launch without partition and account."""
+def launch_refusals(stages: list[ResolvedStage], executor: str, cluster: ClusterConfig, registry: JobRegistry,
+                    check: Callable[[], object] | None = None) -> list[Exception]:
+    """Why a launch of `stages` would be refused, every check run (one refusal does not hide the next),
+    writing nothing: a dataset this machine cannot read, a SLURM launch without partition and account, a
+    damaged job record, another launcher of the plan at work, and the caller's own `check`."""
+    checks = [partial(_refuse_unreadable_data, stages), partial(_refuse_slurm_without_account, executor, cluster),
+              partial(_refuse_damaged_job_records, stages, executor, registry),
+              RunDirectory(registry.folder).refuse_if_busy, *([check] if check is not None else [])]
+    refusals = []
+    for run_check in checks:
+        try:
+            run_check()
+        except RUN_FAILURES as error:
+            refusals.append(error)
+    return refusals
+
+
+def refuse(refusals: list[Exception]) -> None:
+    """Raise the one refusal as it is, or several as one LaunchRefused naming each."""
+    if len(refusals) == 1:
+        raise refusals[0]
+    if refusals:
+        raise LaunchRefused(f"the launch is refused for {len(refusals)} reasons:\n"
+                            + "\n".join(f"  {number}. {error}" for number, error in enumerate(refusals, 1)))
+
+
+def _refuse_unreadable_data(stages: list[ResolvedStage]) -> None:
+    """A stage whose dataset this machine cannot read would fail as a job."""
     unreadable = [f"{item.stage.key}: {item.data_problem}" for item in stages
                   if item.data_problem and not item.is_complete()]
-    if unreadable and not dry_run:
+    if unreadable:
         raise ValueError("the dataset of these stages cannot be read from here, so their jobs would fail:\n  "
                          + "\n  ".join(unreadable))
-    for line in unreadable:
-        echo(f"[warning] {line} (a real launch refuses this)")
-    if executor == "slurm" and not dry_run and not (cluster.partition and cluster.account):
+
+
+def _refuse_slurm_without_account(executor: str, cluster: ClusterConfig) -> None:
+    if executor == "slurm" and not (cluster.partition and cluster.account):
         raise ValueError("EXECUTOR=slurm needs a partition and an account: set PARTITION= and ACCOUNT= (or "
                          "partition/account in the --profile file); nothing was queued")
+
+
+def _refuse_damaged_job_records(stages: list[ResolvedStage], executor: str, registry: JobRegistry) -> None:
+    """A SLURM launch reads the job record of every stage it may submit (is it still queued?): a damaged
+    one is refused here, before the first submission, rather than halfway through the plan."""
+    if executor != "slurm":
+        return
+    damaged = []
+    for item in stages:
+        if not item.is_complete():
+            try:
+                registry.read(item.stage.key)
+            except ValueError as error:
+                damaged.append(str(error))
+    if damaged:
+        raise ValueError("\n".join(damaged))
 
 
 class _Launcher:
@@ -216,7 +271,7 @@ class _Launcher:
         """Skip the stage if it is complete or queued; otherwise describe, run or submit it."""
         if item.is_complete():
             self.mark_complete(item, dry_run)
-        elif self.executor == "slurm" and not dry_run and self.is_queued(item.stage):
+        elif self.executor == "slurm" and self.is_queued(item.stage):  # a dry run says so too (read only)
             return
         elif dry_run:
             self.describe(item)
@@ -291,12 +346,15 @@ class _Launcher:
         stages one after another, as `run_inline` would): a stage starts once the stage it reads has
         finished, and never beside a running stage of the same run directory (rows that share a run
         wait for it, then find it complete). After a failure nothing new starts; the running stages
-        finish, then the first failure is raised."""
+        finish, then the first failure is raised. The workers end with this process, even when it is
+        killed outright (slurm/workers.py)."""
         pending, running, finished = list(self.stages), {}, set()
         failure: BaseException | None = None
+        launcher = os.getpid()
         # spawn: the workers start from a clean interpreter, not a copy of this one's state; they may
         # start processes of their own (loader workers).
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=end_with_parent,
+                                 initargs=(launcher,)) as pool:
             while True:
                 for item in list(pending) if failure is None else ():
                     if len(running) >= jobs:
@@ -312,7 +370,7 @@ class _Launcher:
                         finished.add(item.stage.key)
                         continue
                     self.echo(f"[run] {item.stage.key}")
-                    running[pool.submit(run_stage, item.stage.kind, item.config)] = item
+                    running[pool.submit(run_stage_in_worker, launcher, item.stage.kind, item.config)] = item
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -354,6 +412,13 @@ class _Launcher:
         self.echo(f"[dry-run] {sum(v == 'would submit' for v in self.outcome.values())} job(s), at most "
                   f"{self.gpu_hours:,.0f} GPU-hours (each job's GPUs x its time limit; requeued jobs add their "
                   "extra attempts)")
+
+
+def run_stage_in_worker(launcher: int, kind: str, config: Any) -> dict:
+    """What a worker of `run_inline_in_parallel` runs: the stage, unless the launcher (its parent) is gone,
+    a stage handed over just before the launcher died included."""
+    end_if_orphaned(launcher)
+    return run_stage(kind, config)
 
 
 def _snapshot(repository: Path, root: Path, cluster: ClusterConfig,

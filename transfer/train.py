@@ -10,6 +10,8 @@ use it, so that the stage record and the rest of the suite work without it.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import json
 import math
 import os
@@ -36,6 +38,7 @@ TRAIN_NAME, VAL_NAME = "patchmix_coco_train", "patchmix_coco_val"
 
 @dataclass
 class TransferConfig:
+    RANGES: ClassVar[dict[str, str]] = {"num_heads": "[0, inf)"}
     config: str = "vitdet_100ep"  # vitdet_100ep | vit_fpn_100ep | smoke | smoke_fpn (transfer/configs)
     source: SourceConfig = field(default_factory=SourceConfig)
     num_heads: int = 0  # 0: the checkpoint's (published ViT-S checkpoints have 12)

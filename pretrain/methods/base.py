@@ -1,8 +1,10 @@
 """The interface every pretraining method implements; the training loop (pretrain/train.py) knows
 nothing else of a method.
 
-A method builds its networks, computes the loss of one per-device batch of views, sets its
-per-step schedules, and may act on the gradients and after the optimizer step. Everything else --
+A method declares its run config (`config_class`: the shared sections of pretrain/shared_config.py
+plus its own) and its presets, builds its networks, computes the loss of one per-device batch of
+views, sets its per-step schedules, and may act on the gradients and after the optimizer step.
+Everything else --
 data, views, checkpoints, resume, DDP, the lock, trackers, the encoder record, the evaluations -- is
 shared. Its model must expose `base_encoder`, `momentum_encoder` (or None) and
 `evaluation_encoder()`: the encoder record names them by those prefixes, so evaluation and transfer
@@ -11,15 +13,13 @@ never learn which method trained an encoder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from common import dist, schedules
-
-if TYPE_CHECKING:  # the config imports the methods' sections: type names only, no import cycle
-    from pretrain.configs import PretrainConfig
+from pretrain.shared_config import PretrainConfig, method_sections
 
 
 @dataclass
@@ -65,25 +65,49 @@ class PretrainingMethod:
     cosine learning rate, cosine weight decay and momentum per step, EMA before the forward pass."""
 
     name: str = ""
-    # The config sections only this method reads (e.g. ("dino",)); set on another method's run they
-    # are refused (PretrainConfig.check), since they would be silently ignored there.
-    sections: tuple[str, ...] = ()
+    # The run config: PretrainConfig itself for a method without options, else a subclass adding the
+    # method's own section(s) (a run of another method has none of them: setting one is refused).
+    config_class: type[PretrainConfig] = PretrainConfig
     # Multi-crop: whether the method uses augment.num_local_crops.
     uses_local_crops: bool = False
+    # Whether every other method's runs hash this method's sections at their defaults (PatchMix's:
+    # they were in every run's config before methods owned their sections; no run directory moves).
+    sections_in_every_hash: bool = False
+    # The few hyperparameters this method is most sensitive to and the values a tuning tries for them
+    # (plans/tuning.py, `make tune`): {override key: candidate values}, a grid around the method's preset
+    # at the Fashion-MNIST cpu scale, the scale that is tuned. Empty: the method is not tuned.
+    tuning_space: dict[str, tuple] = {}
 
-    def check(self, config: "PretrainConfig") -> None:
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections only this method reads."""
+        return method_sections(self.config_class)
+
+    def presets(self) -> dict[str, Callable[[], PretrainConfig]]:
+        """The method's named presets (pretrain/configs.py collects every method's)."""
+        return {}
+
+    def result_fields(self, config: PretrainConfig) -> dict[str, Any]:
+        """Fields of its own that the method adds to a run's result.json (reports group by them)."""
+        return {}
+
+    def summary(self, config: PretrainConfig) -> str:
+        """A few characters on the method's own settings for `--list-presets` (e.g. PatchMix's m)."""
+        return ""
+
+    def check(self, config: PretrainConfig) -> None:
         """Checks of fields across sections that only this method needs (raise ConfigError)."""
 
-    def build_model(self, config: "PretrainConfig") -> nn.Module:
+    def build_model(self, config: PretrainConfig) -> nn.Module:
         raise NotImplementedError
 
-    def has_momentum_encoder(self, config: "PretrainConfig") -> bool:
+    def has_momentum_encoder(self, config: PretrainConfig) -> bool:
         return True
 
-    def parameter_groups(self, model: nn.Module, config: "PretrainConfig") -> list[dict]:
+    def parameter_groups(self, model: nn.Module, config: PretrainConfig) -> list[dict]:
         return weight_decay_groups(model)
 
-    def schedule(self, config: "PretrainConfig", step: int, steps_per_epoch: int) -> StepSchedule:
+    def schedule(self, config: PretrainConfig, step: int, steps_per_epoch: int) -> StepSchedule:
         optim = config.optim
         total = optim.epochs * steps_per_epoch
         lr = schedules.learning_rate(step, total, optim.warmup_epochs * steps_per_epoch, optim.peak_lr(),
@@ -100,13 +124,13 @@ class PretrainingMethod:
             model.update_momentum(schedule.momentum)
 
     def loss(self, query_model: nn.Module, model: nn.Module, views: Sequence[torch.Tensor],
-             config: "PretrainConfig", context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             config: PretrainConfig, context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss, {name: detached scalar}) of one per-device batch; no host synchronisation.
         `query_model` is `model` or its DDP wrapper: call it for every path that needs gradients."""
         raise NotImplementedError
 
     def before_optimizer_step(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                              scaler: torch.amp.GradScaler, config: "PretrainConfig", context: LossContext) -> None:
+                              scaler: torch.amp.GradScaler, config: PretrainConfig, context: LossContext) -> None:
         """After backward, before the step: gradient clipping, freezing (gradients still scaled by `scaler`)."""
 
     def after_optimizer_step(self, model: nn.Module, schedule: StepSchedule) -> None:

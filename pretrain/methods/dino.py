@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import copy
 import os
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -33,17 +34,23 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from common import dist
-from common.config import ConfigError
+from common.config import ConfigError, added_field
+from common.runtime import RunConfig
+from pretrain.augment import AugmentConfig
 from pretrain.methods.base import LossContext, PretrainingMethod, StepSchedule
-from pretrain.model import build_encoder, compile_encoders, encode_views
-
-if TYPE_CHECKING:  # pretrain.configs imports the methods: a run-time import would be a cycle
-    from pretrain.configs import PretrainConfig
+from pretrain.model import ModelConfig, build_encoder, compile_encoders, encode_views
+from pretrain.recipes import ARCHES, FASHION_MNIST_SCALES, cifar_data, imagenet_data, scaled_to_fashion_mnist
+from pretrain.shared_config import OptimConfig, PretrainConfig
 
 
 @dataclass
 class DinoConfig:
     """DINO's own fields (main_dino.py's arguments of the same names); used when method=dino."""
+    RANGES: ClassVar[dict[str, str]] = {"out_dim": "[1, inf)", "hidden_dim": "[1, inf)",
+        "bottleneck_dim": "[1, inf)", "num_layers": "[1, inf)", "student_temp": "(0, inf)",
+        "teacher_temp": "(0, inf)", "warmup_teacher_temp": "(0, inf)",
+        "warmup_teacher_temp_epochs": "[0, inf)", "center_momentum": "[0, 1)", "clip_grad": "[0, inf)",
+        "freeze_last_layer": "[0, inf)"}
 
     out_dim: int = 65536  # prototypes: width of the weight-normalised last layer
     hidden_dim: int = 2048  # head MLP width (3 layers, GELU)
@@ -59,15 +66,14 @@ class DinoConfig:
     clip_grad: float = 3.0  # per-parameter gradient-norm clipping (0 = off)
     freeze_last_layer: int = 1  # epochs during which the last layer gets no update
 
-    def check(self) -> None:
-        if self.out_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1 or self.num_layers < 1:
-            raise ConfigError("out_dim, hidden_dim, bottleneck_dim and num_layers must be >= 1")
-        if self.student_temp <= 0 or self.teacher_temp <= 0 or self.warmup_teacher_temp <= 0:
-            raise ConfigError("student_temp, teacher_temp and warmup_teacher_temp must be > 0")
-        if self.warmup_teacher_temp_epochs < 0 or self.freeze_last_layer < 0 or self.clip_grad < 0:
-            raise ConfigError("warmup_teacher_temp_epochs, freeze_last_layer and clip_grad must be >= 0")
-        if not 0.0 <= self.center_momentum < 1.0:
-            raise ConfigError(f"center_momentum must be in [0, 1), got {self.center_momentum}")
+
+@dataclass
+class DinoPretrainConfig(PretrainConfig):
+    """A DINO run: the shared sections and DINO's own."""
+
+    method: str = "dino"
+    # Hash-neutral at its default: runs made before DINO's section existed keep their directories.
+    dino: DinoConfig = added_field(default_factory=DinoConfig)
 
 
 class DinoHead(nn.Module):
@@ -107,7 +113,7 @@ class DinoModel(nn.Module):
     """Student (base_encoder + head) and EMA teacher (momentum_encoder + momentum_head), with the
     center of the teacher outputs as a buffer (so checkpoints carry it)."""
 
-    def __init__(self, config: "PretrainConfig"):
+    def __init__(self, config: DinoPretrainConfig):
         super().__init__()
         self.config = config.model
         self.base_encoder = build_encoder(config.model, config.model.drop_path_rate)
@@ -237,7 +243,7 @@ def cancel_gradients_last_layer(epoch: int, head: nn.Module, freeze_last_layer: 
         parameter.grad = None
 
 
-def head_output_bytes(config: "PretrainConfig", batch_per_process: int) -> int:
+def head_output_bytes(config: DinoPretrainConfig, batch_per_process: int) -> int:
     """Bytes of the fp32 (batch x out_dim) tensors of one step, the activations that grow with out_dim:
     per crop the student output, its log-softmax and their gradients, per global crop the teacher's
     output and probabilities."""
@@ -258,10 +264,18 @@ def device_memory_bytes(device: str) -> int | None:
 
 class Dino(PretrainingMethod):
     name = "dino"
-    sections = ("dino",)
+    config_class = DinoPretrainConfig
     uses_local_crops = True
+    # At the cpu scale's values (lr 1e-2, teacher 0.07, 4,096 prototypes, EMA 0.99) DINO does not learn:
+    # lower learning rates, the published ViT-B teacher temperature 0.04, fewer prototypes for a 2-block
+    # ViT, and the published slower EMA.
+    tuning_space = {"optim.base_lr": (1e-3, 3e-3, 1e-2), "dino.teacher_temp": (0.04, 0.07),
+                    "dino.out_dim": (256, 1024, 4096), "optim.momentum": (0.99, 0.996)}
 
-    def check(self, config: "PretrainConfig") -> None:
+    def presets(self) -> dict[str, Callable[[], DinoPretrainConfig]]:
+        return dino_presets()
+
+    def check(self, config: DinoPretrainConfig) -> None:
         if config.dino.warmup_teacher_temp_epochs > config.optim.epochs:
             raise ConfigError(f"dino.warmup_teacher_temp_epochs {config.dino.warmup_teacher_temp_epochs} exceeds "
                               f"optim.epochs {config.optim.epochs}")
@@ -274,10 +288,10 @@ class Dino(PretrainingMethod):
                 f"of {batch} x {2 + config.augment.num_local_crops} crops per process, more than the "
                 f"{available / 2**30:.0f} GiB of this device: lower dino.out_dim or optim.batch_size, or use more devices")
 
-    def build_model(self, config: "PretrainConfig") -> DinoModel:
+    def build_model(self, config: DinoPretrainConfig) -> DinoModel:
         return DinoModel(config)
 
-    def schedule(self, config: "PretrainConfig", step: int, steps_per_epoch: int) -> StepSchedule:
+    def schedule(self, config: DinoPretrainConfig, step: int, steps_per_epoch: int) -> StepSchedule:
         optim, total = config.optim, config.optim.epochs * steps_per_epoch
         lr = cosine_schedule_value(optim.peak_lr(), optim.min_lr, total, step, optim.warmup_epochs * steps_per_epoch)
         wd = cosine_schedule_value(optim.weight_decay, optim.weight_decay_end, total, step)
@@ -290,7 +304,7 @@ class Dino(PretrainingMethod):
         """DINO updates its teacher after the optimizer step, not before the forward pass."""
 
     def loss(self, query_model: nn.Module, model: DinoModel, views: Sequence[torch.Tensor],
-             config: "PretrainConfig", context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             config: DinoPretrainConfig, context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         teacher_outputs = model.teacher(views[:2])  # only the 2 global crops pass through the teacher
         student_outputs = query_model(list(views))
         targets = teacher_distributions(teacher_outputs, model.center, context.schedule.extra["teacher_temp"])
@@ -300,7 +314,7 @@ class Dino(PretrainingMethod):
         return loss, metrics
 
     def before_optimizer_step(self, model: DinoModel, optimizer: torch.optim.Optimizer,
-                              scaler: torch.amp.GradScaler, config: "PretrainConfig", context: LossContext) -> None:
+                              scaler: torch.amp.GradScaler, config: DinoPretrainConfig, context: LossContext) -> None:
         if config.dino.clip_grad:
             if scaler.is_enabled():
                 scaler.unscale_(optimizer)  # clip the true gradients, as published
@@ -317,6 +331,70 @@ def _mean_entropy(distributions: Sequence[torch.Tensor]) -> torch.Tensor:
     prototype takes everything)."""
     probabilities = torch.cat(list(distributions))
     return -(probabilities * torch.log(probabilities.clamp(min=1e-12))).sum(dim=-1).mean()
+
+
+# ----------------------------------------------------------------------------------------- presets
+
+def dino_imagenet(arch: str, epochs: int) -> DinoPretrainConfig:
+    """DINO's published ImageNet recipes (facebookresearch/dino README): ViT-S/16 as its "full command"
+    (teacher temperature 0.04 -> 0.07 over 30 epochs, norm_last_layer off), ViT-B/16 as its ViT-B command
+    (main_dino.py's defaults); 16 GPUs x 64 = batch 1024, 2 x 224 px + 8 x 96 px crops, fp16. Its ViT-S
+    has 6 heads. The device augmentation path of the PatchMix ImageNet presets (same transforms)."""
+    small = arch == "vit_s"
+    return DinoPretrainConfig(
+        model=ModelConfig(arch=ARCHES[arch], patch_size=16, image_size=224, num_heads=6 if small else 0,
+                          initialisation="dino", pos_embed_interpolation="dino", compile=True),
+        data=imagenet_data(),
+        augment=AugmentConfig(crop_scale_min=0.4, num_local_crops=8, local_crop_scale_min=0.05,
+                              local_crop_scale_max=0.4, gpu=True, gpu_decode=True, gpu_compile=True),
+        dino=DinoConfig(norm_last_layer=not small, teacher_temp=0.07 if small else 0.04,
+                        warmup_teacher_temp_epochs=30 if small else 0),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=10, batch_size=1024, base_lr=5e-4),
+        run=RunConfig(name="dino", precision="fp16"),
+    )
+
+
+def dino_cifar(dataset: str, arch: str, epochs: int) -> DinoPretrainConfig:
+    """DINO's recipe at the CIFAR presets' size: 32 px, patch 2, batch 512 and the CIFAR schedule
+    (warm-up 100 of 800 epochs) of the PatchMix rows; two 32 px global crops and no local crops (the
+    paper's Table 3 "2x32"), at main_dino.py's recommended scale 0.14-1 without multi-crop; the
+    ViT-S/16 README recipe's head and teacher settings (docs/fidelity.md)."""
+    return DinoPretrainConfig(
+        model=ModelConfig(arch=ARCHES[arch], patch_size=2, image_size=32, num_heads=6 if arch == "vit_s" else 0,
+                          initialisation="dino", pos_embed_interpolation="dino", compile=True),
+        data=cifar_data(dataset),
+        augment=AugmentConfig(crop_scale_min=0.14),
+        dino=DinoConfig(norm_last_layer=False, teacher_temp=0.07, warmup_teacher_temp_epochs=30),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=100, batch_size=512, base_lr=5e-4),
+        run=RunConfig(name="dino", precision="fp16"),
+    )
+
+
+def dino_fashion_mnist(scale: str) -> DinoPretrainConfig:
+    """The CIFAR recipe at a Fashion-MNIST scale (pretrain.recipes.scaled_to_fashion_mnist: the data,
+    model, epochs, batch and precision every method gets there; lr 5e-4 -> 1e-2 at the cpu scale, EMA
+    momentum 0.99), with the head narrowed like the PatchMix heads (hidden and bottleneck to the
+    projector's width and output, 4,096 prototypes) and the teacher-temperature warm-up scaled with the
+    epochs (30 of 800)."""
+    config = scaled_to_fashion_mnist(dino_cifar("cifar10", "vit_s", 800), scale, f"fashion_mnist_{scale}_dino_official")
+    return dataclasses.replace(config, dino=dataclasses.replace(
+        config.dino, hidden_dim=config.model.projector_hidden_dim, bottleneck_dim=config.model.output_dim,
+        out_dim=4096, warmup_teacher_temp_epochs=round(config.optim.epochs * 30 / 800)))
+
+
+def dino_presets() -> dict[str, Callable[[], DinoPretrainConfig]]:
+    """Table 2 (ImageNet, 300 epochs), Table 3 (CIFAR, 800 epochs) and the Fashion-MNIST scales, named
+    `<dataset>_dino_<arch><patch>_<epochs>ep_official` (`fashion_mnist_<scale>_dino_official`): DINO's
+    recipe is its published one (the paper trains no DINO), so it has one flavour."""
+    presets: dict[str, Callable[[], DinoPretrainConfig]] = {}
+    for arch in ("vit_s", "vit_b"):
+        presets[f"imagenet_dino_{arch}16_300ep_official"] = lambda a=arch: dino_imagenet(a, 300)
+    for dataset in ("cifar10", "cifar100"):
+        for arch in ("vit_t", "vit_s", "vit_b"):
+            presets[f"{dataset}_dino_{arch}2_800ep_official"] = lambda d=dataset, a=arch: dino_cifar(d, a, 800)
+    for scale in FASHION_MNIST_SCALES:
+        presets[f"fashion_mnist_{scale}_dino_official"] = lambda s=scale: dino_fashion_mnist(s)
+    return presets
 
 
 METHOD = Dino()

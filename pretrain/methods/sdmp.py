@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -31,13 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import dist
-from common.config import ConfigError
+from common.config import ConfigError, added_field
+from common.runtime import RunConfig
+from pretrain.augment import AugmentConfig
 from pretrain.methods.base import LossContext, PretrainingMethod
 from pretrain.mixers import numpy_generator
-from pretrain.model import PatchMixModel
-
-if TYPE_CHECKING:  # pretrain.configs imports the methods: a run-time import would be a cycle
-    from pretrain.configs import PretrainConfig
+from pretrain.model import ModelConfig, PatchMixModel
+from pretrain.recipes import (ARCHES, FASHION_MNIST_SCALES, FLAVOURS, cifar_data, imagenet_data, scaled_to_fashion_mnist,
+                              with_sections)
+from pretrain.shared_config import OptimConfig, PretrainConfig
 
 MIX_LOSSES = ("mixture_likelihood", "weighted_cross_entropy")
 
@@ -45,6 +47,8 @@ MIX_LOSSES = ("mixture_likelihood", "weighted_cross_entropy")
 @dataclass
 class SdmpConfig:
     """SDMP's own fields; used when method=sdmp (the networks are model.*'s MoCo v3 heads)."""
+    RANGES: ClassVar[dict[str, str]] = {"temperature": "(0, inf)", "mix_to_source_weight": "[0, inf)",
+        "mix_to_mix_weight": "[0, inf)"}
 
     temperature: float = 0.2  # tau of every InfoNCE term (--moco-t)
     # Paste the resized partner into each image (the paper, release cd26a51); the newest release never does.
@@ -57,20 +61,27 @@ class SdmpConfig:
     mix_to_mix_weight: float = 0.5  # weight of the mixed view 2 vs the mixed view-1 keys
 
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.mix_loss not in MIX_LOSSES:
             raise ConfigError(f"mix_loss must be one of {', '.join(MIX_LOSSES)}, got {self.mix_loss!r}")
-        if self.mix_to_source_weight < 0 or self.mix_to_mix_weight < 0:
-            raise ConfigError("mix_to_source_weight and mix_to_mix_weight must be >= 0")
+
+
+@dataclass
+class SdmpPretrainConfig(PretrainConfig):
+    """An SDMP run: the shared sections and SDMP's own."""
+
+    method: str = "sdmp"
+    # Hash-neutral at its default: runs made before SDMP's section existed keep their directories.
+    sdmp: SdmpConfig = added_field(default_factory=SdmpConfig)
 
 
 def mixing_box(height: int, width: int, own_share: float, rng: np.random.Generator) -> tuple[int, int, int, int, int]:
     """(top, bottom, left, right, area) of the partner's box: sides int(size x sqrt(1 - own_share)),
     centre drawn so that the box stays inside the image. As published, the pasted box spans
-    2 x (side // 2) pixels while `area` is side_h x side_w (they differ by a row or column for odd sides)."""
-    ratio = math.sqrt(1.0 - own_share)
-    cut_height, cut_width = int(height * ratio), int(width * ratio)
+    2 x (side // 2) pixels while `area` is side_h x side_w (they differ by a row or column for odd sides).
+    The side is computed in float32 as published (its own shares are a float32 tensor there): in float64,
+    a share within one float32 step of a side boundary gives a box one pixel larger or smaller."""
+    ratio = np.sqrt(np.float32(1.0) - np.float32(own_share))
+    cut_height, cut_width = int(np.float32(height) * ratio), int(np.float32(width) * ratio)
     centre_y = int(rng.integers(cut_height // 2, height - cut_height // 2))
     centre_x = int(rng.integers(cut_width // 2, width - cut_width // 2))
     return (centre_y - cut_height // 2, centre_y + cut_height // 2, centre_x - cut_width // 2,
@@ -141,9 +152,14 @@ def mix_to_mix_weights(own_share: torch.Tensor, partner_share: torch.Tensor) -> 
 
 class Sdmp(PretrainingMethod):
     name = "sdmp"
-    sections = ("sdmp",)
+    config_class = SdmpPretrainConfig
+    # Around the cpu scale's lr 3e-3 (the published 1.5e-4 x 20) and the published tau 0.2.
+    tuning_space = {"optim.base_lr": (1e-3, 3e-3, 1e-2, 2e-2), "sdmp.temperature": (0.1, 0.2, 0.3)}
 
-    def build_model(self, config: "PretrainConfig") -> PatchMixModel:
+    def presets(self) -> dict[str, Callable[[], SdmpPretrainConfig]]:
+        return sdmp_presets()
+
+    def build_model(self, config: SdmpPretrainConfig) -> PatchMixModel:
         return PatchMixModel(config.model)
 
     def distributed(self, model: nn.Module, device: torch.device) -> nn.Module:
@@ -153,13 +169,13 @@ class Sdmp(PretrainingMethod):
             model.synchronise_head_batchnorms()
         return super().distributed(model, device)
 
-    def parameter_groups(self, model: nn.Module, config: "PretrainConfig") -> list[dict]:
+    def parameter_groups(self, model: nn.Module, config: SdmpPretrainConfig) -> list[dict]:
         """AdamW over every parameter with one weight decay, biases and norms included (MoCo v3's
         main_moco.py passes model.parameters())."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "apply_weight_decay": True}]
 
     def loss(self, query_model: nn.Module, model: PatchMixModel, views: Sequence[torch.Tensor],
-             config: "PretrainConfig", context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             config: SdmpPretrainConfig, context: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         options, rank, world = config.sdmp, context.rank, context.world_size
         view1, view2 = views[0], views[1]
         batch, device = view1.shape[0], view1.device
@@ -205,6 +221,67 @@ def _every_process(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     if not dist.is_distributed():
         return values
     return dist.all_gather_no_grad(values.to(device)).cpu()
+
+
+# ----------------------------------------------------------------------------------------- presets
+
+def sdmp_imagenet(arch: str, epochs: int, flavour: str) -> SdmpPretrainConfig:
+    """SDMP's published ImageNet command (OliverRensu/SDMP README, moco/): MoCo v3's ViT (12 heads,
+    fixed sin-cos positions, frozen patch projection: --stop-grad-conv1, no drop path), AdamW lr 1.5e-4
+    x batch / 256 with 40 warm-up epochs and a cosine to 0, weight decay 0.1 on every parameter,
+    momentum 0.99 -> 1 (--moco-m-cos), tau 0.2, two 224 px views (crop 0.08-1, bilinear), fp16."""
+    return SdmpPretrainConfig(
+        model=ModelConfig(arch=ARCHES[arch], patch_size=16, image_size=224, drop_path_rate=0.0,
+                          position_embedding="sincos", freeze_patch_embedding=True, compile=True),
+        data=imagenet_data(),
+        augment=AugmentConfig(crop_scale_min=0.08, crop_interpolation="bilinear", gpu=True, gpu_compile=True),
+        sdmp=_sdmp_flavour(flavour),
+        optim=OptimConfig(epochs=epochs, warmup_epochs=40, batch_size=1024, base_lr=1.5e-4, min_lr=0.0,
+                          weight_decay=0.1, weight_decay_end=0.1, momentum=0.99),
+        run=RunConfig(name="sdmp", precision="fp16"),
+    )
+
+
+def sdmp_cifar(dataset: str, arch: str, epochs: int, flavour: str) -> SdmpPretrainConfig:
+    """SDMP's recipe at the CIFAR presets' size: 32 px, patch 2, batch 512 and the CIFAR schedule
+    (warm-up 100 of 800 epochs); everything else as its ImageNet command."""
+    data = cifar_data(dataset)
+    return with_sections(sdmp_imagenet(arch, epochs, flavour),
+                         model={"patch_size": 2, "image_size": 32},
+                         data={"dataset": data.dataset, "root": data.root, "num_workers": data.num_workers},
+                         augment={"gpu": False, "gpu_compile": False},
+                         optim={"warmup_epochs": 100, "batch_size": 512})
+
+
+def sdmp_fashion_mnist(scale: str, flavour: str) -> SdmpPretrainConfig:
+    """The CIFAR recipe at a Fashion-MNIST scale (pretrain.recipes.scaled_to_fashion_mnist: lr 1.5e-4
+    -> 3e-3 at the cpu scale, EMA momentum 0.99; its crop scale, stem and loss kept)."""
+    return scaled_to_fashion_mnist(sdmp_cifar("cifar10", "vit_s", 800, flavour), scale,
+                                   f"fashion_mnist_{scale}_sdmp_{flavour}")
+
+
+def _sdmp_flavour(flavour: str) -> SdmpConfig:
+    """official: the newest release (no pasting, the mixture-likelihood loss); paper: pasting and the
+    weighted cross-entropy of the paper and the first release."""
+    if flavour == "official":
+        return SdmpConfig(paste_partner=False, mix_loss="mixture_likelihood")
+    return SdmpConfig(paste_partner=True, mix_loss="weighted_cross_entropy")
+
+
+def sdmp_presets() -> dict[str, Callable[[], SdmpPretrainConfig]]:
+    """Table 2 (ImageNet ViT-S/16, 300 epochs), Table 3 (CIFAR, 800 epochs) and the Fashion-MNIST scales
+    in both flavours, named `<dataset>_sdmp_<arch><patch>_<epochs>ep_<flavour>`
+    (`fashion_mnist_<scale>_sdmp_<flavour>`)."""
+    presets: dict[str, Callable[[], SdmpPretrainConfig]] = {}
+    for flavour in FLAVOURS:
+        presets[f"imagenet_sdmp_vit_s16_300ep_{flavour}"] = lambda f=flavour: sdmp_imagenet("vit_s", 300, f)
+        for dataset in ("cifar10", "cifar100"):
+            for arch in ("vit_t", "vit_s", "vit_b"):
+                presets[f"{dataset}_sdmp_{arch}2_800ep_{flavour}"] = (
+                    lambda d=dataset, a=arch, f=flavour: sdmp_cifar(d, a, 800, f))
+        for scale in FASHION_MNIST_SCALES:
+            presets[f"fashion_mnist_{scale}_sdmp_{flavour}"] = lambda s=scale, f=flavour: sdmp_fashion_mnist(s, f)
+    return presets
 
 
 METHOD = Sdmp()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import ConfigError, apply_overrides, config_hash, load_yaml, save_yaml
+from common.config import ConfigError, apply_overrides, config_hash, load_yaml, save_yaml, validate
 from common.runtime import NON_RESULT_FIELDS
 from pretrain.configs import PRESETS, PretrainConfig, preset
 
@@ -22,8 +22,8 @@ def test_unknown_key_names_field_and_suggests():
     with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
         apply_overrides(preset("debug_cpu"), ["nonsense=1"])
     # An unknown section names the sections there are (it listed nothing before).
-    with pytest.raises(ConfigError, match=r"'dinoo\.out_dim'; did you mean dino\? Valid keys in the top level: method, "
-                                          r"model, .*dino, sdmp"):
+    with pytest.raises(ConfigError, match=r"'dinoo\.out_dim'; did you mean dino\? \(a section of method dino: set "
+                                          r"method=dino\) Valid keys in the top level: method, model, .*mix, loss"):
         apply_overrides(preset("debug_cpu"), ["dinoo.out_dim=8"])
 
 
@@ -33,7 +33,7 @@ def test_bad_type_names_field():
 
 
 def test_bad_value_names_section():
-    with pytest.raises(ConfigError, match=r"mix: num_mixed must be >= 1"):
+    with pytest.raises(ConfigError, match=r"mix\.num_mixed=0 is out of range: must be in \[1, inf\)"):
         apply_overrides(preset("debug_cpu"), ["mix.num_mixed=0"])
     with pytest.raises(ConfigError, match=r"model: patch_size 5 must divide image_size 32"):
         apply_overrides(preset("debug_cpu"), ["model.patch_size=5"])
@@ -78,8 +78,8 @@ def test_cpu_threads_set_torch_threads_and_leave_the_hash():
         assert torch.get_num_threads() == DEFAULT_CPU_THREADS
     finally:
         torch.set_num_threads(before)
-    with pytest.raises(ConfigError, match="run.cpu_threads"):
-        RunConfig(cpu_threads=-1).check()
+    with pytest.raises(ConfigError, match="cpu_threads"):
+        validate(RunConfig(cpu_threads=-1))
 
 
 def test_yaml_round_trip(tmp_path):
@@ -108,3 +108,16 @@ def test_presets_cover_tables():
     patchmix_imagenet = [p for p in PRESETS if p.startswith("imagenet") and preset(p).method == "patchmix"]
     assert len(patchmix_imagenet) == 6
     assert {preset(p).method for p in PRESETS if p.startswith("imagenet")} == {"patchmix", "dino", "sdmp"}
+
+
+@pytest.mark.parametrize("value", ["012", "-012", "08", "00", "0_12", "0x10", "0b11", "1:30", "1:30.5"])
+def test_a_number_yaml_reads_in_another_base_is_refused_not_converted(value):
+    """Override values are read as YAML 1.1, where 012 is octal 10 and 1:30 is 90 (minutes:seconds): a seed
+    or an epoch count written so would silently be another number (a text field got "10"). Refused,
+    naming the field, with the decimal to write or the quotes that keep it as text."""
+    for key in ("run.seed", "optim.epochs", "run.experiment"):
+        with pytest.raises(ConfigError, match=rf"'{key}'.*{value}.*decimal.*quote"):
+            apply_overrides(preset("debug_cpu"), [f"{key}={value}"])
+    assert apply_overrides(preset("debug_cpu"), [f"run.experiment='{value}'"]).run.experiment == value
+    assert apply_overrides(preset("debug_cpu"), ["run.seed=0", "run.seed=12", "optim.epochs=1_000"]).run.seed == 12
+    assert apply_overrides(preset("debug_cpu"), ["loss.temperature=0.05"]).loss.temperature == 0.05

@@ -13,6 +13,7 @@ from evaluate.__main__ import cli
 from evaluate.convert import export_run
 from pretrain.configs import preset
 from pretrain.train import main as pretrain
+from tests.tolerances import reordering_tolerance, vit_accumulated_terms
 from transfer.weights import backbone_arguments
 
 
@@ -33,7 +34,9 @@ def test_export_folder_loads_through_timm_alone(twelve_head_run, tmp_path):
     ours = load_source(SourceConfig(run_dir=str(twelve_head_run))).build().eval()
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model(images), ours(images), rtol=1e-5, atol=1e-5)
+        reference = ours(images)
+        terms = vit_accumulated_terms("vit_mini", image_size=32, patch_size=4, batch=len(images), backward=False)
+        torch.testing.assert_close(model(images), reference, **reordering_tolerance(reference, terms))
         # The same weights read with the arch's default heads compute other features: why the count travels.
         wrong = timm.create_model(f"local-dir:{folder}", pretrained=True, num_heads=3).eval()
         assert not torch.allclose(wrong(images), ours(images), atol=1e-3)

@@ -20,6 +20,7 @@ from evaluate.finetune import (build_classifier, build_optimizer, build_schedule
                               finetune_transform)
 from evaluate.linear import build_head
 from evaluate.linear import build_optimizer as build_linear_optimizer
+from tests.tolerances import reordering_tolerance
 
 
 def _config(protocol: str, preset: str, dataset: str = "cifar10", arch: str = "vit_base"):
@@ -145,5 +146,8 @@ def test_lars_equals_mae_lars():
         optimizer.step()
         with torch.no_grad():
             mae_lars_step(reference_parameters, states, lr=0.5)
+    # Per step: the loss sums over the batch (32) and the features (8), each trust ratio over a
+    # parameter's elements (at most 24); the five steps' roundings add up.
+    terms = 5 * (32 + 8 + 24)
     for mine, theirs in zip(ours.parameters(), reference.parameters()):
-        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(mine, theirs, **reordering_tolerance(theirs, terms))

@@ -131,3 +131,13 @@ def test_rows_training_the_same_configuration_share_one_run():
     study = {run for name in ("table3", "table5", "table6", "table7", "fig4")
              for run in pretraining_runs(name, "official", "fashion_mnist").values()}
     assert len(study) == 13  # 4 in Table 3 (two of them Table 6's m = 1, 2), 3 mixers, m = 3, 4, 4 loss subsets
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "fashion_mnist_gpu"])
+def test_table3_at_fashion_mnist_judges_learning_on_both_protocols(dataset):
+    """A random-initialisation row for each protocol, so that a method that learned nothing is named on
+    the linear probe as on kNN (its claims then read "not comparable")."""
+    plan = build_plan("table3", datasets=(dataset,), seeds=(0, 1))
+    random_init = {(s.kind, s.seed) for s in plan.stages if "/random-init/" in s.key}
+    assert random_init == {(protocol, seed) for protocol in ("knn", "linear") for seed in (0, 1)}
+    assert all("source.encoder=random" in s.overrides for s in plan.stages if "/random-init/" in s.key)

@@ -8,6 +8,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 
 from pretrain.gpu_augment import ViewParameters, augment, sample_parameters
+from tests.tolerances import reordering_tolerance
 
 OPERATIONS = ("brightness", "contrast", "saturation", "hue")
 
@@ -131,5 +132,8 @@ def test_compiled_augmentation_equals_the_eager_one():
     probabilities = [(1.0, 0.0), (0.1, 0.2)]
     eager = augment_views(views, probabilities, seed=5)
     compiled = augment_views(views, probabilities, seed=5, compiled=True)
+    # The longest sums: contrast's mean over 24 x 24 pixels, the blur's two 13-tap passes (and its
+    # kernel's normalisation), then a few dozen elementwise steps that the compiler may fuse.
+    terms = 24 * 24 + 3 * 13 + 32
     for a, b in zip(eager, compiled):
-        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(b, a, **reordering_tolerance(a, terms))

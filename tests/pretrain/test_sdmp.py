@@ -132,3 +132,26 @@ def test_head_batchnorms_are_synchronised_under_ddp_on_gpus(name, monkeypatch):
     for head in (model.projector, model.predictor, model.momentum_projector):
         assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in head.modules())
         assert not any(type(m) is torch.nn.BatchNorm1d for m in head.modules())
+
+
+def test_box_side_is_computed_in_float32_as_published():
+    """rand_bbox of the published code takes its share from a float32 tensor: sqrt(1 - share) and the
+    side size x ratio round in float32. Shares within a few float32 steps of every side boundary of a
+    224 px image give the sides of the published arithmetic, where float64 differs."""
+    import math
+
+    shares, differs = [], 0
+    for side in range(2, 224):
+        boundary = torch.tensor(1 - (side / 224) ** 2, dtype=torch.float32)
+        for steps in range(-3, 4):
+            share = boundary
+            for _ in range(abs(steps)):
+                share = torch.nextafter(share, torch.tensor(math.inf if steps > 0 else -math.inf))
+            shares.append(share)
+    for share in shares:
+        # As published: 1 - share on a float32 tensor, then numpy's sqrt of it, times the side in float32.
+        expected = int(224 * np.sqrt((1 - share).numpy()))
+        top, bottom, left, right, area = mixing_box(224, 224, share.item(), np.random.default_rng(0))
+        assert area == expected * expected, share.item()
+        differs += int(224 * math.sqrt(1.0 - share.item())) != expected
+    assert differs > 0  # the float64 side differs from the published one for some of these shares

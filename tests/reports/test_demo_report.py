@@ -74,14 +74,17 @@ def test_the_report_shows_what_pretraining_added_over_the_random_initialisation(
     assert "| MoCo v3 (m=1) | fashion_mnist | ViT-debug/4 | knn | 61.0 | 56.1 | +4.9 (n=1) |" in section
     assert "| PatchMix m=3 | fashion_mnist | ViT-debug/4 | knn | 63.0 | 56.1 | +6.9 (n=1) |" in section
     assert "linear" not in section  # the random initialisation has a kNN row only
+    text = report.read_text()  # one seed: no interval, so no method is judged not to have learned
+    assert "not judged (under two seeds)" in section
+    assert "not comparable (" not in text and "at this scale: " not in text
 
     trained, initial = Row("table3", "MoCo v3 (m=1)", "ViT-debug/4", 16, "fashion_mnist", "knn"), \
         Row("table3", RANDOM_INIT, "ViT-debug/4", 0, "fashion_mnist", "knn")
     results = [RowResult(trained, None, 66.5, 2.12, [0, 1], "p", "h", "c", values={0: 65.0, 1: 68.0}),
                RowResult(initial, None, 56.0, 1.41, [0, 1], "p", "h", "c", values={0: 55.0, 1: 57.0})]
-    # differences 10 and 11: mean 10.5, 95 % interval 10.5 ± 12.706 x 0.707 / sqrt(2)
+    # differences 10 and 11: mean 10.5, 95 % interval 10.5 ± 12.706 x 0.707 / sqrt(2): above 0, learned
     assert pretraining_gain_table(results).splitlines()[2] == (
-        "| MoCo v3 (m=1) | fashion_mnist | ViT-debug/4 | knn | 66.5 ± 2.1 | 56.0 ± 1.4 | +10.5 [4.1, 16.9] (n=2) |")
+        "| MoCo v3 (m=1) | fashion_mnist | ViT-debug/4 | knn | 66.5 ± 2.1 | 56.0 ± 1.4 | +10.5 [4.1, 16.9] (n=2) | yes |")
 
 
 def readme_demo_excerpt() -> list[str]:

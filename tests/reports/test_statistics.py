@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from plans.tables import RANDOM_INIT, Claim, Plan, Row
 from reports.__main__ import write_reports
+from reports.tables import RowResult, claims_table, pretraining_gain_table
 from reports.statistics import HOLDS, NOT_RESOLVED, REVERSED, mean_interval, paired_difference, verdict
 
 from test_reports import write_result
@@ -45,3 +47,96 @@ def test_report_with_three_seeds_gives_intervals_and_claim_verdicts(tmp_path):
     assert "| m = 3 beats m = 4 | cifar100 | ViT-S/2 | knn | -1.0 [-2.2, 0.2] (n=3) | not resolved |" in text
     m1 = next(line for line in text.splitlines() if line.startswith("| PatchMix m=1") and "knn" in line)
     assert "| 60.0 ± 10.0 |" in m1 and "| [35.2, 84.8] | — |" in m1  # 60 +- 4.303 * 10 / sqrt(3)
+
+
+# Table 3 at the Fashion-MNIST scale, three seeds: kNN of every row and of the random initialisation,
+# linear of every pretrained row. DINO ends below its random initialisation on kNN (paired -7, -6, -6);
+# SDMP's kNN gain straddles 0 (+3, -1, +1: mean +1.0, interval [-4.0, 6.0]); PatchMix and MoCo v3 learn.
+TABLE3_KNN = {"random-init": (57.0, 58.0, 59.0), "patchmix": (68.0, 69.0, 70.0), "mocov3": (67.0, 68.0, 69.0),
+              "dino": (50.0, 52.0, 53.0), "sdmp": (60.0, 57.0, 60.0)}
+TABLE3_LINEAR = {"patchmix": (67.0, 68.0, 69.0), "mocov3": (66.0, 67.0, 68.0), "dino": (56.0, 56.5, 57.0),
+                 "sdmp": (68.0, 69.0, 70.0)}
+
+
+def table3_report(root, out, with_random_init: bool = True) -> str:
+    for row, values in TABLE3_KNN.items():
+        for seed, value in enumerate(values):
+            if row != "random-init" or with_random_init:
+                write_result(root, f"table3/fashion_mnist/{row}/seed{seed}/knn", "knn", {"top1_k20": value}, seed)
+    for row, values in TABLE3_LINEAR.items():
+        for seed, value in enumerate(values):
+            write_result(root, f"table3/fashion_mnist/{row}/seed{seed}/linear", "linear", {"top1_best": value}, seed)
+    (report,) = write_reports(["table3"], root, out, seeds=(0, 1, 2), datasets=("fashion_mnist",))
+    return report.read_text()
+
+
+def claim_verdict(text: str, claim: str, protocol: str) -> str:
+    (line,) = [line for line in text.splitlines() if line.startswith(f"| {claim} |") and f"| {protocol} |" in line]
+    return line.strip("|").split("|")[-1].strip()
+
+
+def test_a_claim_with_a_method_that_did_not_learn_is_not_comparable(tmp_path):
+    text = table3_report(tmp_path / "runs", tmp_path / "out")
+    # Below its random initialisation, and straddling it: neither learned on kNN.
+    assert claim_verdict(text, "PatchMix beats DINO", "knn") == "not comparable (DINO did not learn here)"
+    assert claim_verdict(text, "PatchMix beats SDMP", "knn") == "not comparable (SDMP did not learn here)"
+    # The other claims keep their verdicts: MoCo v3 learned; on linear there is no random-initialisation
+    # row, so whether a method learned is not judged there (per protocol).
+    assert claim_verdict(text, "PatchMix beats MoCo v3 (m=1)", "knn") == "holds"  # +1 on every seed
+    assert claim_verdict(text, "PatchMix beats MoCo v3 (m=1)", "linear") == "holds"
+    assert claim_verdict(text, "PatchMix beats DINO", "linear") == "holds"  # +11, +11.5, +12
+    assert claim_verdict(text, "PatchMix beats SDMP", "linear") == "reversed"  # -1 on every seed
+
+    gains = text.split("## What pretraining added", 1)[1]
+    learned = {line.split("|")[1].strip(): line.strip("|").split("|")[-1].strip()
+               for line in gains.splitlines() if line.startswith("| ") and "| knn |" in line}
+    assert learned == {"PatchMix": "yes", "MoCo v3 (m=1)": "yes", "DINO": "did not learn at this scale",
+                       "SDMP": "did not learn at this scale"}
+    dino = next(line for line in text.splitlines() if line.startswith("| DINO |") and "| knn" in line)
+    assert "51.7 ± 1.5 *" in dino  # marked in the main table, with its note
+    assert "- DINO fashion_mnist knn: did not learn at this scale: pretrained − random init -6.3 [-7.8, -4.9] " \
+           "(n=3) does not lie above 0" in text
+
+
+def test_without_a_random_initialisation_row_the_verdicts_are_unchanged(tmp_path):
+    text = table3_report(tmp_path / "runs", tmp_path / "out", with_random_init=False)
+    assert claim_verdict(text, "PatchMix beats DINO", "knn") == "holds"  # +18, +17, +17
+    assert claim_verdict(text, "PatchMix beats SDMP", "knn") == "holds"  # +8, +12, +10
+    assert "did not learn" not in text and "What pretraining added" not in text
+
+
+def _result(method: str, protocol: str, values: tuple[float, ...]) -> RowResult:
+    row = Row("table3", method, "ViT-debug/4", 0 if method == RANDOM_INIT else 20, "fashion_mnist", protocol)
+    mean = sum(values) / len(values)
+    return RowResult(row, None, mean, 0.0, list(range(len(values))), "p", "h", "c", values=dict(enumerate(values)))
+
+
+def test_learning_is_judged_per_protocol_and_on_either_side_of_a_claim():
+    """DINO learned on linear (above the random initialisation's linear probe) but not on kNN: only its
+    kNN claim is not comparable. A claim whose better side did not learn names that side; both sides,
+    both."""
+    plan = Plan("table3", "t", claims=(Claim("PatchMix beats DINO", "PatchMix", "DINO"),
+                                       Claim("DINO beats SDMP", "DINO", "SDMP")))
+    results = [_result(RANDOM_INIT, "knn", (57.0, 58.0, 59.0)), _result(RANDOM_INIT, "linear", (40.0, 41.0, 42.0)),
+               _result("PatchMix", "knn", (68.0, 69.0, 70.0)), _result("PatchMix", "linear", (67.0, 68.0, 69.0)),
+               _result("DINO", "knn", (50.0, 52.0, 53.0)), _result("DINO", "linear", (56.0, 56.5, 57.0)),
+               _result("SDMP", "knn", (56.0, 58.0, 58.0)), _result("SDMP", "linear", (45.0, 46.0, 47.0))]
+    text = claims_table(plan, results)
+    assert claim_verdict(text, "PatchMix beats DINO", "knn") == "not comparable (DINO did not learn here)"
+    assert claim_verdict(text, "PatchMix beats DINO", "linear") == "holds"
+    assert claim_verdict(text, "DINO beats SDMP", "knn") == "not comparable (DINO and SDMP did not learn here)"
+    assert claim_verdict(text, "DINO beats SDMP", "linear") == "holds"  # +11, +10.5, +10: both learned on linear
+    sdmp = _result("SDMP", "knn", (60.0, 61.0, 62.0))  # learned on kNN: only DINO is named
+    assert claim_verdict(claims_table(plan, [*results[:6], sdmp]), "DINO beats SDMP", "knn") == \
+        "not comparable (DINO did not learn here)"
+
+
+def test_one_seed_gives_no_interval_and_judges_no_learning():
+    """With one seed there is no interval of the gain: whether a method learned is not judged, and
+    its claims keep the one-seed verdict."""
+    plan = Plan("demo", "t", claims=(Claim("PatchMix beats DINO", "PatchMix", "DINO"),))
+    results = [_result(RANDOM_INIT, "knn", (57.0,)), _result("PatchMix", "knn", (68.0,)),
+               _result("DINO", "knn", (50.0,))]
+    assert claim_verdict(claims_table(plan, results), "PatchMix beats DINO", "knn") == "not resolved (one seed)"
+    assert pretraining_gain_table(results).splitlines()[3].endswith(
+        "| -7.0 (n=1) | not judged (under two seeds) |")

@@ -1,7 +1,11 @@
 """The stage graph through the inline, local (submitit) and mocked-SLURM executors."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -121,11 +125,20 @@ def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path, monkeypat
         assert len(list((tmp_path / "runs" / ".submitit" / "table6").glob("*_submission.sh"))) == 12
 
 
+def _tiny_image_folder(root: Path) -> Path:
+    """train/ and val/ with one class of one file: enough for a run directory's data fingerprint."""
+    for split in ("train", "val"):
+        (root / split / "n01").mkdir(parents=True)
+        (root / split / "n01" / "image.JPEG").write_bytes(b"not decoded when planning")
+    return root
+
+
 def test_dry_run_lists_jobs_with_dependencies(tmp_path):
     lines: list[str] = []
-    outcome = launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), dry_run=True,
-                     echo=lines.append)
-    warnings = [line for line in lines if line.startswith("[warning]")]
+    imagenet = _tiny_image_folder(tmp_path / "imagenet")
+    root = tmp_path / "runs"
+    outcome = launch(build_plan("table2"), "slurm", root, ClusterConfig(partition="p", account="a"), dry_run=True,
+                     echo=lines.append, pretrain_overrides=[f"data.root={imagenet}"])
     total = lines[-1]
     lines = [line for line in lines[:-1] if line.startswith("[dry-run]")]
     assert set(outcome.values()) == {"would submit"} and len(lines) == 24
@@ -138,13 +151,16 @@ def test_dry_run_lists_jobs_with_dependencies(tmp_path):
                     "jobs add their extra attempts)"
     baselines = [line for line in lines if "pretrain preset=imagenet_dino" in line or "pretrain preset=imagenet_sdmp" in line]
     assert len(baselines) == 3 and all("nodes=2 gpus=16" in line for line in baselines)
-    # No ImageNet here: the dry run says so for each pretraining stage; a real launch would refuse.
-    assert len(warnings) == 6 and all("data.root data/imagenet does not exist" in w for w in warnings)
-    with pytest.raises(ValueError, match="cannot be read from here"):
-        launch(build_plan("table2"), "slurm", tmp_path, ClusterConfig(partition="p"), echo=_quiet)
     assert '"nodes": 2' in lines[0] and '"gpus_per_node": 8' in lines[0]
     assert '"dependency": "afterok:<table2/vit_s16/300ep/seed0/pretrain>"' in lines[1]
-    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    assert not root.exists()  # a dry run writes nothing
+    # Without ImageNet here, the dry run refuses as a real launch would, naming each pretraining stage.
+    for dry_run in (True, False):
+        with pytest.raises(ValueError, match="cannot be read from here") as refusal:
+            launch(build_plan("table2"), "slurm", root, ClusterConfig(partition="p", account="a"), dry_run=dry_run,
+                   echo=_quiet)
+        assert str(refusal.value).count("data.root data/imagenet does not exist") == 6
+    assert not root.exists()
 
 
 def test_job_parameters_cap_time_and_count_tasks():
@@ -181,24 +197,27 @@ def test_every_plan_resolves_to_valid_configs(tmp_path, name):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
-    import subprocess
-    import sys
-
-    from common.errors import RunDirectoryBusy
-
-    registry = tmp_path / "runs" / ".jobs" / "smoke"
+@contextlib.contextmanager
+def plan_held_by_another_launcher(output_root: Path, plan: str = "smoke") -> Iterator[int]:
+    """A process holding the plan's launch lock, as a running launcher does; yields its pid."""
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
                                "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
-                               str(registry)], stdout=subprocess.PIPE, text=True,
+                               str(output_root / ".jobs" / plan)], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).resolve().parents[2])
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunDirectoryBusy, match=f"pid {holder.pid}"):
-            launch(build_plan("smoke"), "inline", tmp_path / "runs", ClusterConfig(), echo=_quiet)
+        yield holder.pid
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_second_launcher_of_the_same_plan_is_refused(tmp_path):
+    from common.errors import RunDirectoryBusy
+
+    with plan_held_by_another_launcher(tmp_path / "runs") as pid:
+        with pytest.raises(RunDirectoryBusy, match=f"pid {pid}"):
+            launch(build_plan("smoke"), "inline", tmp_path / "runs", ClusterConfig(), echo=_quiet)
     assert not any(p.name.startswith("smoke") for p in (tmp_path / "runs").iterdir())  # nothing ran
 
 
@@ -352,3 +371,98 @@ def test_jobs_beyond_one_are_for_the_inline_executor_only(tmp_path):
         with pytest.raises(ValueError, match="--jobs"):
             launch(build_plan("smoke"), executor, tmp_path / "runs", ClusterConfig(), jobs=jobs, echo=_quiet)
     assert not (tmp_path / "runs").exists()
+
+
+def _refusals_dry_and_real(capsys, arguments: list[str]) -> list[str]:
+    """The error `slurm run` writes with --dry-run and without (each exit 2)."""
+    from slurm.__main__ import main as slurm_main
+
+    refusals = []
+    for dry_run in (["--dry-run"], []):
+        with pytest.raises(SystemExit) as exit:
+            slurm_main([*arguments, *dry_run])
+        assert exit.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("error: ") == 1, error
+        refusals.append(error)
+    return refusals
+
+
+def _files(root: Path) -> set[Path]:
+    return set(root.rglob("*")) if root.exists() else set()
+
+
+def _damage_launch_record(root: Path) -> None:
+    record = root / ".jobs" / "smoke" / "launch.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"official": {"seeds": [0')
+
+
+def _damage_job_record(root: Path) -> None:
+    from slurm.graph import JobRegistry
+
+    registry = JobRegistry(root, "smoke")
+    registry.folder.mkdir(parents=True)
+    registry.path("smoke/m2/seed0/linear").write_text('{"job_id": "12')
+
+
+@pytest.mark.parametrize("plan, options, damage, named", [
+    ("smoke", ["--executor", "slurm", "--cluster", "partition=gpu"], None, "needs a partition and an account"),
+    ("smoke", ["--executor", "inline"], _damage_launch_record, "launch.json is damaged"),
+    ("smoke", ["--executor", "slurm", "--cluster", "partition=gpu", "account=lab"], _damage_job_record,
+     "job record"),
+    ("table2", ["--executor", "local"], None, "cannot be read from here"),
+    ("smoke", ["--executor", "local", "--jobs", "2"], None, "--jobs 2"),
+])
+def test_a_dry_run_refuses_what_the_launch_refuses_with_its_message(tmp_path, capsys, plan, options, damage, named):
+    """Every refusal of `slurm run`: the dry run ends as the launch does (same error, exit 2); neither
+    writes anything, and the launch refuses before its first stage (no sbatch here to submit with)."""
+    root = tmp_path / "runs"
+    if damage is not None:
+        damage(root)
+    before = _files(root)
+    dry, real = _refusals_dry_and_real(capsys, ["run", plan, *options, "--output-root", str(root)])
+    assert dry == real and named in dry, (dry, real)
+    assert _files(root) == before
+
+
+def test_a_dry_run_names_every_refusal_at_once(tmp_path, capsys):
+    """No account and a damaged launch record: both named, by the dry run and by the launch."""
+    root = tmp_path / "runs"
+    _damage_launch_record(root)
+    before = _files(root)
+    dry, real = _refusals_dry_and_real(capsys, ["run", "smoke", "--executor", "slurm", "--cluster", "partition=gpu",
+                                                "--output-root", str(root)])
+    assert dry == real and "2 reasons" in dry and "needs a partition and an account" in dry
+    assert "launch.json is damaged" in dry
+    assert _files(root) == before
+
+
+def test_a_dry_run_of_a_plan_another_launcher_holds_is_refused_like_the_launch(tmp_path, capsys):
+    with plan_held_by_another_launcher(tmp_path / "runs") as pid:
+        before = _files(tmp_path / "runs")
+        dry, real = _refusals_dry_and_real(capsys, ["run", "smoke", "--executor", "inline",
+                                                    "--output-root", str(tmp_path / "runs")])
+        assert dry == real and f"pid {pid}" in dry
+        assert _files(tmp_path / "runs") == before
+
+
+def test_a_dry_run_names_a_stage_queued_in_slurm_as_the_launch_would(tmp_path, monkeypatch):
+    """A recorded job SLURM still runs is not submitted again: the dry run says so instead of listing it."""
+    from slurm.graph import JobRegistry
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("sacct", SACCT), ("squeue", SQUEUE)):
+        (bin_dir / name).write_text(script)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("SACCT_STATE", "PENDING")
+    monkeypatch.setenv("SQUEUE_STATE", "")
+    JobRegistry(tmp_path / "runs", "smoke").record("smoke/m2/seed0/pretrain", "1001", tmp_path / "logs")
+    lines: list[str] = []
+    outcome = launch(build_plan("smoke"), "slurm", tmp_path / "runs", ClusterConfig(partition="p", account="a"),
+                     dry_run=True, echo=lines.append)
+    assert outcome["smoke/m2/seed0/pretrain"] == "queued as 1001"
+    assert all(outcome[key] == "would submit" for key in ("smoke/m2/seed0/knn", "smoke/m2/seed0/linear"))
+    assert any("after=1001" in line for line in lines if "seed0/knn" in line), lines

@@ -96,10 +96,10 @@ def test_an_unknown_grid_key_lists_the_valid_ones(tmp_path, capsys):
 
 
 def test_grid_values_equal_as_numbers_are_one_point(tmp_path, capsys):
-    grid = check_grid("debug_cpu", parse_grid(["loss.temperature=0.3,0.30,3e-1", "mix.num_mixed=2,02"]))
+    grid = check_grid("debug_cpu", parse_grid(["loss.temperature=0.3,0.30,3e-1", "mix.num_mixed=2,+2"]))
     assert grid == (("loss.temperature", ("0.3",)), ("mix.num_mixed", ("2",)))
     slurm_main(["sweep", "--preset", "debug_cpu", "--grid", "loss.temperature=0.3,0.30", "--dry-run",
-                "--output-root", str(tmp_path)])
+                "--executor", "local", "--output-root", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "[sweep-debug_cpu-temperature] 2 would submit" in printed  # one point: pretraining + kNN
     assert "sweep/debug_cpu-temperature/loss.temperature=0.3/seed0/pretrain" in printed
@@ -134,3 +134,30 @@ def test_a_sweep_name_is_a_plain_name_and_the_known_ones_are_listed(tmp_path, ca
         assert exit.value.code == 2
         line = _refusal(capsys)
         assert repr(name) in line and "known: known" in line
+
+
+def _files(root) -> set:
+    return {path for path in root.rglob("*")} if root.exists() else set()
+
+
+@pytest.mark.parametrize("preset, grid", [("demo_fashion_mnist_m2", "loss.temperature=0.1"),  # another preset
+                                          ("debug_cpu", "mix.num_mixed=2"),                   # other keys
+                                          ("debug_cpu", "damaged")])                          # unreadable file
+def test_a_dry_run_refuses_what_the_sweep_launch_refuses_with_its_message(tmp_path, capsys, preset, grid):
+    """A sweep named like an existing one of another preset or other keys (or whose kept definition is
+    damaged): the dry run ends as the launch does, with the same error line and exit 2, and neither writes."""
+    save_sweep(tmp_path, Sweep("same", "debug_cpu", parse_grid(["loss.temperature=0.1,0.2"])))
+    if grid == "damaged":
+        (tmp_path / ".sweeps" / "same.json").write_text('{"name": "same"')
+        grid = "loss.temperature=0.1"
+    before = _files(tmp_path)
+    arguments = ["sweep", "--preset", preset, "--grid", grid, "--name", "same", "--executor", "inline",
+                 "--output-root", str(tmp_path), "--set", "optim.epochs=1"]
+    refusals = []
+    for dry_run in (["--dry-run"], []):
+        with pytest.raises(SystemExit) as exit:
+            slurm_main([*arguments, *dry_run])
+        assert exit.value.code == 2
+        refusals.append(_refusal(capsys))
+    assert refusals[0] == refusals[1] and "same" in refusals[0], refusals
+    assert _files(tmp_path) == before  # no lock folder, no run, the definition as it was
