@@ -99,7 +99,7 @@ class JobRegistry:
         entry = self.read(key)
         if entry is None:
             return None
-        state = job_state(entry["job_id"], entry["log_folder"])
+        state = job_state(entry["job_id"])
         return None if state in ENDED_STATES else (entry["job_id"], state)
 
     def path(self, key: str) -> Path:
@@ -121,13 +121,9 @@ def read_job_record(path: Path) -> dict:
     return {**entry, "job_id": str(entry["job_id"])}
 
 
-def job_state(job_id: str, log_folder: str) -> str:
-    """The job's state from sacct (through submitit), else from squeue, else UNKNOWN."""
-    try:
-        state = submitit.SlurmJob(folder=log_folder, job_id=job_id).get_info(mode="force").get("State", "")
-    except Exception:  # sacct missing or failing: ask squeue
-        state = ""
-    state = (state.split() or ["UNKNOWN"])[0]
+def job_state(job_id: str) -> str:
+    """The job's state from sacct, else from squeue, else UNKNOWN."""
+    state = (_accounted_state(job_id).split() or ["UNKNOWN"])[0]
     if state in ACTIVE_STATES or state in ENDED_STATES:
         return state
     try:
@@ -136,6 +132,21 @@ def job_state(job_id: str, log_folder: str) -> str:
     except (OSError, subprocess.SubprocessError):
         return "UNKNOWN"
     return (queued.stdout.split() or ["UNKNOWN"])[0] if queued.returncode == 0 else "UNKNOWN"
+
+
+def _accounted_state(job_id: str) -> str:
+    """The job's state in SLURM's accounting ("" when sacct fails or knows nothing of it yet), asked afresh:
+    submitit's watcher would answer a failed sacct with the state it read last, and never asks again of a
+    job it once saw end, so in a process that launched before, a stale state would stand in for squeue's."""
+    try:
+        listed = subprocess.run(["sacct", "-o", "JobID,State", "--parsable2", "-j", str(job_id)], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = listed.stdout.splitlines() if listed.returncode == 0 else []
+    names = lines[0].split("|") if lines else []
+    records = [dict(zip(names, line.split("|"))) for line in lines[1:]]
+    return next((record.get("State", "") for record in records if record.get("JobID") == str(job_id)), "")
 
 
 def never_starts(job_id: str) -> bool:

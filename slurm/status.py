@@ -177,7 +177,7 @@ def run_statuses(output_root: Path, skipped: list[str] | None = None) -> list[Ru
 def _describe_job(status: RunStatus, entry: dict) -> str:
     """Fill in the job line (and the error log's last lines, for an ended job) of `status` from its
     registry entry; returns the job's state."""
-    scheduler = job_state(entry["job_id"], entry["log_folder"])
+    scheduler = job_state(entry["job_id"])
     log = Path(entry["log_folder"]) / f"{entry['job_id']}_0_log.err"
     waiting = _waiting(entry["job_id"]) if scheduler not in ENDED_STATES else ""
     status.job = f"job {entry['job_id']} {scheduler}{waiting} log: {log}"

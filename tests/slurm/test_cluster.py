@@ -247,12 +247,14 @@ def test_preemption_and_cancellation_resume_from_the_checkpoint_and_run_nothing_
     step_at_preemption = _step(run_dir)
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     sandbox.wait(lambda: sandbox.show(job).get("JobState") == "PENDING", what="the preempted job to be requeued")
-    # While it waits, with slurmdbd stopped (sacct silent), squeue still answers: a relaunch from the shell
-    # (a new process, nothing cached) submits nothing.
+    # While it waits, with slurmdbd stopped (sacct silent), squeue still answers: a relaunch submits nothing,
+    # here (where sacct said RUNNING before) as from the shell (a new process).
     subprocess.run(["sacctmgr", "-i", "shutdown"], check=True, capture_output=True)
     try:
         sandbox.wait(lambda: subprocess.run(["sacct", "-j", job], capture_output=True).returncode != 0,
                      what="sacct to fail")
+        assert all(what.startswith("queued as") for what in launch_again().values()), lines
+        assert f"[queued] {pretrain_key}: job {job}, state PENDING" in lines, lines  # squeue's, not sacct's last
         relaunched = subprocess.run(
             [sys.executable, "-m", "slurm", "run", "smoke", "--executor", "slurm", "--output-root", str(root),
              "--profile", "slurm/sandbox/profile.yaml", "--set", *overrides, "--eval-set", *EVALUATE],
