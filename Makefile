@@ -13,7 +13,8 @@ OUTPUT_ROOT ?= runs## where run directories go
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist## Debian's Fashion-MNIST files (the demo)
 PYTEST_ARGS ?=## extra pytest arguments of `make test`
 
-.PHONY: help setup test demo pretrain knn linear finetune evaluate bench bench-knn fashion-mnist clean report status sweep study tune \
+.PHONY: help setup test test-slurm slurm-up slurm-down demo pretrain knn linear finetune evaluate bench bench-knn fashion-mnist \
+	clean report status sweep study tune \
 	$(TABLES)
 
 help: ## this list
@@ -40,8 +41,19 @@ endif
 
 setup: $(STAMP) ## install what the suite needs (once per change of the requirements)
 
-test: setup ## the test suite (CI runs exactly this)
+test: setup ## the test suite (CI runs it, then test-slurm against a sandbox)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A one-node SLURM with accounting on this machine (root, Debian's packages; slurm/sandbox/sandbox.sh):
+# partition and account `sandbox`. The tests marked slurm run against it; make test leaves them out.
+slurm-up: ## start a one-node SLURM here (root): partition and account `sandbox`
+	slurm/sandbox/sandbox.sh up
+
+slurm-down: ## stop what slurm-up started and remove its state
+	slurm/sandbox/sandbox.sh down
+
+test-slurm: setup ## the tests marked slurm, against a running SLURM (make slurm-up)
+	$(PY) -m pytest -m slurm tests/slurm $(PYTEST_ARGS)
 
 # Fashion-MNIST for the demo: Debian's package when we may install it, else torchvision's download.
 fashion-mnist: ## Fashion-MNIST from Debian when possible

@@ -105,7 +105,8 @@ def job_parameters(executor: str, name: str, nodes: int, gpus_per_node: int, hou
                    cluster: ClusterConfig, dependencies: list[str]) -> dict[str, Any]:
     """submitit parameters of one stage: one task per GPU (one task on CPU-only stages)."""
     tasks = max(gpus_per_node, 1)
-    minutes = int(min(hours, cluster.max_hours) * 60)
+    # Whole minutes, at least one: SLURM takes --time=0 for no limit at all.
+    minutes = max(1, round(min(hours, cluster.max_hours) * 60))
     if executor == "local":
         return {"timeout_min": minutes, "gpus_per_node": gpus_per_node, "tasks_per_node": tasks,
                 "signal_delay_s": cluster.signal_delay_s}

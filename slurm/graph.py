@@ -99,7 +99,7 @@ class JobRegistry:
         entry = self.read(key)
         if entry is None:
             return None
-        state = job_state(entry["job_id"], entry["log_folder"])
+        state = job_state(entry["job_id"])
         return None if state in ENDED_STATES else (entry["job_id"], state)
 
     def path(self, key: str) -> Path:
@@ -121,13 +121,9 @@ def read_job_record(path: Path) -> dict:
     return {**entry, "job_id": str(entry["job_id"])}
 
 
-def job_state(job_id: str, log_folder: str) -> str:
-    """The job's state from sacct (through submitit), else from squeue, else UNKNOWN."""
-    try:
-        state = submitit.SlurmJob(folder=log_folder, job_id=job_id).get_info(mode="force").get("State", "")
-    except Exception:  # sacct missing or failing: ask squeue
-        state = ""
-    state = (state.split() or ["UNKNOWN"])[0]
+def job_state(job_id: str) -> str:
+    """The job's state from sacct, else from squeue, else UNKNOWN."""
+    state = (_accounted_state(job_id).split() or ["UNKNOWN"])[0]
     if state in ACTIVE_STATES or state in ENDED_STATES:
         return state
     try:
@@ -136,6 +132,33 @@ def job_state(job_id: str, log_folder: str) -> str:
     except (OSError, subprocess.SubprocessError):
         return "UNKNOWN"
     return (queued.stdout.split() or ["UNKNOWN"])[0] if queued.returncode == 0 else "UNKNOWN"
+
+
+def _accounted_state(job_id: str) -> str:
+    """The job's state in SLURM's accounting ("" when sacct fails or knows nothing of it yet), asked afresh:
+    submitit's watcher would answer a failed sacct with the state it read last, and never asks again of a
+    job it once saw end, so in a process that launched before, a stale state would stand in for squeue's."""
+    try:
+        listed = subprocess.run(["sacct", "-o", "JobID,State", "--parsable2", "-j", str(job_id)], capture_output=True,
+                                text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    lines = listed.stdout.splitlines() if listed.returncode == 0 else []
+    names = lines[0].split("|") if lines else []
+    records = [dict(zip(names, line.split("|"))) for line in lines[1:]]
+    return next((record.get("State", "") for record in records if record.get("JobID") == str(job_id)), "")
+
+
+def never_starts(job_id: str) -> bool:
+    """Whether SLURM holds the job pending on a dependency that can no longer be satisfied: the job it
+    waits for (afterok) failed or was cancelled. Such a job stays pending for good (unless the cluster
+    sets kill_invalid_depend, which cancels it)."""
+    try:
+        queued = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%r"], capture_output=True, text=True,
+                                timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return queued.returncode == 0 and queued.stdout.strip() == "DependencyNeverSatisfied"
 
 
 class LaunchRefused(ValueError):
@@ -283,6 +306,18 @@ class _Launcher:
         if not active:
             return False
         job_id, state = active
+        if state == "PENDING" and never_starts(job_id):
+            # Its upstream job ended without a result: this one will never start. It is cancelled and
+            # submitted again, behind the upstream stage's new job and from this launch's code.
+            try:
+                submitit.SlurmJob(folder=self.registry.read(stage.key)["log_folder"], job_id=job_id).cancel(check=True)
+            except Exception as error:  # scancel refused (another user's job) or missing
+                raise ValueError(f"{stage.key}: job {job_id} can never start (the job it depends on ended without "
+                                 f"success) and could not be cancelled ({error}): cancel it (scancel {job_id}) and "
+                                 "launch again") from None
+            self.echo(f"[cancelled] {stage.key}: job {job_id} could never start (the job it depended on ended "
+                      "without success); submitting it again")
+            return False
         self.job_ids[stage.key] = job_id
         self.outcome[stage.key] = f"queued as {job_id}"
         why = (f"state {state}" if state != "UNKNOWN" else "state unknown to sacct and squeue (accounting "

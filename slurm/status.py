@@ -2,7 +2,8 @@
 
 States: done (result.json), running (a live process holds the run's lock), queued (its recorded job
 is pending or running in SLURM, or in a state SLURM cannot tell), failed (its job ended without a
-result: the last lines of its error log follow), stale (no process, no job, no result).
+result: the last lines of its error log follow), stale (no process, no job, no result). Submitted jobs
+whose run has no directory yet (waiting, or failed before the run began) are listed by stage key.
 What cannot be read (a damaged job record or config, metrics records whose time is not a number) is
 skipped and named under the listing; every other run is still listed.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import fcntl
 import json
 import numbers
+import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +32,11 @@ from slurm.graph import ENDED_STATES, job_state, read_job_record
 class RunStatus:
     stage: str
     state: str
-    run_dir: Path
+    run_dir: Path | None  # None: a submitted job whose run has no directory yet
     progress: str = ""  # "step 4000/150000 (3%) 2551 /s ETA 15:53:10, last metric 12 s ago"
-    job: str = ""  # "job 1001 RUNNING log: <path>"
+    job: str = ""  # "job 1001 PENDING (requeued 2 times, waiting for BeginTime, may start ...) log: <path>"
     error: tuple[str, ...] = ()
+    experiment: str = ""  # the plan's stage key, shown where there is no run directory
 
 
 def _lock_is_held(run_dir: Path) -> bool:
@@ -76,6 +80,25 @@ def _progress(records: list[dict], now: float) -> str:
     return text + f", last metric {int(now - last['time'])} s ago"
 
 
+def _waiting(job_id: str) -> str:
+    """What the controller says of an active job besides its state: how often it was requeued (a time
+    limit or a preemption), why it waits and when it may start; "" when it does not know the job."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):  # no scontrol here, or no answer
+        return ""
+    fields = dict(re.findall(r"(\w+)=(\S*)", shown.stdout)) if shown.returncode == 0 else {}
+    details = []
+    restarts = int(fields["Restarts"]) if fields.get("Restarts", "").isdigit() else 0
+    if restarts:
+        details.append(f"requeued {restarts} time{'s' if restarts > 1 else ''}")
+    if fields.get("JobState") == "PENDING" and fields.get("Reason", "None") != "None":
+        details.append(f"waiting for {fields['Reason']}")
+        if fields.get("StartTime", "Unknown") not in ("Unknown", "None"):
+            details.append(f"may start {fields['StartTime']}")
+    return f" ({', '.join(details)})" if details else ""
+
+
 def _jobs(output_root: Path, skipped: list[str]) -> dict[str, dict]:
     """{stage key: registry entry} of every launch under output_root; damaged records are skipped."""
     entries = {}
@@ -110,9 +133,11 @@ def _provenance(run_dir: Path) -> dict:
 
 
 def run_statuses(output_root: Path, skipped: list[str] | None = None) -> list[RunStatus]:
-    """The status of every run under `output_root`; what cannot be read is named in `skipped`."""
+    """The status of every run under `output_root`, then of every submitted job whose run has no
+    directory (a job waiting for its turn, or one that failed before its run began); what cannot be
+    read is named in `skipped`."""
     skipped = [] if skipped is None else skipped
-    now, jobs, statuses = time.time(), _jobs(output_root, skipped), []
+    now, jobs, statuses, listed = time.time(), _jobs(output_root, skipped), [], set()
     for config_path in sorted(Path(output_root).glob("**/config.yaml")):
         run_dir = config_path.parent
         try:
@@ -120,27 +145,45 @@ def run_statuses(output_root: Path, skipped: list[str] | None = None) -> list[Ru
         except ValueError as error:
             skipped.append(f"{error}; the run is not listed")
             continue
+        listed.add(experiment)
         records, unusable = _timed_records(run_dir)
         if unusable:
             skipped.append(f"{run_dir / 'metrics.jsonl'}: {unusable} record(s) whose time, step, epoch or total "
                            "is not a number, left out of the progress")
         status = RunStatus(_provenance(run_dir).get("stage") or "run", "stale", run_dir, _progress(records, now))
         entry = jobs.get(experiment)
-        scheduler = job_state(entry["job_id"], entry["log_folder"]) if entry else ""
-        if entry:
-            log = Path(entry["log_folder"]) / f"{entry['job_id']}_0_log.err"
-            status.job = f"job {entry['job_id']} {scheduler} log: {log}"
+        scheduler = _describe_job(status, entry) if entry else ""
         if (run_dir / "result.json").is_file():
             status.state = "done"
         elif _lock_is_held(run_dir):
             status.state = "running"
-        elif entry and scheduler in ENDED_STATES:
-            status.state = "failed"
-            status.error = tuple(log.read_text(errors="replace").splitlines()[-5:]) if log.is_file() else ()
         elif entry:
-            status.state = "queued"
+            status.state = "failed" if scheduler in ENDED_STATES else "queued"
+        if status.state != "failed":
+            status.error = ()
+        statuses.append(status)
+    for experiment, entry in jobs.items():
+        if experiment in listed:
+            continue
+        status = RunStatus(experiment.rsplit("/", 1)[-1], "queued", None, experiment=experiment)
+        scheduler = _describe_job(status, entry)
+        if scheduler == "COMPLETED":  # its run lies elsewhere (another plan's stage of the same config)
+            continue
+        status.state = "failed" if scheduler in ENDED_STATES else "queued"
         statuses.append(status)
     return statuses
+
+
+def _describe_job(status: RunStatus, entry: dict) -> str:
+    """Fill in the job line (and the error log's last lines, for an ended job) of `status` from its
+    registry entry; returns the job's state."""
+    scheduler = job_state(entry["job_id"])
+    log = Path(entry["log_folder"]) / f"{entry['job_id']}_0_log.err"
+    waiting = _waiting(entry["job_id"]) if scheduler not in ENDED_STATES else ""
+    status.job = f"job {entry['job_id']} {scheduler}{waiting} log: {log}"
+    if scheduler in ENDED_STATES and log.is_file():
+        status.error = tuple(log.read_text(errors="replace").splitlines()[-5:])
+    return scheduler
 
 
 def print_status(output_root: Path) -> None:
@@ -149,7 +192,9 @@ def print_status(output_root: Path) -> None:
     if not statuses:
         print(f"no runs under {output_root}")
     for status in statuses:
-        print(f"{status.state:8} {status.stage:20} {status.run_dir.relative_to(output_root)}")
+        where = (status.run_dir.relative_to(output_root) if status.run_dir
+                 else f"{status.experiment} (no run directory yet)")
+        print(f"{status.state:8} {status.stage:20} {where}")
         for detail in (status.progress, status.job, *status.error):
             if detail:
                 print(f"{'':8} {detail}")

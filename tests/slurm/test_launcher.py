@@ -87,8 +87,21 @@ def test_local_executor_timeout_requeues_and_matches_uninterrupted(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path):
+def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path, monkeypatch):
     from submitit.slurm.test_slurm import mocked_slurm
+
+    # submitit's mock answers sbatch; sacct and squeue (the launcher asks them itself) would otherwise be
+    # this machine's own, which may run a SLURM with jobs of the same ids: here sacct says odd ids are
+    # pending and even ones running, and squeue knows no job.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text('#!/bin/sh\necho "JobID|State"\nwhile [ $# -gt 0 ]; do\n'
+                                   '  [ "$1" = -j ] && echo "$2|$(if [ $(($2 % 2)) = 1 ]; then echo PENDING; '
+                                   'else echo RUNNING; fi)"\n  shift\ndone\n')
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    for name in ("sacct", "squeue"):
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
 
     cluster = load_cluster_config(None, ["partition=gpu", "account=lab", "qos=high", "constraint=a100",
                                          "cpus_per_gpu=8", "max_hours=12"])
@@ -110,10 +123,11 @@ def test_mocked_slurm_submission_parameters_and_dependencies(tmp_path):
         assert "#SBATCH --time=120" in knn_m1  # evaluations ask for less time
 
         # Submitting again while the jobs are queued or running submits nothing.
-        for job_id in range(12, 24):
-            mock.set_job_state(str(job_id), "PENDING" if job_id % 2 else "RUNNING")
-        again = launch(plan, "slurm", tmp_path / "runs", cluster, echo=_quiet)
+        lines: list[str] = []
+        again = launch(plan, "slurm", tmp_path / "runs", cluster, echo=lines.append)
         assert all(value.startswith("queued as") for value in again.values())
+        assert "[queued] table6/cifar100/m1/seed0/linear: job 13, state PENDING" in lines, lines
+        assert "[queued] table6/cifar100/m1/seed0/pretrain: job 12, state RUNNING" in lines, lines
         assert len(list((tmp_path / "runs" / ".submitit" / "table6").glob("*_submission.sh"))) == 12
 
 
@@ -161,6 +175,9 @@ def test_job_parameters_cap_time_and_count_tasks():
     assert parameters["dependency"] == "afterok:7:9"
     local = job_parameters("local", "x", 1, 0, 1.0, ClusterConfig(), [])
     assert local["tasks_per_node"] == 1 and local["timeout_min"] == 60
+    # Whole minutes, at least one: SLURM reads --time=0 as no limit at all.
+    for max_hours, minutes in ((0.005, 1), (2 / 60, 2), (1.999 / 60, 2), (0.5, 30)):
+        assert job_parameters("slurm", "x", 1, 0, 4.0, ClusterConfig(max_hours=max_hours), [])["time"] == minutes
 
 
 def test_cluster_profile_file(tmp_path):

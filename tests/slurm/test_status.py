@@ -16,6 +16,14 @@ SACCT = """#!/bin/sh
 echo "JobID|State|NodeList"
 case "$*" in *2001*) echo "2001|PENDING|";; *2002*) echo "2002|FAILED|node1";; esac
 """
+# The controller's view of job 2001: a job that was requeued twice and waits for its begin time.
+SCONTROL = """#!/bin/sh
+case "$*" in
+  *2001*) echo "JobId=2001 JobName=p JobState=PENDING Reason=BeginTime Dependency=(null) Restarts=2 \
+StartTime=2026-01-01T10:00:00 EndTime=Unknown";;
+  *) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1;;
+esac
+"""
 
 
 def _run(root: Path, name: str, experiment: str, records: list[dict] = ()) -> Path:
@@ -35,6 +43,8 @@ def test_status_states_progress_and_errors(tmp_path, monkeypatch):
     (bin_dir / "sacct").chmod(0o755)
     (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "squeue").chmod(0o755)
+    (bin_dir / "scontrol").write_text(SCONTROL)
+    (bin_dir / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     root, now = tmp_path / "runs", time.time()
     done = _run(root, "done", "p/done")
@@ -47,22 +57,28 @@ def test_status_states_progress_and_errors(tmp_path, monkeypatch):
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "2002_0_log.err").write_text("Traceback (most recent call last):\n  ...\nerror: non-finite loss at step 5\n")
-    for key, job in (("p/queued", "2001"), ("p/failed", "2002")):
-        JobRegistry(root, "p").record(key, job, logs)
+    for key, job in (("p/queued", "2001"), ("p/failed", "2002"), ("p/early", "2002")):
+        JobRegistry(root, "p").record(key, job, logs)  # p/early: failed before its run directory existed
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.rundir import RunDirectory; "
                                "RunDirectory(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
                                str(running)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
     try:
         assert holder.stdout.readline().strip() == "held"
-        statuses = {status.run_dir.name: status for status in run_statuses(root)}
+        every = run_statuses(root)
     finally:
         holder.kill()
         holder.wait()
+    statuses = {status.run_dir.name: status for status in every if status.run_dir}
+    early = [status for status in every if status.run_dir is None]
     assert {name: status.state for name, status in statuses.items()} == {
         "done": "done", "running": "running", "queued": "queued", "failed": "failed", "stale": "stale"}
+    assert [(s.experiment, s.state, s.error[-1]) for s in early] == [("p/early", "failed",
+                                                                       "error: non-finite loss at step 5")]
     progress = statuses["running"].progress
     assert progress.startswith("step 300/1000 (30%) 2.22 step/s ETA 0:05:15") and "last metric 1" in progress
-    assert "job 2001 PENDING" in statuses["queued"].job
+    # A waiting job says how often it was requeued, why it waits and when it may start.
+    assert "job 2001 PENDING (requeued 2 times, waiting for BeginTime, may start 2026-01-01T10:00:00) log:" \
+        in statuses["queued"].job
     assert "job 2002 FAILED log:" in statuses["failed"].job
     assert statuses["failed"].error[-1] == "error: non-finite loss at step 5"
 
