@@ -3,6 +3,7 @@ and its preset. Registering it is one line (`register_method(METHOD)`, or its mo
 METHOD_MODULES of pretrain/methods/__init__.py)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -48,8 +49,7 @@ def toy_debug() -> ToyPretrainConfig:
     """The tests' tiny ViT and generated images (debug_cpu's shared sections), at scale 3."""
     from pretrain.configs import preset
 
-    config = preset("debug_cpu").with_variant("toy_alignment")
-    return ToyPretrainConfig(**{**config.__dict__, "toy": ToyConfig(scale=3.0)})
+    return dataclasses.replace(preset("debug_cpu").with_variant("toy_alignment"), toy=ToyConfig(scale=3.0))
 
 
 METHOD = ToyAlignment()
