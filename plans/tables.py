@@ -123,8 +123,21 @@ def table2(flavour: str = "official", seeds: tuple[int, ...] = (0,), **_) -> Pla
     return plan
 
 
-# The Fashion-MNIST scale of Table 3: the rows the suite runs there (PatchMix m = 2 and MoCo v3 m = 1 are
-# Table 6's runs), and the paper's claims against each baseline.
+# The methods Table 3 and Figure 4 compare (keys of plans.tuning.TUNED_METHODS), with their rows' names.
+COMPARED_METHODS = {"patchmix": "PatchMix", "mocov3": "MoCo v3 (m=1)", "dino": "DINO", "sdmp": "SDMP"}
+
+
+def tuned_preset(dataset: str, method: str, flavour: str) -> str:
+    """The preset of `method` (a key of plans.tuning.TUNED_METHODS) in Table 3 and Figure 4 at a
+    Fashion-MNIST scale: the one that takes the point its tuning chose, named as Table 6's row of the same
+    configuration where there is one (MoCo v3's tuned point may be PatchMix's with m = 1), so they share a run."""
+    base = ABLATION_BASES[dataset].preset
+    return table6_preset_if_same(base, TUNED_METHODS[method].tuned_preset_name(base.removeprefix("fashion_mnist_"),
+                                                                               flavour), flavour)
+
+
+# The Fashion-MNIST scale of Table 3: the rows the suite runs there (each method at the point `make tune`
+# chose for it: plans/tuning.py; PatchMix's is Table 6's m = 2 run), and the paper's claims against each baseline.
 TABLE3_CLAIMS = tuple(Claim(f"PatchMix beats {other}", "PatchMix", other) for other in ("DINO", "SDMP", "MoCo v3 (m=1)"))
 
 
@@ -159,12 +172,8 @@ def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> 
     protocol (a method whose interval over it is not above 0 did not learn there: its claims are not
     compared, reports/tables.py)."""
     base, protocols = ABLATION_BASES[dataset], ("linear", "knn")
-    scale = base.preset.removeprefix("fashion_mnist_")
-    rows = {"patchmix": ("PatchMix", f"{base.preset}_m2_{flavour}"), "mocov3": ("MoCo v3 (m=1)", f"{base.preset}_m1_{flavour}"),
-            "dino": ("DINO", baseline_preset(f"fashion_mnist_{scale}_dino", flavour)),
-            "sdmp": ("SDMP", baseline_preset(f"fashion_mnist_{scale}_sdmp", flavour))}
-    for key, (label, preset) in rows.items():
-        _pretrain_with_evals(plan, f"table3/{dataset}/{key}", preset, seed, protocols,
+    for key, label in COMPARED_METHODS.items():
+        _pretrain_with_evals(plan, f"table3/{dataset}/{key}", tuned_preset(dataset, key, flavour), seed, protocols,
                              _rows("table3", label, base.backbone, base.epochs, dataset, protocols),
                              base.resources, eval_presets=base.eval_presets)
     # What pretraining adds: both protocols of the same architecture, randomly initialised with the run's seed.
@@ -237,7 +246,11 @@ def shared_row_preset(base: str, suffix: str, flavour: str) -> str:
     same configuration under another name. Table 5's PatchMix row and Table 7's row with all three
     loss terms are the default PatchMix of the flavour (m = 2 official, m = 3 paper): named as Table 6's
     row, they share its run (and Table 3's and Figure 4's on Fashion-MNIST) instead of training it again."""
-    name = f"{base}_{suffix + '_' if suffix else ''}{flavour}"
+    return table6_preset_if_same(base, f"{base}_{suffix + '_' if suffix else ''}{flavour}", flavour)
+
+
+def table6_preset_if_same(base: str, name: str, flavour: str) -> str:
+    """Table 6's preset (`<base>_m<count>_<flavour>`) whose configuration is `name`'s, else `name`."""
     presets = stage_record(PRETRAIN).presets
     identity = config_hash(preset(name), NAME_FIELDS)
     for count in MIXED_IMAGE_ROWS:
@@ -318,9 +331,6 @@ def fig5(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
     return plan
 
 
-FIG4_METHODS = {"patchmix": "PatchMix", "mocov3": "MoCo v3 (m=1)", "dino": "DINO", "sdmp": "SDMP"}
-
-
 def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tuple[str, ...] = ("imagenet",),
          **_) -> Plan:
     """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet (or of the Fashion-MNIST
@@ -332,7 +342,7 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
                              for other in ("MoCo v3 (m=1)", "DINO", "SDMP")))
     for seed in seeds:
         for dataset in datasets:
-            for name, label in FIG4_METHODS.items():
+            for name, label in COMPARED_METHODS.items():
                 if dataset == "imagenet":
                     preset = (f"imagenet_vit_s16_300ep_{flavour}" if name in ("patchmix", "mocov3")
                               else baseline_preset(f"imagenet_{name}_vit_s16_300ep", flavour))
@@ -341,10 +351,8 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
                                          IMAGENET_RESOURCES, overrides=("mix.num_mixed=1",) if name == "mocov3" else ())
                     continue
                 base = ABLATION_BASES[dataset]
-                scale = base.preset.removeprefix("fashion_mnist_")
-                preset = (f"{base.preset}_m{2 if name == 'patchmix' else 1}_{flavour}" if name in ("patchmix", "mocov3")
-                          else baseline_preset(f"fashion_mnist_{scale}_{name}", flavour))
-                _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", preset, seed, ("similarity",),
+                _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", tuned_preset(dataset, name, flavour), seed,
+                                     ("similarity",),
                                      _rows("fig4", label, base.backbone, base.epochs, dataset, ("similarity",)),
                                      base.resources)
     return plan

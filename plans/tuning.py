@@ -5,11 +5,11 @@ Each pretraining method declares the few hyperparameters it is sensitive to and 
 (`tuning_space` in pretrain/methods/<method>.py). Every tuned method -- PatchMix, MoCo v3 (PatchMix's
 space with m = 1, tuned as a method of its own), DINO and SDMP -- gets the same number of points drawn
 from its grid (`balanced_sample`: seeded, each candidate value of each key tried equally often, give or
-take one, the preset's own point always among them), and each point is a trial: the method's preset at
-the scale, the point's overrides, the validation split and a short schedule, the same for every method
+take one, the scaled published recipe's point always among them), and each point is a trial: the method's
+preset at the scale, the point's overrides, the validation split and a short schedule, the same for every method
 (`TrialSchedule`), then a kNN evaluation whose queries are the validation images and whose bank is the
 training images the trial pretrained on. The best trial of each method by validation kNN becomes its preset for that scale
-(reports/tuning.py writes the table and names the choice).
+(reports/tuning.py writes the table and names the choice; TUNED_POINTS in the method's file sets it).
 
 Both the plan (`tune`, plans/tables.py) and the report build their trials here.
 """
@@ -18,10 +18,13 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 from plans.registry import baseline_preset, stage_record
 from pretrain.configs import FASHION_MNIST_SCALES
-from pretrain.methods import method_named
+from pretrain.methods import dino, method_named, patchmix, sdmp
+from pretrain.recipes import with_sections
+from pretrain.shared_config import PretrainConfig
 
 # The budget: the same number of trials for every method, one seed each (`make tune SEEDS=0,1` adds seeds:
 # each point is then ranked by its mean over them).
@@ -37,28 +40,52 @@ SCALES = {"fashion_mnist": "cpu", "fashion_mnist_gpu": "gpu"}  # the plans' data
 
 @dataclass(frozen=True)
 class TunedMethod:
-    """One entry of the tuning: the pretraining method whose `tuning_space` is searched, and the preset
-    each of its trials starts from."""
+    """One entry of the tuning: the pretraining method whose `tuning_space` is searched, the preset each of
+    its trials starts from, the preset its chosen point becomes, and the scaled published recipe whose
+    point is always one of the trials."""
 
     label: str  # its name in the reports
     method: str  # the pretraining method (pretrain/methods/)
-    preset: str  # the preset without its flavour; {scale} is the Fashion-MNIST scale (cpu | gpu)
+    preset: str  # the trials' preset without its flavour; {scale} is the Fashion-MNIST scale (cpu | gpu)
+    tuned_preset: str = ""  # the preset that takes the chosen point (the study's row); "": `preset`
+    # (scale, flavour) -> the scaled recipe before tuning; None: the trials' preset is the starting point
+    recipe: Callable[[str, str], PretrainConfig] | None = None
+
+    def start(self, scale: str, flavour: str) -> PretrainConfig:
+        """The config whose point is always one of the trials."""
+        if self.recipe is not None:
+            return self.recipe(scale, flavour)
+        return stage_record("pretrain").resolve(self.preset_name(scale, flavour), [], None)
 
     def preset_name(self, scale: str, flavour: str) -> str:
-        """The preset of this entry at `scale` in `flavour` (DINO has only the official one)."""
-        name = self.preset.format(scale=scale)
-        return name if name in stage_record("pretrain").presets else baseline_preset(name, flavour)
+        """The preset of this entry's trials at `scale` in `flavour` (DINO has only the official one)."""
+        return _flavoured(self.preset.format(scale=scale), flavour)
+
+    def tuned_preset_name(self, scale: str, flavour: str) -> str:
+        """The preset that takes this entry's chosen point at `scale` (TUNED_POINTS in the method's file)."""
+        return _flavoured((self.tuned_preset or self.preset).format(scale=scale), flavour)
 
     def space(self) -> dict[str, tuple]:
         return method_named(self.method).tuning_space
 
 
-# MoCo v3 is the m = 1 preset (PatchMix with one image per mixed image): PatchMix's space, tuned apart.
+def _flavoured(name: str, flavour: str) -> str:
+    return name if name in stage_record("pretrain").presets else baseline_preset(name, flavour)
+
+
+# MoCo v3 is PatchMix with one image per mixed image: PatchMix's space, tuned apart. Its trials start from
+# Table 6's m = 1 preset (PatchMix's point with m = 1; every trial sets both tuned keys, so where they start
+# changes nothing), and its chosen point becomes the MoCo v3 preset of Table 3 and Figure 4.
 TUNED_METHODS = {
-    "patchmix": TunedMethod("PatchMix", "patchmix", "fashion_mnist_{scale}_m2"),
-    "mocov3": TunedMethod("MoCo v3 (m=1)", "patchmix", "fashion_mnist_{scale}_m1"),
-    "dino": TunedMethod("DINO", "dino", "fashion_mnist_{scale}_dino"),
-    "sdmp": TunedMethod("SDMP", "sdmp", "fashion_mnist_{scale}_sdmp"),
+    "patchmix": TunedMethod("PatchMix", "patchmix", "fashion_mnist_{scale}_m2", "fashion_mnist_{scale}_m2",
+                            lambda scale, flavour: with_sections(patchmix.fashion_mnist(scale, flavour, tuned=False),
+                                                                 mix={"num_mixed": 2})),
+    "mocov3": TunedMethod("MoCo v3 (m=1)", "patchmix", "fashion_mnist_{scale}_m1", "fashion_mnist_{scale}_mocov3",
+                          lambda scale, flavour: patchmix.mocov3_fashion_mnist(scale, flavour, tuned=False)),
+    "dino": TunedMethod("DINO", "dino", "fashion_mnist_{scale}_dino", "fashion_mnist_{scale}_dino",
+                        lambda scale, flavour: dino.dino_fashion_mnist(scale, tuned=False)),
+    "sdmp": TunedMethod("SDMP", "sdmp", "fashion_mnist_{scale}_sdmp", "fashion_mnist_{scale}_sdmp",
+                        lambda scale, flavour: sdmp.sdmp_fashion_mnist(scale, flavour, tuned=False)),
 }
 
 
@@ -131,10 +158,9 @@ def balanced_sample(space: dict[str, tuple], count: int, seed: int = SAMPLE_SEED
     return [dict(zip(texts, point)) for point in sorted(points, key=position.__getitem__)]
 
 
-def preset_point(preset: str, space: dict[str, tuple]) -> dict[str, str] | None:
-    """The values of `preset` at the keys of `space` (as value texts) when they are a point of the grid,
+def config_point(config: PretrainConfig, space: dict[str, tuple]) -> dict[str, str] | None:
+    """The values of `config` at the keys of `space` (as value texts) when they are a point of the grid,
     else None."""
-    config = stage_record("pretrain").resolve(preset, [], None)
     point = {}
     for key, values in space.items():
         value = config
@@ -195,9 +221,11 @@ def tuning_trials(dataset: str, flavour: str = "official", seeds: tuple[int, ...
     trials = []
     for name, entry in methods.items():
         preset, space = entry.preset_name(scale, flavour), entry.space()
-        # The preset's own point is always a trial (where it is a point of the grid): the tuning then
-        # either confirms it or finds a point better on the validation images.
-        for point in balanced_sample(space, trials_per_method, include=preset_point(preset, space)):
+        # The scaled published recipe's point is always a trial (where it is a point of the grid): the
+        # tuning either confirms it or finds a point better on the validation images. The recipe, not the
+        # preset, which takes the chosen point: the same trials again once the choice is set.
+        start = config_point(entry.start(scale, flavour), space)
+        for point in balanced_sample(space, trials_per_method, include=start):
             for seed in seeds:
                 overrides = (*(f"{key}={value}" for key, value in point.items()), *schedule.overrides(),
                              f"run.seed={seed}")

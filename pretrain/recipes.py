@@ -5,6 +5,7 @@ method is named here.
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping
 
 from common.datasets import DataConfig
 from pretrain.shared_config import PretrainConfig
@@ -19,6 +20,15 @@ def with_sections(config: PretrainConfig, **sections) -> PretrainConfig:
     """Copy of `config` with fields of sections replaced: with_sections(c, mix={"num_mixed": 3})."""
     changes = {name: dataclasses.replace(getattr(config, name), **values) for name, values in sections.items()}
     return dataclasses.replace(config, **changes)
+
+
+def with_point(config: PretrainConfig, point: Mapping[str, object]) -> PretrainConfig:
+    """Copy of `config` with dotted keys set: with_point(c, {"optim.base_lr": 5e-3}) (a tuning's point)."""
+    sections: dict[str, dict[str, object]] = {}
+    for key, value in point.items():
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    return with_sections(config, **sections)
 
 
 def imagenet_data() -> DataConfig:

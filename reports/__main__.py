@@ -183,7 +183,8 @@ def tune_main(argv: list[str]) -> None:
         warn_foreign(plan.name, foreign)
         results, _ = split_superseded(belonging)
         paths = write_tuning_report(plan, tuning_trials(dataset, arguments.flavour, seeds), results, arguments.out,
-                                    TUNED_METHODS, schedule_for(dataset), f"Fashion-MNIST {SCALES[dataset]}", seeds)
+                                    TUNED_METHODS, schedule_for(dataset), f"Fashion-MNIST {SCALES[dataset]}", seeds,
+                                    arguments.flavour)
     except (InconsistentResults, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

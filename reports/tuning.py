@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from plans.tables import Plan
-from plans.tuning import Trial, TrialSchedule, TunedMethod, point_label
+from plans.tuning import SCALES, Trial, TrialSchedule, TunedMethod, point_label
 from reports.tables import row_results
 
 LEARNING_RATE = "optim.base_lr"  # what a tie between two trials is broken on: the lower one is chosen
@@ -78,9 +78,10 @@ def tuning_table(points: list[ScoredPoint]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", *keys, *FIXED_COLUMNS[1:]])
 
 
-def tuning_markdown(points: list[ScoredPoint], methods: dict[str, TunedMethod], presets: dict[str, str],
+def tuning_markdown(points: list[ScoredPoint], methods: dict[str, TunedMethod], presets: dict[str, tuple[str, str]],
                     schedule: TrialSchedule, scale: str, seeds: tuple[int, ...]) -> str:
-    """The procedure in a few lines, then each method's chosen point."""
+    """The procedure in a few lines, then each method's chosen point. presets: {method: (the preset its
+    trials start from, the preset that takes its chosen point)}."""
     chosen = choose(points)
     counts = {name: sum(point.method == name for point in points) for name in methods}
     budget = ", ".join(sorted({str(count) for count in counts.values()}))
@@ -92,8 +93,8 @@ def tuning_markdown(points: list[ScoredPoint], methods: dict[str, TunedMethod], 
              f"- Budget: {budget} trials per method ({', '.join(entry.label for entry in methods.values())}), "
              f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: points of the grid each method "
              "declares (`tuning_space` in `pretrain/methods/`), a seeded draw in which every candidate value of "
-             "every hyperparameter is tried equally often (give or take one), the preset's own point always "
-             "among them (`plans/tuning.py`).",
+             "every hyperparameter is tried equally often (give or take one), the point of the published recipe "
+             "scaled down (before any tuning) always among them (`plans/tuning.py`).",
              f"- Split: {schedule.validation_images:,} validation images held out of {images} (a fixed seeded "
              f"draw, `data.validation_size`); each trial pretrains on the other {bank} and never reads the test "
              "set.",
@@ -101,22 +102,27 @@ def tuning_markdown(points: list[ScoredPoint], methods: dict[str, TunedMethod], 
              f"{schedule.warmup_epochs}); then kNN (top-1, k = 20) with the validation images as queries and the "
              "trial's training images as the bank (`knn.split=validation`).",
              "- Choice: per method, the trial with the highest validation kNN top-1 becomes its preset at this "
-             "scale; a tie goes to the lower learning rate, then to the earlier trial in the list.",
+             "scale (`TUNED_POINTS` in the method's file); a tie goes to the lower learning rate, then to the "
+             "earlier trial in the list.",
              f"- {finished} of {len(points)} trials have results. Every trial: [tuning.csv](tuning.csv).", "",
-             "| method | preset tuned | chosen point | validation kNN top-1 |", "|---|---|---|---|"]
+             "| method | trials start from | chosen point set in | chosen point | validation kNN top-1 |",
+             "|---|---|---|---|---|"]
     for name, entry in methods.items():
         point = chosen.get(name)
-        lines.append(f"| {entry.label} | `{presets[name]}` | "
+        trial_preset, tuned_preset = presets[name]
+        lines.append(f"| {entry.label} | `{trial_preset}` | `{tuned_preset}` | "
                      + (f"{point_label(point.point)} | {point.knn:g} |" if point else "no trial has a result | |"))
     return "\n".join(lines) + "\n"
 
 
 def write_tuning_report(plan: Plan, trials: list[Trial], results: pd.DataFrame, out: Path,
                         methods: dict[str, TunedMethod], schedule: TrialSchedule, scale: str,
-                        seeds: tuple[int, ...]) -> tuple[Path, Path]:
+                        seeds: tuple[int, ...], flavour: str = "official") -> tuple[Path, Path]:
     """Write `<out>/tuning.csv` and `<out>/tuning.md`; returns their paths."""
     points = score_points(plan, trials, results)
-    presets = {trial.method: trial.preset for trial in trials}
+    presets = {trial.method: (trial.preset, methods[trial.method].tuned_preset_name(SCALES.get(trial.dataset, ""),
+                                                                                    flavour))
+               for trial in trials}
     out.mkdir(parents=True, exist_ok=True)
     table_path, text_path = out / "tuning.csv", out / "tuning.md"
     tuning_table(points).to_csv(table_path, index=False)

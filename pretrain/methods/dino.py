@@ -39,7 +39,7 @@ from common.runtime import RunConfig
 from pretrain.augment import AugmentConfig
 from pretrain.methods.base import LossContext, PretrainingMethod, StepSchedule
 from pretrain.model import ModelConfig, build_encoder, compile_encoders, encode_views
-from pretrain.recipes import ARCHES, FASHION_MNIST_SCALES, cifar_data, imagenet_data, scaled_to_fashion_mnist
+from pretrain.recipes import ARCHES, FASHION_MNIST_SCALES, cifar_data, imagenet_data, scaled_to_fashion_mnist, with_point
 from pretrain.shared_config import OptimConfig, PretrainConfig
 
 
@@ -370,16 +370,22 @@ def dino_cifar(dataset: str, arch: str, epochs: int) -> DinoPretrainConfig:
     )
 
 
-def dino_fashion_mnist(scale: str) -> DinoPretrainConfig:
+# The points `make tune` chose at a Fashion-MNIST scale (docs/results/fashion-mnist/tuning.md: the best of
+# DINO's `tuning_space` by validation kNN), set over the scaled recipe. A scale not listed keeps the scaled recipe.
+TUNED_POINTS: dict[str, dict[str, object]] = {}
+
+
+def dino_fashion_mnist(scale: str, tuned: bool = True) -> DinoPretrainConfig:
     """The CIFAR recipe at a Fashion-MNIST scale (pretrain.recipes.scaled_to_fashion_mnist: the data,
     model, epochs, batch and precision every method gets there; lr 5e-4 -> 1e-2 at the cpu scale, EMA
     momentum 0.99), with the head narrowed like the PatchMix heads (hidden and bottleneck to the
     projector's width and output, 4,096 prototypes) and the teacher-temperature warm-up scaled with the
-    epochs (30 of 800)."""
+    epochs (30 of 800); then (`tuned`) at the scale's TUNED_POINTS."""
     config = scaled_to_fashion_mnist(dino_cifar("cifar10", "vit_s", 800), scale, f"fashion_mnist_{scale}_dino_official")
-    return dataclasses.replace(config, dino=dataclasses.replace(
+    config = dataclasses.replace(config, dino=dataclasses.replace(
         config.dino, hidden_dim=config.model.projector_hidden_dim, bottleneck_dim=config.model.output_dim,
         out_dim=4096, warmup_teacher_temp_epochs=round(config.optim.epochs * 30 / 800)))
+    return with_point(config, TUNED_POINTS.get(scale, {})) if tuned else config
 
 
 def dino_presets() -> dict[str, Callable[[], DinoPretrainConfig]]:

@@ -79,9 +79,11 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
             plan = build_plan(name, seeds=(0, 1), datasets=(dataset,))
             assert all(stage.preset in PRESETS for stage in plan.stages if stage.kind == "pretrain"), name
             assert {row.dataset for stage in plan.reported() for row in stage.rows} == {"fashion_mnist"}
+    from plans.tables import tuned_preset
+
     fig4 = {s.preset for s in build_plan("fig4", datasets=("fashion_mnist",)).stages if s.kind == "pretrain"}
-    assert fig4 == {"fashion_mnist_cpu_m2_official", "fashion_mnist_cpu_m1_official", "fashion_mnist_cpu_dino_official",
-                    "fashion_mnist_cpu_sdmp_official"}
+    assert fig4 == {tuned_preset("fashion_mnist", method, "official") for method in ("patchmix", "mocov3", "dino", "sdmp")}
+    assert {"fashion_mnist_cpu_m2_official", "fashion_mnist_cpu_dino_official", "fashion_mnist_cpu_sdmp_official"} < fig4
     table3 = {s.preset for s in build_plan("table3", datasets=("fashion_mnist",)).stages if s.kind == "pretrain"}
     assert table3 == fig4  # the same runs: shared, not repeated
     for row in ("m3", "mix-resizemix", "loss-o2o+m2o"):
@@ -93,7 +95,9 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
     assert preset("fashion_mnist_gpu_official").run.precision == "fp16"  # the official flavour's, on a GPU
     # The cpu scale chosen by the probes of STUDY.md: 20 epochs of batch 32 at lr 1e-2, one intra-op thread; the
     # baselines' learning rates scaled by PatchMix's factor (5e-4 -> 1e-2: x 20).
-    cpu = preset("fashion_mnist_cpu_m1_official")
+    from pretrain.methods.patchmix import fashion_mnist
+
+    cpu = fashion_mnist("cpu", "official", tuned=False)  # the scaled recipe, before `make tune` set its point
     assert (cpu.optim.epochs, cpu.optim.warmup_epochs, cpu.optim.batch_size, cpu.optim.base_lr,
             cpu.run.cpu_threads) == (20, 2, 32, 1e-2, 1)
     from plans.tables import ABLATION_BASES
@@ -104,8 +108,11 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
         scaled, paper = build_plan(name, datasets=("fashion_mnist",)), build_plan(name)
         assert scaled.description == ("Fashion-MNIST scale-down (ViT-debug/4, 20 epochs, 28 px); the paper's setting: "
                                       + paper.description)
-    assert preset("fashion_mnist_cpu_dino_official").optim.base_lr == 1e-2  # DINO's 5e-4 x 20
-    assert preset("fashion_mnist_cpu_sdmp_official").optim.base_lr == 3e-3  # SDMP's 1.5e-4 x 20
+    from pretrain.methods.dino import dino_fashion_mnist
+    from pretrain.methods.sdmp import sdmp_fashion_mnist
+
+    assert dino_fashion_mnist("cpu", tuned=False).optim.base_lr == 1e-2  # DINO's 5e-4 x 20
+    assert sdmp_fashion_mnist("cpu", "official", tuned=False).optim.base_lr == 3e-3  # SDMP's 1.5e-4 x 20
     assert preset("fashion_mnist_gpu_sdmp_official").optim.base_lr == 9e-4  # x 6 at the gpu scale
     with pytest.raises(ValueError, match="not part of table6"):
         build_plan("table6", datasets=("imagenet",))

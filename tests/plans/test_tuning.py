@@ -3,6 +3,7 @@ validation split held out and evaluated by kNN on it, never on the test set; eac
 its own file declares it; and the committed presets equal the committed choice."""
 from __future__ import annotations
 
+import csv
 import itertools
 from collections import Counter
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from common.config import apply_overrides
 from plans.registry import stage_record
 from plans.tables import build_plan
-from plans.tuning import (TRIALS_PER_METHOD, TUNED_METHODS, VALIDATION_IMAGES, balanced_sample, preset_point,
+from plans.tuning import (TRIALS_PER_METHOD, TUNED_METHODS, VALIDATION_IMAGES, balanced_sample, config_point,
                           tuning_trials, value_text)
 from pretrain.configs import FASHION_MNIST_SCALES, preset
+from pretrain.methods import dino, patchmix, sdmp
 from reports.tuning import read_chosen_points
 from slurm.__main__ import main as slurm_main
 from slurm.graph import resolve_plan
@@ -50,7 +52,7 @@ def test_every_method_gets_the_same_trials_on_the_validation_split_and_none_read
             assert item.stage.after.endswith("/pretrain") and item.stage.rows[0].protocol == "knn"
 
 
-def test_each_methods_points_come_from_its_own_space_balanced_with_its_presets_point():
+def test_each_methods_points_come_from_its_own_space_balanced_with_its_recipes_point():
     trials = tuning_trials("fashion_mnist")
     points = {name: [dict(trial.point) for trial in trials if trial.method == name] for name in TUNED_METHODS}
     assert points["patchmix"] == points["mocov3"]  # one space, one draw: PatchMix and MoCo v3 try the same points
@@ -61,8 +63,8 @@ def test_each_methods_points_come_from_its_own_space_balanced_with_its_presets_p
             counts = Counter(point[key] for point in chosen)
             assert set(counts) == {value_text(value) for value in values}  # every candidate value is tried
             assert max(counts.values()) - min(counts.values()) <= 1, (name, key, counts)
-        preset_name = entry.preset_name("cpu", "official")
-        assert preset_point(preset_name, space) in chosen, name  # the preset itself is one of the trials
+        # The scaled published recipe (before the tuning set its point) is one of the trials.
+        assert config_point(entry.recipe("cpu", "official"), space) in chosen, name
     configs = {trial.method: stage_record("pretrain").resolve(trial.preset, trial.overrides, None) for trial in trials}
     assert (configs["patchmix"].mix.num_mixed, configs["mocov3"].mix.num_mixed) == (2, 1)
     assert {name: config.method for name, config in configs.items()} == {
@@ -113,5 +115,50 @@ def test_each_methods_cpu_preset_is_its_chosen_point():
     chosen = read_chosen_points(TUNING_CSV)
     assert set(chosen) == set(TUNED_METHODS)
     for name, point in chosen.items():
-        config = preset(TUNED_METHODS[name].preset_name("cpu", "official"))
-        assert {key: value_text(_value(config, key)) for key in point} == point, name
+        for flavour in ("official", "paper"):
+            config = preset(TUNED_METHODS[name].tuned_preset_name("cpu", flavour))
+            assert {key: value_text(_value(config, key)) for key in point} == point, (name, flavour)
+    # The ablations of Tables 5-7 vary one factor from PatchMix's tuned point.
+    for row in ("m1", "m3", "mix-resizemix", "loss-o2o+m2o"):
+        config = preset(f"fashion_mnist_cpu_{row}_official")
+        assert {key: value_text(_value(config, key)) for key in chosen["patchmix"]} == chosen["patchmix"], row
+
+
+@pytest.mark.skipif(not TUNING_CSV.is_file(), reason="docs/results/fashion-mnist/tuning.csv does not exist yet")
+def test_the_committed_trials_are_the_ones_the_plan_runs_now():
+    """Setting the chosen points in the presets leaves the tuning as it was: `make tune` again runs the
+    trials of the committed table."""
+    with open(TUNING_CSV, newline="") as handle:
+        committed = {(row["method"], *(row[key] for key in TUNED_METHODS[row["method"]].space()))
+                     for row in csv.DictReader(handle)}
+    planned = {(trial.method, *dict(trial.point).values()) for trial in tuning_trials("fashion_mnist")}
+    assert committed == planned
+
+
+def test_a_chosen_point_changes_the_presets_and_not_the_trials(monkeypatch):
+    """A TUNED_POINTS entry sets the study's presets (and the ablations built on PatchMix's); the trials,
+    which start from the scaled recipe's point, stay the same, and MoCo v3's point is its own."""
+    before = tuning_trials("fashion_mnist")
+    configs = [stage_record("pretrain").resolve(trial.preset, trial.overrides, None) for trial in before]
+    monkeypatch.setattr(patchmix, "TUNED_POINTS", {"cpu": {"optim.base_lr": 3e-3, "loss.temperature": 0.1}})
+    monkeypatch.setattr(patchmix, "MOCOV3_TUNED_POINTS", {"cpu": {"optim.base_lr": 2e-2, "loss.temperature": 0.3}})
+    monkeypatch.setattr(dino, "TUNED_POINTS", {"cpu": {"optim.base_lr": 1e-3, "dino.out_dim": 256}})
+    monkeypatch.setattr(sdmp, "TUNED_POINTS", {"cpu": {"sdmp.temperature": 0.1}})
+    after = tuning_trials("fashion_mnist")
+    assert after == before
+    assert [stage_record("pretrain").resolve(trial.preset, trial.overrides, None) for trial in after] == configs
+    m2, m1, mocov3 = (preset(f"fashion_mnist_cpu_{row}_official") for row in ("m2", "m1", "mocov3"))
+    assert (m2.optim.base_lr, m2.loss.temperature, m1.optim.base_lr, m1.mix.num_mixed) == (3e-3, 0.1, 3e-3, 1)
+    assert (mocov3.optim.base_lr, mocov3.loss.temperature, mocov3.mix.num_mixed) == (2e-2, 0.3, 1)
+    assert preset("fashion_mnist_cpu_mix-resizemix_paper").loss.temperature == 0.1  # both flavours, every ablation
+    assert (preset("fashion_mnist_cpu_dino_official").dino.out_dim,
+            preset("fashion_mnist_cpu_sdmp_paper").sdmp.temperature) == (256, 0.1)
+    assert preset("fashion_mnist_gpu_official").optim.base_lr == 3e-3  # the gpu scale keeps the scaled recipe
+    presets = {stage.key.split("/")[2]: stage.preset for stage in build_plan("table3", datasets=("fashion_mnist",)).stages
+               if stage.kind == "pretrain"}
+    assert presets == {"patchmix": "fashion_mnist_cpu_m2_official", "mocov3": "fashion_mnist_cpu_mocov3_official",
+                       "dino": "fashion_mnist_cpu_dino_official", "sdmp": "fashion_mnist_cpu_sdmp_official"}
+    monkeypatch.setattr(patchmix, "MOCOV3_TUNED_POINTS", {"cpu": {"optim.base_lr": 3e-3, "loss.temperature": 0.1}})
+    fig4 = {stage.key.split("/")[2]: stage.preset for stage in build_plan("fig4", datasets=("fashion_mnist",)).stages
+            if stage.kind == "pretrain"}
+    assert fig4["mocov3"] == "fashion_mnist_cpu_m1_official"  # the same point as Table 6's m = 1: one run for both

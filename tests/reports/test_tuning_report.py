@@ -86,6 +86,7 @@ def test_a_tiny_tuning_runs_inline_never_builds_the_test_split_and_reports_its_c
     assert "2 of 2 trials have results" in text and "[tuning.csv](tuning.csv)" in text
     assert f"optim.base_lr={best['optim.base_lr']},loss.temperature={best['loss.temperature']}" in text
     assert "32 validation images held out of the first 128 training images" in text
+    assert "| PatchMix | `debug_cpu` | `debug_cpu` | " in text  # trials start from, the chosen point set in
     assert set(launch(plan, "inline", root, ClusterConfig(), **common).values()) == {"complete"}
 
 
