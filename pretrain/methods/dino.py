@@ -309,7 +309,7 @@ class Dino(PretrainingMethod):
         student_outputs = query_model(list(views))
         targets = teacher_distributions(teacher_outputs, model.center, context.schedule.extra["teacher_temp"])
         loss = cross_entropy_over_pairs(student_outputs, targets, config.dino.student_temp)  # = dino_loss
-        metrics = {"dino": loss.detach(), "teacher_entropy": _mean_entropy(targets)}
+        metrics = {"dino": loss.detach(), **teacher_monitors(teacher_outputs, targets)}
         model.center.copy_(updated_center(model.center, teacher_outputs, config.dino.center_momentum))
         return loss, metrics
 
@@ -325,12 +325,29 @@ class Dino(PretrainingMethod):
         model.update_teacher(schedule.momentum)
 
 
+def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    return -(probabilities * torch.log(probabilities.clamp(min=1e-12))).sum(dim=-1)
+
+
 @torch.no_grad()
-def _mean_entropy(distributions: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean entropy of the teacher's distributions (a collapse monitor: log K when uniform, 0 when one
-    prototype takes everything)."""
+def teacher_monitors(teacher_outputs: Sequence[torch.Tensor],
+                     distributions: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What tells DINO's two collapses apart (DINO paper, section 5.3), from the teacher's head outputs
+    (each crop (B, K)) and its centred, sharpened distributions (each (B, K)):
+
+    - teacher_entropy: mean entropy of the images' distributions: log K when each is uniform, 0 when
+      each is one prototype;
+    - teacher_batch_entropy: entropy of their mean: 0 when every image picks the same prototype, log K
+      when the batch spreads over all (a healthy teacher: low teacher_entropy, high batch entropy);
+    - teacher_spread: how much the head's outputs differ between images, mean over prototypes of the
+      standard deviation over the batch (before centring and temperature): the centre removes the part
+      all images share, so a spread far below the teacher temperature leaves each image's
+      distribution close to uniform whatever the centre."""
     probabilities = torch.cat(list(distributions))
-    return -(probabilities * torch.log(probabilities.clamp(min=1e-12))).sum(dim=-1).mean()
+    outputs = torch.cat(list(teacher_outputs)).float()
+    return {"teacher_entropy": _entropy(probabilities).mean(),
+            "teacher_batch_entropy": _entropy(probabilities.mean(dim=0)),
+            "teacher_spread": outputs.std(dim=0, correction=0).mean()}
 
 
 # ----------------------------------------------------------------------------------------- presets

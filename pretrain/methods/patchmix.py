@@ -265,8 +265,8 @@ def demo_fashion_mnist(num_mixed: int = 2) -> PatchMixPretrainConfig:
 # The points `make tune` chose at a Fashion-MNIST scale (docs/results/fashion-mnist/tuning.md: the best of
 # PatchMix's `tuning_space` by validation kNN, with the official flavour), set over the scaled recipe for
 # both flavours; MoCo v3 (m = 1) was tuned as a method of its own. A scale not listed keeps the scaled recipe.
-TUNED_POINTS: dict[str, dict[str, object]] = {}
-MOCOV3_TUNED_POINTS: dict[str, dict[str, object]] = {}
+TUNED_POINTS: dict[str, dict[str, object]] = {"cpu": {"optim.base_lr": 2e-2, "loss.temperature": 0.1}}
+MOCOV3_TUNED_POINTS: dict[str, dict[str, object]] = {"cpu": {"optim.base_lr": 1e-2, "loss.temperature": 0.2}}
 
 
 def fashion_mnist(scale: str, flavour: str, tuned: bool = True) -> PatchMixPretrainConfig:

@@ -11,7 +11,7 @@ import torch
 from common.config import apply_overrides
 from pretrain.configs import preset
 from pretrain.methods import method_named
-from pretrain.methods.dino import (DinoConfig, DinoHead, clip_gradients, cosine_schedule_value, dino_loss,
+from pretrain.methods.dino import (DinoConfig, DinoHead, clip_gradients, cosine_schedule_value, dino_loss, teacher_monitors,
                                    teacher_temperatures, updated_center)
 from pretrain.train import build_training, training_step
 from tests.tolerances import reordering_tolerance
@@ -159,4 +159,24 @@ def test_local_crops_pass_the_student_only():
     teacher = training.model.teacher
     training.model.teacher = lambda crops: calls.append(len(crops)) or teacher(crops)
     loss, metrics = method.loss(training.model, training.model, views, config, context)
-    assert calls == [2] and torch.isfinite(loss) and set(metrics) == {"dino", "teacher_entropy"}
+    assert calls == [2] and torch.isfinite(loss) and set(metrics) == {
+        "dino", "teacher_entropy", "teacher_batch_entropy", "teacher_spread"}
+
+
+def test_teacher_monitors_tell_the_two_collapses_from_a_healthy_teacher():
+    """Uniform collapse: every image's distribution and their mean uniform (log K, log K); one-prototype
+    collapse: both 0; healthy: each image one prototype, the batch spread over them (0, log B)."""
+    batch, prototypes = 8, 16
+    uniform = torch.full((batch, prototypes), 1 / prototypes)
+    same = torch.zeros(batch, prototypes)
+    same[:, 3] = 1
+    spread = torch.eye(prototypes)[:batch]
+    for distributions, (entropy, batch_entropy) in ((uniform, (math.log(prototypes),) * 2), (same, (0.0, 0.0)),
+                                                    (spread, (0.0, math.log(batch)))):
+        monitors = teacher_monitors([distributions, distributions], [distributions, distributions])
+        assert monitors["teacher_entropy"].item() == pytest.approx(entropy, abs=1e-5)
+        assert monitors["teacher_batch_entropy"].item() == pytest.approx(batch_entropy, abs=1e-5)
+    outputs = torch.randn(batch, prototypes)
+    assert teacher_monitors([torch.ones(batch, prototypes)] * 2, [uniform] * 2)["teacher_spread"] == 0
+    assert teacher_monitors([outputs + 7.0] * 2, [uniform] * 2)["teacher_spread"].item() == pytest.approx(
+        outputs.std(dim=0, correction=0).mean().item(), rel=1e-5)  # what every image shares (the centre's part) is no spread
