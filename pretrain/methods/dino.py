@@ -389,7 +389,8 @@ def dino_cifar(dataset: str, arch: str, epochs: int) -> DinoPretrainConfig:
 
 # The points `make tune` chose at a Fashion-MNIST scale (docs/results/fashion-mnist/tuning.md: the best of
 # DINO's `tuning_space` by validation kNN), set over the scaled recipe. A scale not listed keeps the scaled recipe.
-TUNED_POINTS: dict[str, dict[str, object]] = {}
+TUNED_POINTS: dict[str, dict[str, object]] = {
+    "cpu": {"optim.base_lr": 3e-3, "dino.teacher_temp": 0.04, "dino.out_dim": 1024, "optim.momentum": 0.99}}
 
 
 def dino_fashion_mnist(scale: str, tuned: bool = True) -> DinoPretrainConfig:

@@ -256,7 +256,7 @@ def sdmp_cifar(dataset: str, arch: str, epochs: int, flavour: str) -> SdmpPretra
 # The points `make tune` chose at a Fashion-MNIST scale (docs/results/fashion-mnist/tuning.md: the best of
 # SDMP's `tuning_space` by validation kNN, with the official flavour), set over the scaled recipe for both
 # flavours. A scale not listed keeps the scaled recipe.
-TUNED_POINTS: dict[str, dict[str, object]] = {}
+TUNED_POINTS: dict[str, dict[str, object]] = {"cpu": {"optim.base_lr": 1e-2, "sdmp.temperature": 0.1}}
 
 
 def sdmp_fashion_mnist(scale: str, flavour: str, tuned: bool = True) -> SdmpPretrainConfig:
