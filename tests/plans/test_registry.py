@@ -125,7 +125,7 @@ def test_fashion_mnist_study_plans_use_scaled_down_cifar_presets():
 def test_rows_training_the_same_configuration_share_one_run():
     """Table 5's PatchMix row and Table 7's row with all three loss terms are the flavour's default
     PatchMix, Table 6's m = 2 (official) or m = 3 (paper) row: one run per seed serves every table that
-    reads it (the Fashion-MNIST study trained it three times: 45 runs where 39 are different)."""
+    reads it (the Fashion-MNIST study would otherwise train it three times)."""
     from slurm.graph import resolve_plan
 
     def pretraining_runs(name: str, flavour: str, dataset: str) -> dict[str, Path]:
