@@ -98,7 +98,7 @@ report: setup ## markdown + plots from whatever results exist
 	$(PY) -m reports --output-root $(OUTPUT_ROOT) --out $(REPORT_DIR) $(PLAN_OPTIONS)
 
 # The Fashion-MNIST study (Table 3 with DINO and SDMP, Tables 5-7 and Figure 4, with seeds and statistics): the cpu scale by
-# default (DATASET=fashion_mnist; on 2 cores the whole study took 80 min, 39 pretraining runs three at a time), DATASET=
+# default (DATASET=fashion_mnist; on 2 cores the whole study took 83 min, 42 pretraining runs three at a time), DATASET=
 # fashion_mnist_gpu for the gpu scale. STUDY_PLANS="table3 fig4" runs a part; runs shared between plans are made once.
 STUDY_PLANS := table3 table5 table6 table7 fig4
 STUDY_SEEDS := 0,1,2
