@@ -280,6 +280,9 @@ def _knn_value(results: dict) -> dict:
 
 def _study_value(results: dict) -> dict:
     result = results["study"]
+    if result["lift_min"] is None:  # the plan or its report left no row with a kNN lift: nothing to compare
+        return {"value": None, "not_measured": f"no row has a kNN lift (plan {result['plan_status']}, "
+                                               f"report {result['report_status']})", "details": result}
     return {"value": result["lift_min"], "baseline": {"name": "kNN of a randomly initialised encoder (m = 1 config, "
                                                               "seed 0)", "value": result["random_init_knn"],
                                                       "unit": "top-1 %"},

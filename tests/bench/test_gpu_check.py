@@ -68,6 +68,19 @@ def test_a_part_over_its_budget_is_killed_and_its_figure_says_so(tmp_path):
     assert line(record).startswith(f"{figure.label}: not measured")
 
 
+def test_a_study_whose_report_failed_is_not_measured_and_says_why():
+    """The study part finished but its report refused the results (e.g. seeds from two code
+    versions): no rows, no lift. The figure says so instead of the check crashing on it."""
+    figure = next(f for f in figures(TINY) if f.name == "study_knn_lift")
+    result = {"plan": "table6", "plan_status": "ok", "report_status": "exit 2", "report": None, "claims": [],
+              **summarise({}, None)}
+    record = evaluate_figure(figure, {"study": Outcome("ok", 20.0, 300, result)}, TINY)
+    assert record["value"] is None and record["passed"] is None
+    assert record["not_measured"] == "no row has a kNN lift (plan ok, report exit 2)"
+    assert line(record) == f"{figure.label}: not measured (no row has a kNN lift (plan ok, report exit 2)); " \
+                           "target >= 15 points"
+
+
 def test_figures_compare_with_their_targets():
     figure = next(f for f in figures(GPU) if f.name == "knn")
     knn = {"bank": 10, "queries": 5, "dim": 4, "results": [
