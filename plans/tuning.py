@@ -23,7 +23,6 @@ from typing import Callable
 from plans.registry import baseline_preset, stage_record
 from pretrain.configs import FASHION_MNIST_SCALES
 from pretrain.methods import dino, method_named, patchmix, sdmp
-from pretrain.recipes import with_sections
 from pretrain.shared_config import PretrainConfig
 
 # The budget: the same number of trials for every method, one seed each (`make tune SEEDS=0,1` adds seeds:
@@ -78,8 +77,7 @@ def _flavoured(name: str, flavour: str) -> str:
 # changes nothing), and its chosen point becomes the MoCo v3 preset of Table 3 and Figure 4.
 TUNED_METHODS = {
     "patchmix": TunedMethod("PatchMix", "patchmix", "fashion_mnist_{scale}_m2", "fashion_mnist_{scale}_m2",
-                            lambda scale, flavour: with_sections(patchmix.fashion_mnist(scale, flavour, tuned=False),
-                                                                 mix={"num_mixed": 2})),
+                            lambda scale, flavour: patchmix.fashion_mnist(scale, flavour, tuned=False)),
     "mocov3": TunedMethod("MoCo v3 (m=1)", "patchmix", "fashion_mnist_{scale}_m1", "fashion_mnist_{scale}_mocov3",
                           lambda scale, flavour: patchmix.mocov3_fashion_mnist(scale, flavour, tuned=False)),
     "dino": TunedMethod("DINO", "dino", "fashion_mnist_{scale}_dino", "fashion_mnist_{scale}_dino",

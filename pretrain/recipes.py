@@ -31,6 +31,13 @@ def with_point(config: PretrainConfig, point: Mapping[str, object]) -> PretrainC
     return with_sections(config, **sections)
 
 
+def at_tuned_point(config: PretrainConfig, points: Mapping[str, Mapping[str, object]], scale: str,
+                   tuned: bool = True) -> PretrainConfig:
+    """`config` at the point `make tune` chose for `scale` (a method file's TUNED_POINTS; a scale not
+    listed, or `tuned` False, keeps `config`)."""
+    return with_point(config, points.get(scale, {})) if tuned else config
+
+
 def imagenet_data() -> DataConfig:
     return DataConfig(dataset="imagenet", root="data/imagenet", num_workers=10)
 

@@ -39,7 +39,8 @@ from common.runtime import RunConfig
 from pretrain.augment import AugmentConfig
 from pretrain.methods.base import LossContext, PretrainingMethod, StepSchedule
 from pretrain.model import ModelConfig, build_encoder, compile_encoders, encode_views
-from pretrain.recipes import ARCHES, FASHION_MNIST_SCALES, cifar_data, imagenet_data, scaled_to_fashion_mnist, with_point
+from pretrain.recipes import (ARCHES, FASHION_MNIST_SCALES, at_tuned_point, cifar_data, imagenet_data,
+                              scaled_to_fashion_mnist)
 from pretrain.shared_config import OptimConfig, PretrainConfig
 
 
@@ -403,7 +404,7 @@ def dino_fashion_mnist(scale: str, tuned: bool = True) -> DinoPretrainConfig:
     config = dataclasses.replace(config, dino=dataclasses.replace(
         config.dino, hidden_dim=config.model.projector_hidden_dim, bottleneck_dim=config.model.output_dim,
         out_dim=4096, warmup_teacher_temp_epochs=round(config.optim.epochs * 30 / 800)))
-    return with_point(config, TUNED_POINTS.get(scale, {})) if tuned else config
+    return at_tuned_point(config, TUNED_POINTS, scale, tuned)
 
 
 def dino_presets() -> dict[str, Callable[[], DinoPretrainConfig]]:

@@ -43,7 +43,7 @@ from pretrain.mixers import MixConfig, MixResult, apply_mixer, mix_to_mix_from_c
 from pretrain.model import ModelConfig, PatchMixModel
 from pretrain.patchmix import origin_targets
 from pretrain.recipes import (ARCHES, FASHION_MNIST_SCALES, FLAVOURS, cifar_data, imagenet_data, scaled_to_fashion_mnist,
-                              with_point, with_sections)
+                              at_tuned_point, with_sections)
 from pretrain.shared_config import OptimConfig, PretrainConfig
 
 
@@ -276,7 +276,7 @@ def fashion_mnist(scale: str, flavour: str, tuned: bool = True) -> PatchMixPretr
     at the model's patch), every loss term and weight, target smoothing, crop scale, weight-decay
     schedule and momentum-update granularity. The ablations of Tables 5-7 vary one factor from it."""
     config = scaled_to_fashion_mnist(cifar("cifar10", "vit_s", 800, flavour), scale, f"fashion_mnist_{scale}_{flavour}")
-    return with_point(config, TUNED_POINTS.get(scale, {})) if tuned else config
+    return at_tuned_point(config, TUNED_POINTS, scale, tuned)
 
 
 def mocov3_fashion_mnist(scale: str, flavour: str, tuned: bool = True) -> PatchMixPretrainConfig:
@@ -284,7 +284,7 @@ def mocov3_fashion_mnist(scale: str, flavour: str, tuned: bool = True) -> PatchM
     scale's MOCOV3_TUNED_POINTS, its own tuning (Table 3 and Figure 4; Table 6's m = 1 row is PatchMix's
     tuned point with m = 1, one factor changed)."""
     config = with_sections(fashion_mnist(scale, flavour, tuned=False), mix={"num_mixed": 1})
-    return with_point(config, MOCOV3_TUNED_POINTS.get(scale, {})) if tuned else config
+    return at_tuned_point(config, MOCOV3_TUNED_POINTS, scale, tuned)
 
 
 def _ablation_variants(presets: dict, base: str, build: Callable[[str], PatchMixPretrainConfig], flavour: str) -> None:

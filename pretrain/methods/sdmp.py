@@ -38,7 +38,7 @@ from pretrain.methods.base import LossContext, PretrainingMethod
 from pretrain.mixers import numpy_generator
 from pretrain.model import ModelConfig, PatchMixModel
 from pretrain.recipes import (ARCHES, FASHION_MNIST_SCALES, FLAVOURS, cifar_data, imagenet_data, scaled_to_fashion_mnist,
-                              with_point, with_sections)
+                              at_tuned_point, with_sections)
 from pretrain.shared_config import OptimConfig, PretrainConfig
 
 MIX_LOSSES = ("mixture_likelihood", "weighted_cross_entropy")
@@ -265,7 +265,7 @@ def sdmp_fashion_mnist(scale: str, flavour: str, tuned: bool = True) -> SdmpPret
     the scale's TUNED_POINTS."""
     config = scaled_to_fashion_mnist(sdmp_cifar("cifar10", "vit_s", 800, flavour), scale,
                                      f"fashion_mnist_{scale}_sdmp_{flavour}")
-    return with_point(config, TUNED_POINTS.get(scale, {})) if tuned else config
+    return at_tuned_point(config, TUNED_POINTS, scale, tuned)
 
 
 def _sdmp_flavour(flavour: str) -> SdmpConfig:
