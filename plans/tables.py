@@ -54,6 +54,7 @@ class Claim:
     text: str
     better: str
     worse: str
+    protocols: tuple[str, ...] = ()  # the protocols it is about; (): every protocol of the table
 
 
 @dataclass
@@ -88,12 +89,16 @@ def _pretrain_with_evals(plan: Plan, prefix: str, preset: str, seed: int, protoc
     plan.stages.append(Stage(pretrain_key, PRETRAIN, preset, (*overrides, f"run.seed={seed}"), seed=seed,
                              **resources))
     for protocol in protocols:
-        record = stage_record(protocol)  # its default preset and job length
-        evaluation_resources = {"nodes": 1, "gpus_per_node": resources["gpus_per_node"], "hours": record.hours}
         plan.stages.append(Stage(f"{prefix}/seed{seed}/{protocol}", protocol,
-                                 eval_presets.get(protocol, record.presets[0]),
+                                 eval_presets.get(protocol, stage_record(protocol).presets[0]),
                                  after=pretrain_key, rows=(row_of[protocol],) if protocol in row_of else (),
-                                 seed=seed, **evaluation_resources))
+                                 seed=seed, **_evaluation_resources(protocol, resources)))
+
+
+def _evaluation_resources(protocol: str, resources: dict) -> dict:
+    """An evaluation job of `protocol` after a pretraining on `resources`: one node of its GPUs, the
+    protocol's own job length."""
+    return {"nodes": 1, "gpus_per_node": resources["gpus_per_node"], "hours": stage_record(protocol).hours}
 
 
 def _rows(table: str, method: str, backbone: str, epochs: int, dataset: str,
@@ -176,12 +181,22 @@ def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> 
         _pretrain_with_evals(plan, f"table3/{dataset}/{key}", tuned_preset(dataset, key, flavour), seed, protocols,
                              _rows("table3", label, base.backbone, base.epochs, dataset, protocols),
                              base.resources, eval_presets=base.eval_presets)
-    # What pretraining adds: both protocols of the same architecture, randomly initialised with the run's seed.
+    _random_initialisation(plan, f"table3/{dataset}", f"table3/{dataset}/mocov3/seed{seed}/pretrain", seed, protocols,
+                           base.backbone, dataset, base.resources, base.eval_presets)
+
+
+def _random_initialisation(plan: Plan, prefix: str, architecture_of: str, seed: int, protocols: tuple[str, ...],
+                           backbone: str, dataset: str, resources: dict, eval_presets: dict[str, str]) -> None:
+    """What pretraining adds: `protocols` on the architecture of the pretraining stage `architecture_of`,
+    randomly initialised with the run's seed (the reports' random-initialisation rows: a method whose
+    interval over them is not above 0 did not learn, and its claims are not compared, reports/tables.py)."""
     for protocol in protocols:
-        plan.stages.append(Stage(f"table3/{dataset}/random-init/seed{seed}/{protocol}", protocol,
-                                 base.eval_presets.get(protocol, "default"), ("source.encoder=random",),
-                                 after=f"table3/{dataset}/mocov3/seed{seed}/pretrain", seed=seed, **base.resources,
-                                 rows=(Row("table3", RANDOM_INIT, base.backbone, 0, DATASET_LABEL[dataset], protocol),)))
+        plan.stages.append(Stage(f"{prefix}/random-init/seed{seed}/{protocol}", protocol,
+                                 eval_presets.get(protocol, stage_record(protocol).presets[0]),
+                                 ("source.encoder=random",), after=architecture_of, seed=seed,
+                                 **_evaluation_resources(protocol, resources),
+                                 rows=(Row(plan.name, RANDOM_INIT, backbone, 0, DATASET_LABEL.get(dataset, dataset),
+                                           protocol),)))
 
 
 TABLE4_PROTOCOLS = {  # transfer config -> the method name of its rows
@@ -335,27 +350,39 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
          **_) -> Plan:
     """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet (or of the Fashion-MNIST
     scale-downs' runs, shared with Tables 3 and 6): PatchMix against MoCo v3 (m = 1), DINO and SDMP,
-    all run here."""
+    all run here. A similarity says nothing of whether a method learned (a collapsed encoder's is 1), so
+    each run also gets a kNN evaluation, and each seed the kNN of a random initialisation: a method whose
+    kNN is not above it did not learn, and its similarity is not compared (reports/tables.py `learned`).
+    On Fashion-MNIST these are Table 3's kNN stages, shared."""
     plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K: PatchMix, "
                 "MoCo v3, DINO and SDMP", baseline="MoCo v3 (m=1)",
-                claims=tuple(Claim(f"PatchMix gives related classes more similarity than {other}", "PatchMix", other)
-                             for other in ("MoCo v3 (m=1)", "DINO", "SDMP")))
+                claims=tuple(Claim(f"PatchMix gives related classes more similarity than {other}", "PatchMix", other,
+                                   protocols=("similarity",)) for other in ("MoCo v3 (m=1)", "DINO", "SDMP")))
     for seed in seeds:
         for dataset in datasets:
             for name, label in COMPARED_METHODS.items():
                 if dataset == "imagenet":
                     preset = (f"imagenet_vit_s16_300ep_{flavour}" if name in ("patchmix", "mocov3")
                               else baseline_preset(f"imagenet_{name}_vit_s16_300ep", flavour))
-                    _pretrain_with_evals(plan, f"fig4/{name}", preset, seed, ("similarity",),
-                                         _rows("fig4", label, "ViT-S/16", 300, dataset, ("similarity",)),
+                    _pretrain_with_evals(plan, f"fig4/{name}", preset, seed, FIG4_PROTOCOLS,
+                                         _rows("fig4", label, "ViT-S/16", 300, dataset, FIG4_PROTOCOLS),
                                          IMAGENET_RESOURCES, overrides=("mix.num_mixed=1",) if name == "mocov3" else ())
                     continue
                 base = ABLATION_BASES[dataset]
                 _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", tuned_preset(dataset, name, flavour), seed,
-                                     ("similarity",),
-                                     _rows("fig4", label, base.backbone, base.epochs, dataset, ("similarity",)),
-                                     base.resources)
+                                     FIG4_PROTOCOLS, _rows("fig4", label, base.backbone, base.epochs, dataset,
+                                                           FIG4_PROTOCOLS), base.resources, eval_presets=base.eval_presets)
+            if dataset == "imagenet":
+                _random_initialisation(plan, "fig4", f"fig4/mocov3/seed{seed}/pretrain", seed, ("knn",), "ViT-S/16",
+                                       dataset, IMAGENET_RESOURCES, {})
+            else:
+                base = ABLATION_BASES[dataset]
+                _random_initialisation(plan, f"fig4/{dataset}", f"fig4/{dataset}/mocov3/seed{seed}/pretrain", seed,
+                                       ("knn",), base.backbone, dataset, base.resources, base.eval_presets)
     return plan
+
+
+FIG4_PROTOCOLS = ("similarity", "knn")  # the figure's measure, and the kNN that tells whether a method learned
 
 
 def demo(seeds: tuple[int, ...] = (0,), **_) -> Plan:

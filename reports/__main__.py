@@ -58,7 +58,10 @@ def figures_for(plan, rows, results, out: Path) -> list[str]:
                      "Mix number", out / "table6_mix_number.png")
         figures.append("table6_mix_number.png")
     elif plan.name == "fig4":
-        labels = {s.key: s.rows[0].method for s in plan.reported()}
+        labels = {}  # one similarity stage per method (the first seed's): one colour each
+        for stage in plan.reported():
+            if stage.kind == "similarity" and stage.rows[0].method not in labels.values():
+                labels[stage.key] = stage.rows[0].method
         if plot_similarity(results, labels, out / "fig4_similarity.png"):
             figures.append("fig4_similarity.png")
     elif plan.name == "fig5":

@@ -8,7 +8,7 @@ initialisation); then the paper's other methods (MoCo v3, DINO, SDMP, iBOT,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -134,6 +134,23 @@ def random_initialisation(results: list[RowResult], row: Row) -> RowResult | Non
                 None)
 
 
+# A protocol whose value does not grow with learning (an encoder that maps every image to one point has
+# similarity 1) cannot say whether its method learned: that is judged on this protocol, evaluated on the
+# same pretraining runs (the plan gives the rows of both, fig4).
+LEARNING_JUDGED_ON = {"similarity": "knn"}
+
+
+def judged_row(result: RowResult, results: list[RowResult]) -> RowResult | None:
+    """The row on whose metric `learned` judges `result`: itself, or for a protocol of LEARNING_JUDGED_ON
+    the row of the same method, backbone, epochs and dataset on the protocol it names (None: not in
+    the report)."""
+    protocol = LEARNING_JUDGED_ON.get(result.row.protocol)
+    if protocol is None:
+        return result
+    same_runs = replace(result.row, protocol=protocol)
+    return next((r for r in results if r.row == same_runs), None)
+
+
 def learned(result: RowResult, results: list[RowResult]) -> bool | None:
     """Whether pretraining took `result`'s method above the random initialisation of the same
     architecture and seeds, on this row's own metric: True when the 95 % interval of the paired
@@ -144,11 +161,16 @@ def learned(result: RowResult, results: list[RowResult]) -> bool | None:
     Judged per protocol, never carried over from another: a linear probe can read features that a
     kNN vote cannot (and the reverse), so a method may learn on one protocol's metric and not on the
     other's. A claim is judged on the protocol it compares, and where that protocol has no
-    random-initialisation row its verdict stands as it is."""
-    initial = random_initialisation(results, result.row)
-    if initial is None or result.row.method == RANDOM_INIT or not result.values:
+    random-initialisation row its verdict stands as it is. The exception is a protocol whose value does
+    not measure learning at all (LEARNING_JUDGED_ON: the similarity of Figure 4), judged on the kNN of
+    the same runs."""
+    judged = judged_row(result, results)
+    if judged is None or judged.row.method == RANDOM_INIT or not judged.values:
         return None
-    _, interval, _ = paired_difference(result.values, initial.values)
+    initial = random_initialisation(results, judged.row)
+    if initial is None:
+        return None
+    _, interval, _ = paired_difference(judged.values, initial.values)
     return None if interval is None else interval.low > 0
 
 
@@ -156,8 +178,10 @@ def _note_not_learned(results: list[RowResult]) -> None:
     """Star each row whose method did not learn at this scale, with the gain that says so."""
     for result in results:
         if learned(result, results) is False:
-            gain = _paired(result, random_initialisation(results, result.row))
-            result.notes.append(f"did not learn at this scale: pretrained − random init {gain} does not lie "
+            judged = judged_row(result, results)
+            gain = _paired(judged, random_initialisation(results, judged.row))
+            on = "" if judged is result else f" on {judged.row.protocol} (the same runs)"
+            result.notes.append(f"did not learn at this scale: pretrained − random init{on} {gain} does not lie "
                                 f"above 0 (its claims on {result.row.protocol} are not comparable)")
 
 
@@ -266,7 +290,8 @@ def claims_table(plan: Plan, results: list[RowResult]) -> str:
     when either side did not learn at this scale on the claim's protocol (`learned`)."""
     lines = []
     for claim in plan.claims:
-        for better in (r for r in results if r.row.method == claim.better and r.values):
+        for better in (r for r in results if r.row.method == claim.better and r.values
+                       and (not claim.protocols or r.row.protocol in claim.protocols)):
             worse = counterpart(results, better.row, claim.worse)
             if worse is None or not worse.values:
                 continue
@@ -341,6 +366,9 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
 
 NOT_LEARNED_SENTENCE = (" A claim with a method that did not learn at this scale on the claim's protocol (its "
                         "pretrained − random init interval not above 0, below) is not comparable.")
+# Said where a claim's protocol is judged on another one (LEARNING_JUDGED_ON).
+JUDGED_ON_SENTENCE = (" A {protocol} does not grow with learning (an encoder that maps every image to one point has "
+                      "similarity 1), so whether a method learned is judged on the {judge} of the same runs.")
 
 
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
@@ -363,7 +391,10 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
         parts += ["", "## The paper's claims at this scale", "",
                   f"Baseline row: {plan.baseline}. Δ columns are paired over seeds (same seed: same data order and "
                   "initialisation); a claim holds when the 95 % interval of its paired difference lies above 0, is "
-                  "reversed when it lies below 0, and is not resolved otherwise." + NOT_LEARNED_SENTENCE * has_initial,
+                  "reversed when it lies below 0, and is not resolved otherwise." + NOT_LEARNED_SENTENCE * has_initial
+                  + "".join(JUDGED_ON_SENTENCE.format(protocol=protocol, judge=judge)
+                            for protocol, judge in LEARNING_JUDGED_ON.items()
+                            if has_initial and any(r.row.protocol == protocol for r in rows)),
                   "", claims]
     gains = pretraining_gain_table(rows)
     if gains:

@@ -154,3 +154,34 @@ def test_table3_at_fashion_mnist_judges_learning_on_both_protocols(dataset):
     random_init = {(s.kind, s.seed) for s in plan.stages if "/random-init/" in s.key}
     assert random_init == {(protocol, seed) for protocol in ("knn", "linear") for seed in (0, 1)}
     assert all("source.encoder=random" in s.overrides for s in plan.stages if "/random-init/" in s.key)
+
+
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "fashion_mnist_gpu"])
+def test_fig4_judges_learning_on_table3s_knn_of_the_same_runs(dataset):
+    """Figure 4's similarity cannot say whether a method learned: each method's runs get a kNN evaluation
+    and each seed a random initialisation's, the very stages of Table 3 (same pretraining run, preset and
+    overrides), so the study computes them once."""
+    from slurm.graph import resolve_plan
+
+    def evaluations(name: str) -> dict[tuple[str, int], tuple]:
+        resolved = {r.stage.key: r for r in resolve_plan(build_plan(name, seeds=(0, 1), datasets=(dataset,)),
+                                                          Path("/runs"))}
+        return {(r.stage.key.split("/")[2], r.stage.seed): (r.stage.preset, r.stage.overrides, resolved[r.stage.after].run_dir)
+                for r in resolved.values() if r.stage.kind == "knn"}
+
+    fig4, table3 = evaluations("fig4"), evaluations("table3")
+    assert set(fig4) == {(name, seed) for name in ("patchmix", "mocov3", "dino", "sdmp", "random-init")
+                         for seed in (0, 1)}
+    assert all(fig4[key] == table3[key] for key in fig4)
+    plan = build_plan("fig4", seeds=(0,), datasets=(dataset,))
+    assert {s.kind for s in plan.stages if s.after and "/random-init/" not in s.key} == {"similarity", "knn"}
+    assert [s.rows[0].method for s in plan.stages if "/random-init/" in s.key] == ["random init (no pretraining)"]
+    assert all(claim.protocols == ("similarity",) for claim in plan.claims)
+
+
+def test_fig4_on_imagenet_has_the_knn_that_judges_learning():
+    plan = build_plan("fig4", seeds=(0,), datasets=("imagenet",))
+    knn = [s for s in plan.stages if s.kind == "knn"]
+    assert {s.key for s in knn} == {f"fig4/{name}/seed0/knn" for name in ("patchmix", "mocov3", "dino", "sdmp")} | \
+        {"fig4/random-init/seed0/knn"}
+    assert all(s.nodes == 1 for s in knn)  # evaluation jobs, not the pretraining's two nodes

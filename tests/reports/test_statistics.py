@@ -140,3 +140,64 @@ def test_one_seed_gives_no_interval_and_judges_no_learning():
     assert claim_verdict(claims_table(plan, results), "PatchMix beats DINO", "knn") == "not resolved (one seed)"
     assert pretraining_gain_table(results).splitlines()[3].endswith(
         "| -7.0 (n=1) | not judged (under two seeds) |")
+
+
+# Figure 4 at the Fashion-MNIST scale, three seeds: each method's similarity, the kNN of the same runs
+# and the kNN of the random initialisation. DINO's kNN ends below the initialisation, SDMP's straddles
+# it, while DINO's similarity is the lowest (a claim against it would "hold" if it were compared).
+FIG4_SIMILARITY = {"patchmix": (0.90, 0.92, 0.94), "mocov3": (0.83, 0.84, 0.85), "dino": (0.55, 0.60, 0.67),
+                   "sdmp": (0.81, 0.82, 0.83)}
+
+
+def fig4_report(root, out, knn: dict[str, tuple[float, ...]]) -> str:
+    for row, values in FIG4_SIMILARITY.items():
+        for seed, value in enumerate(values):
+            write_result(root, f"fig4/fashion_mnist/{row}/seed{seed}/similarity", "similarity",
+                         {"related_class_similarity": value}, seed)
+    for row, values in knn.items():
+        for seed, value in enumerate(values):
+            write_result(root, f"fig4/fashion_mnist/{row}/seed{seed}/knn", "knn", {"top1_k20": value}, seed)
+    (report,) = write_reports(["fig4"], root, out, seeds=(0, 1, 2), datasets=("fashion_mnist",))
+    return report.read_text()
+
+
+def test_a_similarity_claim_with_a_method_that_did_not_learn_on_knn_is_not_comparable(tmp_path):
+    """A similarity does not grow with learning (a collapsed encoder's is 1): whether each side learned
+    is judged on the kNN of the same runs, and only the similarity claims are reported."""
+    text = fig4_report(tmp_path / "runs", tmp_path / "out", TABLE3_KNN)
+    claim = "PatchMix gives related classes more similarity than {}"
+    assert claim_verdict(text, claim.format("DINO"), "similarity") == "not comparable (DINO did not learn here)"
+    assert claim_verdict(text, claim.format("SDMP"), "similarity") == "not comparable (SDMP did not learn here)"
+    assert claim_verdict(text, claim.format("MoCo v3 (m=1)"), "similarity") == "holds"
+    claims = text.split("## The paper's claims at this scale", 1)[1].split("##", 1)[0]
+    assert "| knn |" not in claims and "judged on the knn of the same runs" in claims
+    assert "- DINO fashion_mnist similarity: did not learn at this scale: pretrained − random init on knn " \
+           "(the same runs) -6.3 [-7.8, -4.9] (n=3) does not lie above 0" in text
+    dino = next(line for line in text.splitlines() if line.startswith("| DINO |") and "| similarity" in line)
+    assert "0.607 ± 0.060 *" in dino
+
+
+def test_a_similarity_claim_stands_when_both_sides_learned_or_learning_cannot_be_judged(tmp_path):
+    learned_knn = {**TABLE3_KNN, "dino": (66.0, 67.0, 68.0), "sdmp": (66.0, 66.0, 69.0)}
+    text = fig4_report(tmp_path / "runs", tmp_path / "out", learned_knn)
+    claim = "PatchMix gives related classes more similarity than {}"
+    assert claim_verdict(text, claim.format("DINO"), "similarity") == "holds"
+    assert claim_verdict(text, claim.format("SDMP"), "similarity") == "holds"
+    assert all(phrase not in text for phrase in ("did not learn here", "did not learn at this scale:",
+                                                 "did not learn at this scale |"))
+    # No kNN of the runs (a similarity-only result set): not judged, the verdicts stand.
+    unjudged = fig4_report(tmp_path / "runs2", tmp_path / "out2", {})
+    assert claim_verdict(unjudged, claim.format("DINO"), "similarity") == "holds"
+    assert "did not learn" not in unjudged and "same runs" not in unjudged
+
+
+def test_fig4s_plot_draws_each_methods_similarity_and_no_knn_stage(tmp_path, monkeypatch):
+    """The figure's colours and legend are the similarity stages' (four methods), whatever other stages
+    (the kNN that judges learning) the plan reports."""
+    import reports.__main__ as main
+    drawn = []
+    monkeypatch.setattr(main, "plot_similarity", lambda results, labels, path: drawn.append(labels) or None)
+    fig4_report(tmp_path / "runs", tmp_path / "out", TABLE3_KNN)
+    (labels,) = drawn
+    assert sorted(labels.values()) == ["DINO", "MoCo v3 (m=1)", "PatchMix", "SDMP"]
+    assert all(key.endswith("/seed0/similarity") for key in labels)
