@@ -1,6 +1,6 @@
 """Table 6 (m = 1..4, seeds, kNN and linear) on Fashion-MNIST inside `make gpu-check`: the plan run
-through the launcher, its report with claim verdicts, and the kNN of a randomly initialised encoder
-(how far pretraining lifted the features).
+through the launcher, its report with claim verdicts, and the kNN of its random-initialisation row
+(the weights the runs start from: how far pretraining lifted the features).
 
 The plan runs as `python -m slurm run table6 --executor inline ...` and the report as
 `python -m reports table6 ...`, each in a subprocess: the launcher and the reports are entry points
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from common.datasets import synthetic_arrays
 
 PLAN = "table6"
 ROWS = ("m1", "m2", "m3", "m4")
-RANDOM_INIT_EXPERIMENT = "gpu-check/table6-random-init/seed0/knn"
+RANDOM_INIT_ROW = "m1-random-init"  # the plan's random-initialisation stages (plans/tables.py)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class StudySize:
     """Which runs and how long: `pretrain_overrides` / `eval_overrides` go to the launcher's --set /
     --eval-set; `generated_images` > 0 writes a Fashion-MNIST-shaped dataset of that many training
     images (a quarter as many test images) instead of reading the real one; `reserve_s` is what the
-    report and the random-init kNN keep of the study's budget."""
+    report keeps of the study's budget."""
 
     dataset: str
     seeds: tuple[int, ...]
@@ -102,23 +103,14 @@ def row_results(results_csv: Path, dataset: str) -> dict[str, dict]:
     return rows
 
 
-def pretrain_run_dir(results_csv: Path, runs_root: Path, dataset: str, row: str, seed: int) -> Path | None:
-    key = f"{PLAN}/{dataset}/{row}/seed{seed}/pretrain"
+def random_init_knn(results_csv: Path, dataset: str) -> float | None:
+    """Mean kNN top-1 (k = 20) over seeds of the plan's random-initialisation row (the weights the m = 1
+    runs start from, which every row's runs share): the floor pretraining has to lift. None: not run."""
+    key = re.compile(rf"{PLAN}/{re.escape(dataset)}/{RANDOM_INIT_ROW}/seed\d+/knn")
     with open(results_csv, newline="") as handle:
-        for record in csv.DictReader(handle):
-            if record["experiment"] == key:
-                return runs_root / record["run_dir"]
-    return None
-
-
-def random_init_knn(run_dir: Path, eval_overrides: tuple[str, ...]) -> float:
-    """kNN top-1 (k = 20) of the encoder of `run_dir`'s architecture with random weights: the floor
-    pretraining has to lift (the demo plan's random-init row, run outside the plan's report)."""
-    from evaluate.protocols import MAINS, resolve_eval_config  # the evaluation stage, only when measuring
-
-    config = resolve_eval_config("knn", "", str(run_dir), None, [
-        *eval_overrides, "source.encoder=random", f"run.experiment={RANDOM_INIT_EXPERIMENT}"])
-    return float(MAINS["knn"](config)["metrics"]["top1_k20"])
+        values = [float(record["metric.top1_k20"]) for record in csv.DictReader(handle)
+                  if key.fullmatch(record["experiment"]) and record.get("metric.top1_k20")]
+    return statistics.fmean(values) if values else None
 
 
 def claim_verdicts(report: Path) -> list[dict]:
@@ -160,7 +152,7 @@ def summarise(rows: dict[str, dict], random_knn: float | None) -> dict:
 
 def measure(size: StudySize, work: Path, report_dir: Path, budget_s: float,
             extra_pretrain: tuple[str, ...] = ()) -> dict:
-    """Run the plan (cut at the budget less the reserve), write its report, evaluate random init."""
+    """Run the plan (cut at the budget less the reserve), write its report, read its rows back."""
     runs_root, logs = work / "runs", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -171,9 +163,7 @@ def measure(size: StudySize, work: Path, report_dir: Path, budget_s: float,
     report_status = _run(report_command(size, runs_root, report_dir), size.reserve_s / 2, logs / "report.log")
     results_csv, report = report_dir / "results.csv", report_dir / f"{PLAN}.md"
     rows = row_results(results_csv, size.dataset) if results_csv.is_file() else {}
-    first = (pretrain_run_dir(results_csv, runs_root, size.dataset, "m1", size.seeds[0])
-             if results_csv.is_file() else None)
-    random_knn = random_init_knn(first, size.eval_overrides) if first is not None else None
+    random_knn = random_init_knn(results_csv, size.dataset) if results_csv.is_file() else None
     return {"plan": PLAN, "dataset": size.dataset, "seeds": list(size.seeds), "plan_status": plan_status,
             "report_status": report_status, "report": str(report) if report.is_file() else None,
             "claims": claim_verdicts(report) if report.is_file() else [], **summarise(rows, random_knn),

@@ -187,8 +187,8 @@ def write_encoder_record(run_dir: Path, record: dict) -> None:
     """The stage-neutral description of the encoders a training run produces (written by the stage
     that trains them): architecture (arch, patch_size, image_size, num_heads), where the weights are
     (`checkpoints` folder, `encoders`: which -> key prefix in the checkpoint's model state, `default`),
-    the data it read (`data`, DataConfig fields), `origin` (preset, seed, experiment and its hash), and
-    once finished `final` (checkpoint, step, digest of the default encoder)."""
+    the data it read (`data`, DataConfig fields), how its weights were drawn (`initialisation`: scheme and
+    position embedding), `origin` (preset, seed, experiment and its hash), and once finished `final` (checkpoint, step, digest of the default encoder)."""
     atomic_write_text(json.dumps(record, indent=2), Path(run_dir) / ENCODER_RECORD)
 
 
@@ -209,14 +209,39 @@ def read_encoder_record(run_dir: Path) -> dict:
     encoders = encoder_prefixes(model.get("momentum_encoder", True))
     return {"arch": model["arch"], "patch_size": model["patch_size"], "image_size": model["image_size"],
             "num_heads": model.get("num_heads", 0), "checkpoints": "checkpoints", "encoders": encoders,
-            "default": next(iter(encoders)), "data": config["data"],
+            "default": next(iter(encoders)), "data": config["data"], "initialisation": _initialisation(model),
             "origin": {"pretrain_preset": config.get("preset", ""), "seed": run.get("seed", 0),
                        "experiment": run.get("experiment", ""),
                        "pretrain_experiment_hash": experiment}}
 
 
+def _initialisation(model: dict) -> dict[str, str]:
+    """The record's "initialisation" from a config.yaml's model section (defaults: what runs made before
+    these fields existed used)."""
+    return {"scheme": model.get("initialisation", "moco"), "position_embedding": model.get("position_embedding", "learned")}
+
+
 def record_spec(record: dict) -> EncoderSpec:
     return EncoderSpec(record["arch"], int(record["patch_size"]), int(record["image_size"]), int(record["num_heads"]))
+
+
+def initial_state(record: dict, run_dir: Path) -> dict[str, torch.Tensor]:
+    """The encoder weights a run's pretraining starts from: its architecture drawn with its seed by its
+    initialisation scheme and position embedding (the record's "initialisation"; for a record written
+    before that field, its run's config.yaml)."""
+    initialisation = record.get("initialisation")
+    if initialisation is None and (Path(run_dir) / "config.yaml").is_file():  # a record written before the field
+        initialisation = _initialisation(OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))["model"])
+    if initialisation is None:
+        warnings.warn(f"neither the encoder record nor a config.yaml of {run_dir} says how its encoder was "
+                      "initialised: its random initialisation uses MoCo v3's scheme with learned position "
+                      "embeddings, which may not be the run's")
+        initialisation = _initialisation({})
+    spec = record_spec(record)
+    torch.manual_seed(int(record["origin"]["seed"]))
+    return build_vit(spec.arch, spec.patch_size, spec.image_size, spec.num_heads,
+                     initialisation=initialisation["scheme"],
+                     position_embedding=initialisation["position_embedding"]).state_dict()
 
 
 def encoder_state_from_run(run_dir: Path, which: str = "auto", allow_incomplete: bool = False) -> LoadedEncoder:
@@ -234,8 +259,7 @@ def encoder_state_from_run(run_dir: Path, which: str = "auto", allow_incomplete:
     spec = record_spec(record)
     origin = {"pretrain_run_dir": str(run_dir), **record["origin"], "encoder": which}
     if which == "random":
-        torch.manual_seed(int(record["origin"]["seed"]))
-        state = spec.build().state_dict()
+        state = initial_state(record, run_dir)
         return LoadedEncoder(state, spec, encoder_digest(state, spec), f"{run_dir}:random-init", origin)
     checkpoints = run_dir / record["checkpoints"]
     if not list_checkpoints(checkpoints):

@@ -172,31 +172,44 @@ def table3(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: t
 
 def _fashion_mnist_table3(plan: Plan, dataset: str, flavour: str, seed: int) -> None:
     """Table 3 at a Fashion-MNIST scale: PatchMix (m = 2), MoCo v3 (m = 1), DINO and SDMP, each with the
-    same data, budget, seeds and evaluations (linear probe and kNN), and the kNN of a randomly
-    initialised encoder's kNN and linear probe as the reference of what pretraining added on each
-    protocol (a method whose interval over it is not above 0 did not learn there: its claims are not
-    compared, reports/tables.py)."""
+    same data, budget, seeds and evaluations (linear probe and kNN), and both evaluations of the weights
+    each method's run starts from, the reference of what its pretraining added on each protocol (a
+    method whose interval over it is not above 0 did not learn there: its claims are not compared,
+    reports/tables.py)."""
     base, protocols = ABLATION_BASES[dataset], ("linear", "knn")
     for key, label in COMPARED_METHODS.items():
         _pretrain_with_evals(plan, f"table3/{dataset}/{key}", tuned_preset(dataset, key, flavour), seed, protocols,
                              _rows("table3", label, base.backbone, base.epochs, dataset, protocols),
                              base.resources, eval_presets=base.eval_presets)
-    _random_initialisation(plan, f"table3/{dataset}", f"table3/{dataset}/mocov3/seed{seed}/pretrain", seed, protocols,
-                           base.backbone, dataset, base.resources, base.eval_presets)
+        _random_initialisation(plan, f"table3/{dataset}/{key}", seed, protocols, base.backbone, dataset,
+                               base.resources, base.eval_presets, label)
 
 
-def _random_initialisation(plan: Plan, prefix: str, architecture_of: str, seed: int, protocols: tuple[str, ...],
-                           backbone: str, dataset: str, resources: dict, eval_presets: dict[str, str]) -> None:
-    """What pretraining adds: `protocols` on the architecture of the pretraining stage `architecture_of`,
-    randomly initialised with the run's seed (the reports' random-initialisation rows: a method whose
-    interval over them is not above 0 did not learn, and its claims are not compared, reports/tables.py)."""
+def _random_initialisation(plan: Plan, prefix: str, seed: int, protocols: tuple[str, ...], backbone: str,
+                           dataset: str, resources: dict, eval_presets: dict[str, str], method: str = "") -> None:
+    """What pretraining adds: `protocols` on the weights the pretraining stage `<prefix>/seed<seed>/pretrain`
+    starts from (its architecture, initialisation scheme and seed: source.encoder=random), as the row
+    `random_init_label(method)`. A method whose interval over it is not above 0 did not learn, and its
+    claims are not compared (reports/tables.py)."""
     for protocol in protocols:
-        plan.stages.append(Stage(f"{prefix}/random-init/seed{seed}/{protocol}", protocol,
+        plan.stages.append(Stage(f"{prefix}-random-init/seed{seed}/{protocol}", protocol,
                                  eval_presets.get(protocol, stage_record(protocol).presets[0]),
-                                 ("source.encoder=random",), after=architecture_of, seed=seed,
+                                 ("source.encoder=random",), after=f"{prefix}/seed{seed}/pretrain", seed=seed,
                                  **_evaluation_resources(protocol, resources),
-                                 rows=(Row(plan.name, RANDOM_INIT, backbone, 0, DATASET_LABEL.get(dataset, dataset),
-                                           protocol),)))
+                                 rows=(Row(plan.name, random_init_label(method), backbone, 0,
+                                           DATASET_LABEL.get(dataset, dataset), protocol),)))
+
+
+def random_init_label(method: str = "") -> str:
+    """The row of an encoder evaluated at its initialisation, before any training: `method`'s own (the
+    weights its runs start from: methods initialise differently, DINO's ViT as DINO does), or, without a
+    method, the one initialisation all of a table's runs share."""
+    return f"{method}: {RANDOM_INIT}" if method else RANDOM_INIT
+
+
+def is_random_init(method: str) -> bool:
+    """Whether a row named `method` is a random initialisation (random_init_label)."""
+    return method == RANDOM_INIT or method.endswith(f": {RANDOM_INIT}")
 
 
 TABLE4_PROTOCOLS = {  # transfer config -> the method name of its rows
@@ -290,6 +303,10 @@ def _cifar_ablation(name: str, description: str, rows: dict[str, tuple[str, str]
                 _pretrain_with_evals(plan, f"{name}/{dataset}/{key}", preset_name, seed, protocols,
                                      _rows(name, method, base.backbone, base.epochs, dataset, protocols),
                                      base.resources, eval_presets=base.eval_presets)
+            if dataset in FASHION_MNIST:  # at a scale-down, whether each row learned is shown, not assumed
+                # Every row of these tables is PatchMix's ViT with one initialisation: the first row's stands for all.
+                _random_initialisation(plan, f"{name}/{dataset}/{next(iter(rows))}", seed, protocols, base.backbone,
+                                       dataset, base.resources, base.eval_presets)
     return plan
 
 
@@ -351,9 +368,9 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
     """Similarity distribution of ViT-S/16 pretrained 300 epochs on ImageNet (or of the Fashion-MNIST
     scale-downs' runs, shared with Tables 3 and 6): PatchMix against MoCo v3 (m = 1), DINO and SDMP,
     all run here. A similarity says nothing of whether a method learned (a collapsed encoder's is 1), so
-    each run also gets a kNN evaluation, and each seed the kNN of a random initialisation: a method whose
-    kNN is not above it did not learn, and its similarity is not compared (reports/tables.py `learned`).
-    On Fashion-MNIST these are Table 3's kNN stages, shared."""
+    each run also gets a kNN evaluation, and so does the initialisation it started from: a method whose
+    kNN is not above its initialisation's did not learn, and its similarity is not compared
+    (reports/tables.py `learned`). On Fashion-MNIST these are Table 3's kNN stages, shared."""
     plan = Plan("fig4", "Inter-instance similarity distribution, ViT-S/16 300 epochs on ImageNet-1K: PatchMix, "
                 "MoCo v3, DINO and SDMP", baseline="MoCo v3 (m=1)",
                 claims=tuple(Claim(f"PatchMix gives related classes more similarity than {other}", "PatchMix", other,
@@ -367,18 +384,15 @@ def fig4(flavour: str = "official", seeds: tuple[int, ...] = (0,), datasets: tup
                     _pretrain_with_evals(plan, f"fig4/{name}", preset, seed, FIG4_PROTOCOLS,
                                          _rows("fig4", label, "ViT-S/16", 300, dataset, FIG4_PROTOCOLS),
                                          IMAGENET_RESOURCES, overrides=("mix.num_mixed=1",) if name == "mocov3" else ())
+                    _random_initialisation(plan, f"fig4/{name}", seed, ("knn",), "ViT-S/16", dataset,
+                                           IMAGENET_RESOURCES, {}, label)
                     continue
                 base = ABLATION_BASES[dataset]
                 _pretrain_with_evals(plan, f"fig4/{dataset}/{name}", tuned_preset(dataset, name, flavour), seed,
                                      FIG4_PROTOCOLS, _rows("fig4", label, base.backbone, base.epochs, dataset,
                                                            FIG4_PROTOCOLS), base.resources, eval_presets=base.eval_presets)
-            if dataset == "imagenet":
-                _random_initialisation(plan, "fig4", f"fig4/mocov3/seed{seed}/pretrain", seed, ("knn",), "ViT-S/16",
-                                       dataset, IMAGENET_RESOURCES, {})
-            else:
-                base = ABLATION_BASES[dataset]
-                _random_initialisation(plan, f"fig4/{dataset}", f"fig4/{dataset}/mocov3/seed{seed}/pretrain", seed,
-                                       ("knn",), base.backbone, dataset, base.resources, base.eval_presets)
+                _random_initialisation(plan, f"fig4/{dataset}/{name}", seed, ("knn",), base.backbone, dataset,
+                                       base.resources, base.eval_presets, label)
     return plan
 
 

@@ -95,6 +95,10 @@ def encoder_record(config: PretrainConfig, experiment_digest: str | None = None)
     return {"arch": config.model.arch, "patch_size": config.model.patch_size, "image_size": config.model.image_size,
             "num_heads": config.model.num_heads, "checkpoints": "checkpoints", "encoders": encoders,
             "default": next(iter(encoders)), "data": dataclasses.asdict(config.data),
+            # How the encoder's weights were drawn (with origin.seed): a random initialisation for reference
+            # (source.encoder=random) is then the weights this run started from, not another scheme's.
+            "initialisation": {"scheme": config.model.initialisation,
+                               "position_embedding": config.model.position_embedding},
             "origin": {"pretrain_preset": config.preset, "seed": config.run.seed, "experiment": config.run.experiment,
                        "pretrain_experiment_hash": experiment_digest}}
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from plans.registry import headline
-from plans.tables import RANDOM_INIT, Plan, Row
+from plans.tables import RANDOM_INIT, Plan, Row, is_random_init, random_init_label
 from reports.belonging import foreign_lines
 from reports.statistics import Interval, mean_interval, not_comparable, paired_difference, verdict
 
@@ -128,10 +128,12 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
 
 def random_initialisation(results: list[RowResult], row: Row) -> RowResult | None:
     """The random-initialisation row with results in `row`'s setting (backbone, dataset, protocol;
-    not epochs: its encoder trained for 0)."""
-    return next((r for r in results if r.row.method == RANDOM_INIT and r.values
-                 and (r.row.backbone, r.row.dataset, r.row.protocol) == (row.backbone, row.dataset, row.protocol)),
-                None)
+    not epochs: its encoder trained for 0): the one of `row`'s method (the weights its runs start from)
+    where the report has it, else the one its table's runs share."""
+    candidates = [r for r in results if is_random_init(r.row.method) and r.values
+                  and (r.row.backbone, r.row.dataset, r.row.protocol) == (row.backbone, row.dataset, row.protocol)]
+    return next((r for name in (random_init_label(row.method), RANDOM_INIT) for r in candidates
+                 if r.row.method == name), None)
 
 
 # A protocol whose value does not grow with learning (an encoder that maps every image to one point has
@@ -165,7 +167,7 @@ def learned(result: RowResult, results: list[RowResult]) -> bool | None:
     not measure learning at all (LEARNING_JUDGED_ON: the similarity of Figure 4), judged on the kNN of
     the same runs."""
     judged = judged_row(result, results)
-    if judged is None or judged.row.method == RANDOM_INIT or not judged.values:
+    if judged is None or is_random_init(judged.row.method) or not judged.values:
         return None
     initial = random_initialisation(results, judged.row)
     if initial is None:
@@ -310,13 +312,15 @@ def claims_table(plan: Plan, results: list[RowResult]) -> str:
 
 def pretraining_gain_table(results: list[RowResult]) -> str:
     """What pretraining added: each pretrained row minus the randomly initialised encoder of the same
-    setting (backbone, dataset, protocol), paired over seeds (same seed: same architecture and
-    initialisation), with its 95 % interval, and whether the method learned at this scale (`learned`)."""
+    setting (backbone, dataset, protocol) that its runs start from (`random_initialisation`), paired over
+    seeds (same seed: the same initial weights), with its 95 % interval, and whether the method learned at this scale (`learned`)."""
+    settings = dict.fromkeys((r.row.backbone, r.row.dataset, r.row.protocol)
+                             for r in results if is_random_init(r.row.method) and r.values)  # in report order
     lines = []
-    for initial in (r for r in results if r.row.method == RANDOM_INIT and r.values):
-        setting = (initial.row.backbone, initial.row.dataset, initial.row.protocol)
+    for setting in settings:
         for trained in results:
-            if trained.row.method != RANDOM_INIT and trained.values and \
+            initial = random_initialisation(results, trained.row)
+            if not is_random_init(trained.row.method) and trained.values and initial is not None and \
                     (trained.row.backbone, trained.row.dataset, trained.row.protocol) == setting:
                 lines.append(f"| {trained.row.method} | {trained.row.dataset} | {trained.row.backbone} | "
                              f"{trained.row.protocol} | {_ours(trained)} | {_ours(initial)} | {_paired(trained, initial)} | "
@@ -386,7 +390,7 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
              f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",
              markdown_table(rows, plan.baseline)]
     claims = claims_table(plan, rows)
-    has_initial = any(r.row.method == RANDOM_INIT and r.values for r in rows)  # else no claim is judged so
+    has_initial = any(is_random_init(r.row.method) and r.values for r in rows)  # else no claim is judged so
     if claims:
         parts += ["", "## The paper's claims at this scale", "",
                   f"Baseline row: {plan.baseline}. Δ columns are paired over seeds (same seed: same data order and "
@@ -399,9 +403,11 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
     gains = pretraining_gain_table(rows)
     if gains:
         parts += ["", "## What pretraining added", "",
-                  f"Each pretrained row against the \"{RANDOM_INIT}\" row: the same architecture evaluated at the "
-                  "initialisation of the same seed, before any training. A method learned at this scale when the "
-                  "interval lies above 0; one that did not is starred above, per protocol.", "", gains]
+                  f"Each pretrained row against the weights its runs started from, evaluated before any training: "
+                  f"its own \"<method>: {RANDOM_INIT}\" row (the same architecture, initialisation scheme and seed; "
+                  f"methods initialise differently), or the \"{RANDOM_INIT}\" row its table's runs share. A method "
+                  "learned at this scale when the interval lies above 0; one that did not is starred above, per "
+                  "protocol.", "", gains]
     notes = [f"- {r.row.method} {r.row.dataset} {r.row.protocol}: {note}" for r in rows for note in r.notes]
     if notes:
         parts += ["", "\\* Seeds lists the seeds averaged. Notes:", "", *notes]

@@ -25,7 +25,8 @@ def test_tiny_check_runs_every_part_and_reports_every_figure(tmp_path):
         "step:debug": "ok", "augmentation": "ok", "knn": "ok", "end_to_end": "ok", "study": "ok"}
     assert [f["name"] for f in record["figures"]] == [f.name for f in figures(TINY)]
     for figure in record["figures"]:
-        assert isinstance(figure["value"], float) and figure["value"] > 0, figure
+        # Measured; a lift of 1 epoch at toy size may be 0 or below (the runs' own initial weights are its floor).
+        assert isinstance(figure["value"], float) and (figure["value"] > 0 or figure["name"] == "study_knn_lift"), figure
         assert isinstance(figure["target"], (int, float)) and isinstance(figure["passed"], bool), figure
         assert figure["label"] in completed.stdout  # one printed line per figure
     study = record["figures"][-1]["details"]
@@ -39,7 +40,8 @@ def test_gpu_scale_configs_resolve_and_fit_eleven_minutes(tmp_path, capsys):
     # The study's plan goes through the launcher's own --dry-run.
     main(["--dry-run", "--out", str(tmp_path), "--work", str(tmp_path / "work")])
     output = capsys.readouterr().out
-    assert "[table6] 36 would submit" in output  # 4 rows x 3 seeds x (pretrain, knn, linear)
+    # 4 rows x 3 seeds x (pretrain, knn, linear), and each seed's random initialisation (knn, linear)
+    assert "[table6] 42 would submit" in output
     assert sum(GPU.budgets.values()) <= 11 * 60 - 30
     assert set(GPU.budgets) == {f"step:{config}" for config in GPU.steps.configs.values()} | {
         "augmentation", "knn", "end_to_end", "study"}

@@ -11,7 +11,7 @@ import pytest
 from common.config import apply_overrides
 from common.encoder import ENCODER_RECORD, read_encoder_record
 from plans.registry import STAGES, headline, stage_record
-from plans.tables import PLANS, build_plan
+from plans.tables import COMPARED_METHODS, PLANS, build_plan
 from pretrain.configs import preset, run_directory
 from pretrain.methods import patchmix
 
@@ -151,9 +151,15 @@ def test_table3_at_fashion_mnist_judges_learning_on_both_protocols(dataset):
     """A random-initialisation row for each protocol, so that a method that learned nothing is named on
     the linear probe as on kNN (its claims then read "not comparable")."""
     plan = build_plan("table3", datasets=(dataset,), seeds=(0, 1))
-    random_init = {(s.kind, s.seed) for s in plan.stages if "/random-init/" in s.key}
-    assert random_init == {(protocol, seed) for protocol in ("knn", "linear") for seed in (0, 1)}
-    assert all("source.encoder=random" in s.overrides for s in plan.stages if "/random-init/" in s.key)
+    random_init = {(s.rows[0].method, s.kind, s.seed): s for s in plan.stages if "-random-init/" in s.key}
+    # Each method's own: the weights its run starts from (DINO and SDMP initialise otherwise than PatchMix).
+    assert set(random_init) == {(f"{label}: random init (no pretraining)", protocol, seed)
+                                for label in ("PatchMix", "MoCo v3 (m=1)", "DINO", "SDMP")
+                                for protocol in ("knn", "linear") for seed in (0, 1)}
+    assert all(s.overrides == ("source.encoder=random",) for s in random_init.values())
+    method_of = {label: key for key, label in COMPARED_METHODS.items()}
+    assert all(stage.after == f"table3/{dataset}/{method_of[method.split(':')[0]]}/seed{seed}/pretrain"
+               for (method, _, seed), stage in random_init.items())
 
 
 @pytest.mark.parametrize("dataset", ["fashion_mnist", "fashion_mnist_gpu"])
@@ -170,18 +176,33 @@ def test_fig4_judges_learning_on_table3s_knn_of_the_same_runs(dataset):
                 for r in resolved.values() if r.stage.kind == "knn"}
 
     fig4, table3 = evaluations("fig4"), evaluations("table3")
-    assert set(fig4) == {(name, seed) for name in ("patchmix", "mocov3", "dino", "sdmp", "random-init")
-                         for seed in (0, 1)}
+    assert set(fig4) == {(name + suffix, seed) for name in ("patchmix", "mocov3", "dino", "sdmp")
+                         for suffix in ("", "-random-init") for seed in (0, 1)}
     assert all(fig4[key] == table3[key] for key in fig4)
     plan = build_plan("fig4", seeds=(0,), datasets=(dataset,))
-    assert {s.kind for s in plan.stages if s.after and "/random-init/" not in s.key} == {"similarity", "knn"}
-    assert [s.rows[0].method for s in plan.stages if "/random-init/" in s.key] == ["random init (no pretraining)"]
+    assert {s.kind for s in plan.stages if s.after and "-random-init/" not in s.key} == {"similarity", "knn"}
+    assert sorted(s.rows[0].method for s in plan.stages if "-random-init/" in s.key) == \
+        [f"{label}: random init (no pretraining)" for label in ("DINO", "MoCo v3 (m=1)", "PatchMix", "SDMP")]
     assert all(claim.protocols == ("similarity",) for claim in plan.claims)
 
 
 def test_fig4_on_imagenet_has_the_knn_that_judges_learning():
     plan = build_plan("fig4", seeds=(0,), datasets=("imagenet",))
     knn = [s for s in plan.stages if s.kind == "knn"]
-    assert {s.key for s in knn} == {f"fig4/{name}/seed0/knn" for name in ("patchmix", "mocov3", "dino", "sdmp")} | \
-        {"fig4/random-init/seed0/knn"}
+    assert {s.key for s in knn} == {f"fig4/{name}{suffix}/seed0/knn" for name in ("patchmix", "mocov3", "dino", "sdmp")
+                                    for suffix in ("", "-random-init")}
     assert all(s.nodes == 1 for s in knn)  # evaluation jobs, not the pretraining's two nodes
+
+
+@pytest.mark.parametrize("name", ["table5", "table6", "table7"])
+def test_ablations_at_fashion_mnist_judge_learning_against_their_runs_shared_initialisation(name):
+    """At a scale-down whether each row learned is shown, not assumed: one random-initialisation row per
+    protocol and seed, which stands for every row because they all start from the same scheme."""
+    plan = build_plan(name, datasets=("fashion_mnist",), seeds=(0, 1))
+    random_init = [s for s in plan.stages if "-random-init/" in s.key]
+    assert {(s.rows[0].method, s.kind, s.seed) for s in random_init} == \
+        {("random init (no pretraining)", protocol, seed) for protocol in ("knn", "linear") for seed in (0, 1)}
+    schemes = {(preset(s.preset).model.initialisation, preset(s.preset).model.position_embedding)
+               for s in plan.stages if s.kind == "pretrain"}
+    assert len(schemes) == 1
+    assert not [s for s in build_plan(name, datasets=("cifar10",)).stages if "random-init" in s.key]

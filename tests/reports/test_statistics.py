@@ -58,11 +58,21 @@ TABLE3_LINEAR = {"patchmix": (67.0, 68.0, 69.0), "mocov3": (66.0, 67.0, 68.0), "
                  "sdmp": (68.0, 69.0, 70.0)}
 
 
-def table3_report(root, out, with_random_init: bool = True) -> str:
-    for row, values in TABLE3_KNN.items():
-        for seed, value in enumerate(values):
-            if row != "random-init" or with_random_init:
-                write_result(root, f"table3/fashion_mnist/{row}/seed{seed}/knn", "knn", {"top1_k20": value}, seed)
+COMPARED = ("patchmix", "mocov3", "dino", "sdmp")
+
+
+def write_knn(root, table: str, knn: dict[str, tuple[float, ...]], initial: dict[str, tuple[float, ...]]) -> None:
+    """kNN of each method's runs (`knn`, keyed by method) and of the weights each method's runs start from
+    (`initial`: its own values, else `knn["random-init"]`, else none), as the plans name their stages."""
+    for row in COMPARED:
+        for suffix, values in (("", knn.get(row, ())), ("-random-init", initial.get(row, knn.get("random-init", ())))):
+            for seed, value in enumerate(values):
+                write_result(root, f"{table}/fashion_mnist/{row}{suffix}/seed{seed}/knn", "knn", {"top1_k20": value}, seed)
+
+
+def table3_report(root, out, with_random_init: bool = True, initial: dict[str, tuple[float, ...]] = {}) -> str:
+    write_knn(root, "table3", TABLE3_KNN if with_random_init else {k: v for k, v in TABLE3_KNN.items()
+                                                                   if k != "random-init"}, initial)
     for row, values in TABLE3_LINEAR.items():
         for seed, value in enumerate(values):
             write_result(root, f"table3/fashion_mnist/{row}/seed{seed}/linear", "linear", {"top1_best": value}, seed)
@@ -154,9 +164,7 @@ def fig4_report(root, out, knn: dict[str, tuple[float, ...]]) -> str:
         for seed, value in enumerate(values):
             write_result(root, f"fig4/fashion_mnist/{row}/seed{seed}/similarity", "similarity",
                          {"related_class_similarity": value}, seed)
-    for row, values in knn.items():
-        for seed, value in enumerate(values):
-            write_result(root, f"fig4/fashion_mnist/{row}/seed{seed}/knn", "knn", {"top1_k20": value}, seed)
+    write_knn(root, "fig4", knn, {})
     (report,) = write_reports(["fig4"], root, out, seeds=(0, 1, 2), datasets=("fashion_mnist",))
     return report.read_text()
 
@@ -201,3 +209,30 @@ def test_fig4s_plot_draws_each_methods_similarity_and_no_knn_stage(tmp_path, mon
     (labels,) = drawn
     assert sorted(labels.values()) == ["DINO", "MoCo v3 (m=1)", "PatchMix", "SDMP"]
     assert all(key.endswith("/seed0/similarity") for key in labels)
+
+
+def test_each_method_is_judged_against_the_weights_its_own_runs_start_from(tmp_path):
+    """DINO initialises its ViT otherwise than MoCo v3: its own initialisation (45, 46, 47) lies below the
+    others' (57, 58, 59). Against its own, DINO's kNN (50, 52, 53) gained 5 to 6 points: it learned, and
+    "PatchMix beats DINO" is compared; against another method's initialisation it would not have been."""
+    text = table3_report(tmp_path / "runs", tmp_path / "out", initial={"dino": (45.0, 46.0, 47.0)})
+    assert claim_verdict(text, "PatchMix beats DINO", "knn") == "holds"  # +18, +17, +17
+    gains = text.split("## What pretraining added", 1)[1]
+    dino = next(line for line in gains.splitlines() if line.startswith("| DINO |") and "| knn |" in line)
+    assert "| 46.0 ± 1.0 | +5.7 [4.2, 7.1] (n=3) | yes |" in dino
+    assert "| DINO: random init (no pretraining) | ViT-debug/4 | — | fashion_mnist | knn (top-1, k=20) | — | 46.0 ± 1.0 |" in text
+    # The methods' own rows stand for themselves: MoCo v3 is paired with MoCo v3's initialisation.
+    mocov3 = next(line for line in gains.splitlines() if line.startswith("| MoCo v3 (m=1) |") and "| knn |" in line)
+    assert "| 58.0 ± 1.0 | +10.0 [10.0, 10.0] (n=3) | yes |" in mocov3
+
+
+def test_table6_at_fashion_mnist_plots_the_mix_numbers_beside_its_random_initialisation_row(tmp_path):
+    """Its plot is against m, read from the row names: the random-initialisation row has no m."""
+    for seed in (0, 1):
+        for row, knn in (("m1", 67.0), ("m2", 68.0), ("m3", 67.5), ("m4", 68.5), ("m1-random-init", 57.0)):
+            write_result(tmp_path / "runs", f"table6/fashion_mnist/{row}/seed{seed}/knn", "knn",
+                         {"top1_k20": knn + seed}, seed)
+    (report,) = write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1), datasets=("fashion_mnist",))
+    assert "![table6_mix_number.png](table6_mix_number.png)" in report.read_text()
+    assert (tmp_path / "out" / "table6_mix_number.png").stat().st_size > 0
+    assert "| PatchMix m=1 | fashion_mnist | ViT-debug/4 | knn | 67.5 ± 0.7 | 57.5 ± 0.7 |" in report.read_text()
