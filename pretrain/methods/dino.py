@@ -267,7 +267,7 @@ class Dino(PretrainingMethod):
     name = "dino"
     config_class = DinoPretrainConfig
     uses_local_crops = True
-    # At the cpu scale's values (lr 1e-2, teacher 0.07, 4,096 prototypes, EMA 0.99) DINO does not learn:
+    # At the cpu scale's values (lr 1e-2, teacher 0.07, 4,096 prototypes, EMA 0.99) DINO learns least:
     # lower learning rates, the published ViT-B teacher temperature 0.04, fewer prototypes for a 2-block
     # ViT, and the published slower EMA.
     tuning_space = {"optim.base_lr": (1e-3, 3e-3, 1e-2), "dino.teacher_temp": (0.04, 0.07),
