@@ -187,8 +187,9 @@ def write_encoder_record(run_dir: Path, record: dict) -> None:
     """The stage-neutral description of the encoders a training run produces (written by the stage
     that trains them): architecture (arch, patch_size, image_size, num_heads), where the weights are
     (`checkpoints` folder, `encoders`: which -> key prefix in the checkpoint's model state, `default`),
-    the data it read (`data`, DataConfig fields), how its weights were drawn (`initialisation`: scheme and
-    position embedding), `origin` (preset, seed, experiment and its hash), and once finished `final` (checkpoint, step, digest of the default encoder)."""
+    the data it read (`data`, DataConfig fields), how its weights were drawn (`initialisation`: scheme
+    and position embedding), `origin` (preset, seed, experiment and its hash), and once finished `final`
+    (checkpoint, step, digest of the default encoder)."""
     atomic_write_text(json.dumps(record, indent=2), Path(run_dir) / ENCODER_RECORD)
 
 
@@ -218,7 +219,8 @@ def read_encoder_record(run_dir: Path) -> dict:
 def _initialisation(model: dict) -> dict[str, str]:
     """The record's "initialisation" from a config.yaml's model section (defaults: what runs made before
     these fields existed used)."""
-    return {"scheme": model.get("initialisation", "moco"), "position_embedding": model.get("position_embedding", "learned")}
+    return {"scheme": model.get("initialisation", "moco"),
+            "position_embedding": model.get("position_embedding", "learned")}
 
 
 def record_spec(record: dict) -> EncoderSpec:
@@ -229,9 +231,9 @@ def initial_state(record: dict, run_dir: Path) -> dict[str, torch.Tensor]:
     """The encoder weights a run's pretraining starts from: its architecture drawn with its seed by its
     initialisation scheme and position embedding (the record's "initialisation"; for a record written
     before that field, its run's config.yaml)."""
-    initialisation = record.get("initialisation")
-    if initialisation is None and (Path(run_dir) / "config.yaml").is_file():  # a record written before the field
-        initialisation = _initialisation(OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml"))["model"])
+    initialisation, config = record.get("initialisation"), Path(run_dir) / "config.yaml"
+    if initialisation is None and config.is_file():  # a record written before the field
+        initialisation = _initialisation(OmegaConf.to_container(OmegaConf.load(config))["model"])
     if initialisation is None:
         warnings.warn(f"neither the encoder record nor a config.yaml of {run_dir} says how its encoder was "
                       "initialised: its random initialisation uses MoCo v3's scheme with learned position "

@@ -313,15 +313,18 @@ def claims_table(plan: Plan, results: list[RowResult]) -> str:
 def pretraining_gain_table(results: list[RowResult]) -> str:
     """What pretraining added: each pretrained row minus the randomly initialised encoder of the same
     setting (backbone, dataset, protocol) that its runs start from (`random_initialisation`), paired over
-    seeds (same seed: the same initial weights), with its 95 % interval, and whether the method learned at this scale (`learned`)."""
+    seeds (same seed: the same initial weights), with its 95 % interval, and whether the method learned
+    at this scale (`learned`)."""
     settings = dict.fromkeys((r.row.backbone, r.row.dataset, r.row.protocol)
                              for r in results if is_random_init(r.row.method) and r.values)  # in report order
     lines = []
     for setting in settings:
         for trained in results:
+            if is_random_init(trained.row.method) or not trained.values or \
+                    (trained.row.backbone, trained.row.dataset, trained.row.protocol) != setting:
+                continue
             initial = random_initialisation(results, trained.row)
-            if not is_random_init(trained.row.method) and trained.values and initial is not None and \
-                    (trained.row.backbone, trained.row.dataset, trained.row.protocol) == setting:
+            if initial is not None:
                 lines.append(f"| {trained.row.method} | {trained.row.dataset} | {trained.row.backbone} | "
                              f"{trained.row.protocol} | {_ours(trained)} | {_ours(initial)} | {_paired(trained, initial)} | "
                              f"{LEARNED[learned(trained, results)]} |")
@@ -370,9 +373,9 @@ def reference_table(reference: pd.DataFrame, rows: list[Row], table: str) -> str
 
 NOT_LEARNED_SENTENCE = (" A claim with a method that did not learn at this scale on the claim's protocol (its "
                         "pretrained − random init interval not above 0, below) is not comparable.")
-# Said where a claim's protocol is judged on another one (LEARNING_JUDGED_ON).
-JUDGED_ON_SENTENCE = (" A {protocol} does not grow with learning (an encoder that maps every image to one point has "
-                      "similarity 1), so whether a method learned is judged on the {judge} of the same runs.")
+# Said where a report has a protocol judged on another one (LEARNING_JUDGED_ON).
+JUDGED_ON_SENTENCE = (" A similarity does not grow with learning (an encoder that maps every image to one point has "
+                      "similarity 1), so whether a method learned is judged on the knn of the same runs.")
 
 
 def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
@@ -396,9 +399,7 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
                   f"Baseline row: {plan.baseline}. Δ columns are paired over seeds (same seed: same data order and "
                   "initialisation); a claim holds when the 95 % interval of its paired difference lies above 0, is "
                   "reversed when it lies below 0, and is not resolved otherwise." + NOT_LEARNED_SENTENCE * has_initial
-                  + "".join(JUDGED_ON_SENTENCE.format(protocol=protocol, judge=judge)
-                            for protocol, judge in LEARNING_JUDGED_ON.items()
-                            if has_initial and any(r.row.protocol == protocol for r in rows)),
+                  + JUDGED_ON_SENTENCE * (has_initial and any(r.row.protocol in LEARNING_JUDGED_ON for r in rows)),
                   "", claims]
     gains = pretraining_gain_table(rows)
     if gains:
