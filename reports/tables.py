@@ -38,6 +38,11 @@ class RowResult:
     epochs: tuple[int, ...] = ()  # pretraining epochs of the runs averaged (0: a random initialisation)
 
     @property
+    def trained_other_epochs(self) -> bool:
+        """Its runs pretrained other epochs than its row names (an override at launch, e.g. optim.epochs)."""
+        return bool(self.row.epochs and self.epochs and set(self.epochs) != {self.row.epochs})
+
+    @property
     def interval(self) -> Interval | None:
         """95 % t interval of the mean over seeds (None with fewer than two)."""
         return mean_interval(list(self.values.values()))
@@ -120,10 +125,23 @@ def row_results(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame) -> l
         mean = sum(values) / len(values) if values else None
         std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0) if values else None
         epochs = {_epochs_run(record, epochs_by_pretraining) for _, record in records} - {None}
-        output.append(RowResult(row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in averaged),
-                                presets[row], identity, commit[:10], notes, dict(averaged), tuple(sorted(epochs))))
+        output.append(_compared_at_its_epochs(RowResult(
+            row, paper_value(reference, row), mean, std, sorted(seed for seed, _ in averaged), presets[row],
+            identity, commit[:10], notes, dict(averaged), tuple(sorted(epochs)))))
     _note_not_learned(output)
     return output
+
+
+def _compared_at_its_epochs(result: RowResult) -> RowResult:
+    """`result` without the paper's number when its runs pretrained other epochs than the row (the paper's
+    number is for the row's epochs), with a note saying so."""
+    if not result.trained_other_epochs:
+        return result
+    epochs = ", ".join(map(str, result.epochs))
+    note = f"its runs pretrained {epochs} epochs, not the {result.row.epochs} of the plan (an override at launch)"
+    if result.paper is not None:
+        note += f": the paper's {result.row.epochs}-epoch number ({_number(result.paper)}) is not compared"
+    return replace(result, paper=None, notes=[*result.notes, note])
 
 
 def random_initialisation(results: list[RowResult], row: Row) -> RowResult | None:
@@ -386,7 +404,10 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
     results left out before `results`, each listed with its path."""
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
+    other_epochs = sum(r.trained_other_epochs for r in rows)
     parts = [f"# {plan.name}: {plan.description}", "",
+             (f"The runs of {other_epochs} row{'s' * (other_epochs > 1)} pretrained other epochs than the plan's (the Epochs column, notes "
+              "below). " if other_epochs else "") +
              f"{flavour_sentence(rows)} {done} of {len(rows)} rows have results. "
              "Ours: mean ± std over seeds (sample std); Δ = ours − paper. kNN: top-1 at k = 20 "
              "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json). "
