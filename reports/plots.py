@@ -1,6 +1,7 @@
 """Matplotlib figures (PNG) for the reports: ours against the paper where the paper has numbers."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -66,6 +67,17 @@ def plot_against(rows: list[RowResult], x_of, x_label: str, title: str, path: Pa
     return _save(figure, path)
 
 
+# Characters per line of a bar group's label: about the width of its group (1.4 inches at 8 points), so that
+# long names ("<method>: random init (no pretraining)") do not run into their neighbours'.
+LABEL_WIDTH = 20
+
+
+def _wrapped(label: str) -> str:
+    """Each line of `label` broken at spaces into lines of at most LABEL_WIDTH characters (a longer word
+    stays whole)."""
+    return "\n".join(textwrap.fill(line, LABEL_WIDTH, break_long_words=False) for line in label.split("\n"))
+
+
 def plot_bars(rows: list[RowResult], title: str, path: Path) -> Path:
     """One group of bars per method and dataset, one bar per protocol (ours, with the std over
     seeds); the paper's value as a black tick on the same bar where the paper has one."""
@@ -91,7 +103,7 @@ def plot_bars(rows: list[RowResult], title: str, path: Path) -> Path:
                 values.append(result.paper)
     if values:  # zoom on the differences: accuracies of one table sit within a few points
         axis.set_ylim(max(0.0, min(values) - 8), min(100.0, max(values) + 4))
-    axis.set_xticks(range(len(groups)), groups, fontsize=8)
+    axis.set_xticks(range(len(groups)), [_wrapped(group) for group in groups], fontsize=8)
     axis.set_ylabel("top-1 accuracy (%)")
     axis.set_title(title, fontsize=10)
     handles, labels = axis.get_legend_handles_labels()

@@ -236,3 +236,21 @@ def test_table6_at_fashion_mnist_plots_the_mix_numbers_beside_its_random_initial
     assert "![table6_mix_number.png](table6_mix_number.png)" in report.read_text()
     assert (tmp_path / "out" / "table6_mix_number.png").stat().st_size > 0
     assert "| PatchMix m=1 | fashion_mnist | ViT-debug/4 | knn | 67.5 ± 0.7 | 57.5 ± 0.7 |" in report.read_text()
+
+
+def test_table3s_bar_labels_do_not_overlap_with_a_random_initialisation_row_per_method(tmp_path, monkeypatch):
+    """Table 3's plot has eight groups, four named "<method>: random init (no pretraining)": written on
+    one line, each label ran into its neighbours'."""
+    from plans.tables import random_init_label
+    from reports import plots
+    saved = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or save(figure, path))
+    methods = [name for method in ("PatchMix", "MoCo v3 (m=1)", "DINO", "SDMP") for name in (method, random_init_label(method))]
+    rows = [_result(method, protocol, (60.0, 61.0)) for method in methods for protocol in ("linear", "knn")]
+    plots.plot_bars(rows, "table3: ours", tmp_path / "table3.png")
+    (figure,) = saved
+    figure.canvas.draw()
+    boxes = [label.get_window_extent() for label in figure.axes[0].get_xticklabels()]
+    assert len(boxes) == 8
+    assert not [index for index, (left, right) in enumerate(zip(boxes, boxes[1:])) if left.x1 > right.x0]
