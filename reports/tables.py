@@ -222,8 +222,8 @@ def _number(value: float | None, signed: bool = False, scale: float | None = Non
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _ours(result: RowResult) -> str:
-    marker = " *" if result.notes else ""  # see the notes under the table
+def _ours(result: RowResult, marked: bool = True) -> str:
+    marker = " *" if result.notes and marked else ""  # see the notes under the table
     if result.mean is None:
         return "not run" + marker
     if len(result.seeds) > 1:
@@ -344,7 +344,7 @@ def pretraining_gain_table(results: list[RowResult]) -> str:
             initial = random_initialisation(results, trained.row)
             if initial is not None:
                 lines.append(f"| {trained.row.method} | {trained.row.dataset} | {trained.row.backbone} | "
-                             f"{trained.row.protocol} | {_ours(trained)} | {_ours(initial)} | {_paired(trained, initial)} | "
+                             f"{trained.row.protocol} | {_ours(trained, marked=False)} | {_ours(initial, marked=False)} | {_paired(trained, initial)} | "
                              f"{LEARNED[learned(trained, results)]} |")
     if not lines:
         return ""

@@ -102,6 +102,8 @@ def test_a_claim_with_a_method_that_did_not_learn_is_not_comparable(tmp_path):
                for line in gains.splitlines() if line.startswith("| ") and "| knn |" in line}
     assert learned == {"PatchMix": "yes", "MoCo v3 (m=1)": "yes", "DINO": "did not learn at this scale",
                        "SDMP": "did not learn at this scale"}
+    # Its own column says whether a row learned: no star of the main table's notes here.
+    assert "*" not in "".join(line for line in gains.splitlines() if line.startswith("| "))
     dino = next(line for line in text.splitlines() if line.startswith("| DINO |") and "| knn" in line)
     assert "51.7 ± 1.5 *" in dino  # marked in the main table, with its note
     assert "- DINO fashion_mnist knn: did not learn at this scale: pretrained − random init -6.3 [-7.8, -4.9] " \
