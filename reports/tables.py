@@ -138,7 +138,8 @@ def _compared_at_its_epochs(result: RowResult) -> RowResult:
     if not result.trained_other_epochs:
         return result
     epochs = ", ".join(map(str, result.epochs))
-    note = f"its runs pretrained {epochs} epochs, not the {result.row.epochs} of the plan (an override at launch)"
+    note = (f"its runs pretrained {epochs} epochs, not the {result.row.epochs} of the plan "
+            "(an override at launch)")
     if result.paper is not None:
         note += f": the paper's {result.row.epochs}-epoch number ({_number(result.paper)}) is not compared"
     return replace(result, paper=None, notes=[*result.notes, note])
@@ -344,7 +345,8 @@ def pretraining_gain_table(results: list[RowResult]) -> str:
             initial = random_initialisation(results, trained.row)
             if initial is not None:
                 lines.append(f"| {trained.row.method} | {trained.row.dataset} | {trained.row.backbone} | "
-                             f"{trained.row.protocol} | {_ours(trained, marked=False)} | {_ours(initial, marked=False)} | {_paired(trained, initial)} | "
+                             f"{trained.row.protocol} | {_ours(trained, marked=False)} | "
+                             f"{_ours(initial, marked=False)} | {_paired(trained, initial)} | "
                              f"{LEARNED[learned(trained, results)]} |")
     if not lines:
         return ""
@@ -405,10 +407,10 @@ def plan_report(plan: Plan, results: pd.DataFrame, reference: pd.DataFrame,
     rows = row_results(plan, results, reference)
     done = sum(r.mean is not None for r in rows)
     other_epochs = sum(r.trained_other_epochs for r in rows)
+    epochs_sentence = (f"The runs of {other_epochs} row{'s' * (other_epochs > 1)} pretrained other "
+                       "epochs than the plan's (the Epochs column, notes below). ") if other_epochs else ""
     parts = [f"# {plan.name}: {plan.description}", "",
-             (f"The runs of {other_epochs} row{'s' * (other_epochs > 1)} pretrained other epochs than the plan's (the Epochs column, notes "
-              "below). " if other_epochs else "") +
-             f"{flavour_sentence(rows)} {done} of {len(rows)} rows have results. "
+             f"{epochs_sentence}{flavour_sentence(rows)} {done} of {len(rows)} rows have results. "
              "Ours: mean ± std over seeds (sample std); Δ = ours − paper. kNN: top-1 at k = 20 "
              "(all k in each result.json); linear and finetune: best-epoch top-1 (last epoch in result.json). "
              f"Where each flavour departs from the paper's text or the published code: {FIDELITY_DOC}.", "",

@@ -155,7 +155,8 @@ def write_pretraining(root: Path, experiment: str, epochs: int, experiment_hash:
     run_dir = root / experiment.replace("/", "_")
     run_dir.mkdir(parents=True)
     record = {"stage": "pretrain", "experiment": experiment, "seed": 0, "epochs": epochs,
-              "experiment_hash": experiment_hash, "provenance": {"git_commit": "abc1234def", "git_dirty": False}}
+              "experiment_hash": experiment_hash,
+              "provenance": {"git_commit": "abc1234def", "git_dirty": False}}
     (run_dir / "result.json").write_text(json.dumps(record))
 
 
@@ -166,14 +167,15 @@ def test_runs_that_pretrained_other_epochs_than_planned_are_not_compared_with_th
     number from it. Trained as planned, the paper's number is compared as before."""
     fixed_results(tmp_path / "runs")
     write_pretraining(tmp_path / "runs", "table6/cifar100/m1/seed0/pretrain", epochs_run)
-    (report,) = write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1), datasets=("cifar100",))
+    (report,) = write_reports(["table6"], tmp_path / "runs", tmp_path / "out", seeds=(0, 1),
+                              datasets=("cifar100",))
     text = report.read_text()
     m2 = next(line for line in text.splitlines() if line.startswith("| PatchMix m=2 |") and "| knn" in line)
     if epochs_run == 800:
         assert text == GOLDEN.read_text()
         return
     assert "| ViT-S/2 | 100 | cifar100 | knn (top-1, k=20) | — | 70.5 ± 0.7 * | — |" in m2
-    assert ("- PatchMix m=2 cifar100 knn: its runs pretrained 100 epochs, not the 800 of the plan (an override "
-            "at launch): the paper's 800-epoch number (71.1) is not compared") in text
-    assert text.splitlines()[2].startswith("The runs of 6 rows pretrained other epochs than the plan's (the Epochs "
-                                           "column, notes below).")
+    assert ("- PatchMix m=2 cifar100 knn: its runs pretrained 100 epochs, not the 800 of the plan "
+            "(an override at launch): the paper's 800-epoch number (71.1) is not compared") in text
+    assert text.splitlines()[2].startswith("The runs of 6 rows pretrained other epochs than the plan's "
+                                           "(the Epochs column, notes below).")

@@ -248,7 +248,8 @@ def test_table3s_bar_labels_do_not_overlap_with_a_random_initialisation_row_per_
     saved = []
     save = plots._save
     monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or save(figure, path))
-    methods = [name for method in ("PatchMix", "MoCo v3 (m=1)", "DINO", "SDMP") for name in (method, random_init_label(method))]
+    methods = [name for method in ("PatchMix", "MoCo v3 (m=1)", "DINO", "SDMP")
+               for name in (method, random_init_label(method))]
     rows = [_result(method, protocol, (60.0, 61.0)) for method in methods for protocol in ("linear", "knn")]
     plots.plot_bars(rows, "table3: ours", tmp_path / "table3.png")
     (figure,) = saved
